@@ -1,0 +1,252 @@
+"""One typed configuration for every part of lstmq.
+
+Frozen dataclasses, loaded from YAML and overridden by dotted ``key=value`` pairs.
+Derived values (solved hidden size, normalisation statistics, calibrated scales) are
+computed by the library and written to a run's outputs, never back into a config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file, key or value is invalid."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the recordings come from and how they are split."""
+
+    source: Literal["auto", "download", "path", "tfds"] = "auto"  # auto: path, else $LSTMQ_DATA, else download
+    path: str | None = None  # archive (.tar.gz/.zip) or folder of {digit}_{speaker}_{index}.wav
+    url: str = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz"
+    sha256: str = "feb479fad3a37883c3d21ed7f982281c2dd1c18d5aefd7e8a5d50f58023392aa"
+    cache_dir: str | None = None  # default: $LSTMQ_CACHE or the user cache (platformdirs via pooch)
+    tfds_manual_dir: str | None = None
+    split: Literal["random", "official", "speaker"] = "random"
+    test_size: float = 0.2  # random split
+    split_seed: int = 42  # random split (the reference study's random_state)
+    test_speaker: str = "george"  # speaker split
+    val_fraction: float = 0.1  # carved from the training clips, stratified, for model selection
+    sample_rate: int = 8000
+    resample: bool = False  # other rates: resample when true, refuse (naming the file) when false
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """MFCC extraction. Defaults: 32 ms Hann window, 16 ms hop at 8 kHz."""
+
+    n_mfcc: int = 13
+    n_fft: int = 256
+    hop_length: int = 128
+    n_mels: int = 40
+    fmin: float = 20.0
+    fmax: float = 4000.0
+    deltas: int = 0  # 0: MFCC only; 1: + delta; 2: + delta and delta-delta
+    trim_db: float | None = None  # trim leading/trailing silence below this many dB under peak
+    normalize: Literal["global", "utterance", "none"] = "global"  # global stats from train only
+    min_frames: int = 2
+    max_frames: int | None = None  # truncate longer clips (None: keep all)
+    cache: bool = True
+    workers: int = 0  # 0: one per CPU core
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Stacked LSTM classifier."""
+
+    hidden: int | Literal["auto"] = 128  # "auto": solved from the budget block
+    layers: int = 2
+    dropout: float = 0.1  # between layers and before the readout
+    num_classes: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """Numerics of training: float or quantization-aware (int8 weights and activations)."""
+
+    mode: Literal["float", "qat"] = "float"
+    weight_bits: int = 8
+    activation_bits: int = 8
+    input_clip: float | None = None  # static |x| bound of the int8 input; None: calibrate on train
+    input_percentile: float = 99.99  # calibration percentile of |x| over training frames
+    init_from: str | None = None  # run directory of a float model to fine-tune from
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetConfig:
+    """Byte budget for the layer parameters, used when model.hidden is "auto"."""
+
+    bytes: int = 36864
+    weight_bits: int = 8
+    policy: Literal["total", "per-layer"] = "total"
+    layout: Literal["lstmq", "pytorch"] = "lstmq"
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation (all off by default)."""
+
+    noise_snr_db: float | None = None  # additive white noise at this SNR
+    time_shift: float = 0.0  # max shift as a fraction of the clip
+    speed: float = 0.0  # max relative speed change (resampling)
+    freq_mask: int = 0  # SpecAugment: max masked MFCC coefficients
+    time_mask: int = 0  # SpecAugment: max masked frames
+    copies: int = 0  # augmented copies of each training clip per epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation."""
+
+    epochs: int = 40
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    seeds: int = 1  # seeds trained together in one compiled program (seed, seed+1, ...)
+    bucket_frames: int = 16  # pad each batch to a multiple of this many frames
+    select: Literal["last", "best_val"] = "best_val"  # which epoch's parameters are kept
+    log_every: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run needs; YAML sections map onto these fields."""
+
+    data: DataConfig = DataConfig()
+    features: FeatureConfig = FeatureConfig()
+    model: ModelConfig = ModelConfig()
+    quant: QuantConfig = QuantConfig()
+    budget: BudgetConfig = BudgetConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a field annotation, converting only lossless cases."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(annotation):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(f"{key}: {value!r} matches none of {annotation}")
+    if origin is Literal:
+        if value in typing.get_args(annotation):
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {typing.get_args(annotation)}")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported annotation {annotation}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The config as plain nested dicts (for YAML/JSON)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Build a Config from nested dicts, rejecting unknown keys and wrong types."""
+    return _build(Config, values, "")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``a.b=value``; the value is parsed as YAML (so 3, 0.1, true, null work)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of nested ``values`` with dotted overrides applied."""
+    merged = yaml.safe_load(yaml.safe_dump(values)) or {}
+    for text in overrides:
+        key, value = parse_override(text)
+        parts = key.split(".")
+        node = merged
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {part} is not a section")
+        node[parts[-1]] = value
+    return merged
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
+    """Load a YAML config (or the defaults) and apply dotted overrides.
+
+    Raises:
+      ConfigError: naming the file, key or value that is wrong.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from error
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        values = {k: v for k, v in values.items() if k != "about"}  # free-text run notes
+    try:
+        return config_from_dict(apply_overrides(values, list(overrides)))
+    except ConfigError as error:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{error}") from None
