@@ -1,0 +1,5 @@
+import sys
+
+from lstmq.cli import main
+
+sys.exit(main())

@@ -1,0 +1,86 @@
+"""Training checkpoints (orbax, for resume) and the final parameters of a run (msgpack)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import serialization
+
+from lstmq.io import atomic_write_bytes
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or parameter file is missing, corrupt or does not match the model."""
+
+
+class TrainingCheckpoints:
+    """Keeps the latest epoch's full training state under ``workdir/checkpoints``."""
+
+    def __init__(self, directory: str | Path, keep: int = 1):
+        self.directory = Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+    def latest_epoch(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, epoch: int, tree: Any) -> None:
+        self.manager.save(epoch, args=ocp.args.StandardSave(tree))
+        self.manager.wait_until_finished()
+
+    def restore(self, epoch: int, like: Any) -> Any:
+        """Restore into the structure of ``like``; a structure mismatch is a CheckpointError."""
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+        try:
+            return self.manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
+        except (ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(
+                f"{self.directory}: checkpoint of epoch {epoch} does not match this run's "
+                f"model/optimizer ({error})") from None
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def save_params(path: str | Path, params: Any) -> None:
+    atomic_write_bytes(path, serialization.to_bytes(params))
+
+
+def load_params(path: str | Path, like: Any) -> Any:
+    """Load parameters saved by ``save_params`` into the structure of ``like``.
+
+    Raises:
+      CheckpointError: missing file, corrupt bytes, or shapes that differ from ``like``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: parameter file not found")
+    try:
+        state = serialization.msgpack_restore(path.read_bytes())
+    except Exception as error:  # msgpack raises several unrelated types
+        raise CheckpointError(f"{path}: not a readable parameter file ({error})") from None
+    expected = serialization.to_state_dict(like)
+    mismatches = _compare_shapes(expected, state, "")
+    if mismatches:
+        raise CheckpointError(f"{path}: parameters do not match the model: "
+                              + "; ".join(mismatches[:5]))
+    return serialization.from_state_dict(like, state)
+
+
+def _compare_shapes(expected: Any, found: Any, prefix: str) -> list[str]:
+    if isinstance(expected, dict):
+        if not isinstance(found, dict):
+            return [f"{prefix or '/'} is not a mapping"]
+        problems = [f"{prefix}/{k} missing" for k in expected if k not in found]
+        problems += [f"{prefix}/{k} unexpected" for k in found if k not in expected]
+        for key in expected:
+            if key in found:
+                problems += _compare_shapes(expected[key], found[key], f"{prefix}/{key}")
+        return problems
+    shape = getattr(found, "shape", None)
+    if shape != getattr(expected, "shape", None):
+        return [f"{prefix} has shape {shape}, model expects {getattr(expected, 'shape', None)}"]
+    return []

@@ -1,0 +1,153 @@
+"""Flax LSTM classifier whose matmuls and quantization points are injected.
+
+The model knows nothing of AQT or of integer formats: a ``numerics`` object (see
+``lstmq.quant``) supplies the ``dot_general`` classes of each matmul and the fake-quant
+functions applied where the integer path rounds. ``numerics=None`` is plain float.
+
+Shapes: ``x`` is ``<float32>[batch, time, features]``, ``lengths`` is ``<int32>[batch]``.
+Frames at or beyond a clip's length leave the LSTM state untouched, so the readout sees
+the state at each clip's true last frame.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lstmq.recurrence import lstm_recurrence
+
+
+class Numerics(Protocol):
+    """What the model asks of a quantization scheme (all functions are pure)."""
+
+    def dot_general_cls(self, role: str) -> Any:
+        """Class for ``nn.Dense(dot_general_cls=...)``; role: input0 | input | recurrent | readout."""
+
+    def input(self, x: jax.Array) -> jax.Array: ...
+    def preactivation(self, z: jax.Array) -> jax.Array: ...
+    def gate(self, y: jax.Array) -> jax.Array: ...
+    def cell(self, c: jax.Array) -> jax.Array: ...
+    def hidden(self, h: jax.Array) -> jax.Array: ...
+
+
+def _dense(features: int, numerics: Numerics | None, role: str, **kwargs) -> nn.Dense:
+    if numerics is not None:
+        kwargs["dot_general_cls"] = numerics.dot_general_cls(role)
+    return nn.Dense(features, **kwargs)
+
+
+class RecurrentStep(nn.Module):
+    """One LSTM time step given the precomputed input projection.
+
+    Gate order along the 4*hidden axis: input, forget, cell candidate, output.
+    """
+
+    hidden: int
+    numerics: Numerics | None = None
+
+    @nn.compact
+    def __call__(self, carry, inputs):
+        c, h = carry
+        z_input, valid = inputs  # [batch, 4*hidden], [batch]
+        z = z_input + _dense(4 * self.hidden, self.numerics, "recurrent", use_bias=False,
+                             name="recurrent")(h)
+        q = self.numerics
+        if q is not None:
+            z = q.preactivation(z)
+        i, f, g, o = jnp.split(z, 4, axis=-1)
+        i, f, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jax.nn.sigmoid(o)
+        g = jnp.tanh(g)
+        if q is not None:
+            i, f, g, o = q.gate(i), q.gate(f), q.gate(g), q.gate(o)
+        new_c = f * c + i * g
+        if q is not None:
+            new_c = q.cell(new_c)
+        tanh_c = jnp.tanh(new_c)
+        if q is not None:
+            tanh_c = q.gate(tanh_c)
+        new_h = o * tanh_c
+        if q is not None:
+            new_h = q.hidden(new_h)
+        keep = valid[:, None]
+        new_c = jnp.where(keep, new_c, c)
+        new_h = jnp.where(keep, new_h, h)
+        return (new_c, new_h), new_h
+
+
+class RecurrentKernel(nn.Module):
+    """Holds ``cell/recurrent/kernel`` exactly where the scanned cell's Dense keeps it."""
+
+    hidden: int
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        return _KernelOnly(4 * self.hidden, name="recurrent")()
+
+
+class _KernelOnly(nn.Module):
+    features: int
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        init = nn.Dense(self.features).kernel_init
+        return self.param("kernel", init, (self.features // 4, self.features), jnp.float32)
+
+
+class LSTMLayer(nn.Module):
+    """One LSTM layer over a whole sequence: a batched input projection, then a scan."""
+
+    hidden: int
+    numerics: Numerics | None = None
+    first: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Returns (``[batch, time, hidden]`` outputs, ``[batch, hidden]`` last valid state)."""
+        role = "input0" if self.first else "input"
+        z_input = _dense(4 * self.hidden, self.numerics, role, name="input")(x)
+        if self.numerics is None:  # float: fused recurrence, same parameters
+            kernel = RecurrentKernel(self.hidden, name="cell")()
+            outputs = lstm_recurrence(z_input.transpose(1, 0, 2), kernel, valid.T)
+            outputs = outputs.transpose(1, 0, 2)
+            return outputs, outputs[:, -1]
+        scan = nn.scan(
+            RecurrentStep,
+            variable_broadcast=["params", "aqt"],
+            split_rngs={"params": False},
+            in_axes=1,
+            out_axes=1,
+        )
+        batch = x.shape[0]
+        zeros = jnp.zeros((batch, self.hidden), z_input.dtype)
+        (_, last_h), outputs = scan(self.hidden, self.numerics, name="cell")(
+            (zeros, zeros), (z_input, valid)
+        )
+        return outputs, last_h
+
+
+class LSTMClassifier(nn.Module):
+    """Stacked LSTM with dropout between layers and a dense readout of the last state."""
+
+    hidden: int
+    layers: int = 2
+    num_classes: int = 10
+    dropout: float = 0.0
+    numerics: Numerics | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, lengths: jax.Array, train: bool = False) -> jax.Array:
+        """Returns ``<float32>[batch, num_classes]`` logits."""
+        valid = jnp.arange(x.shape[1])[None, :] < lengths[:, None]  # [batch, time]
+        if self.numerics is not None:
+            x = self.numerics.input(x)
+        last = None
+        for index in range(self.layers):
+            if index > 0:
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            x, last = LSTMLayer(self.hidden, self.numerics, first=index == 0,
+                                name=f"lstm_{index}")(x, valid)
+        last = nn.Dropout(self.dropout, deterministic=not train)(last)
+        return _dense(self.num_classes, self.numerics, "readout", name="readout")(last)
