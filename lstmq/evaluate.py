@@ -54,7 +54,6 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
         lines.append(f"{name:>5} {row['precision']:9.4f} {row['recall']:7.4f} "
                      f"{row['f1']:6.4f} {row['support']:7d}")
     if "accuracy" in metrics:
-        if "accuracy" in metrics:
         lines.append(f"accuracy {metrics['accuracy'] * 100:.2f}% of {metrics['count']} clips")
     return "\n".join(lines)
 

@@ -1,0 +1,323 @@
+"""MFCC features: extraction (librosa), on-disk cache, normalisation and padding.
+
+Defaults are chosen for 8 kHz speech: a 32 ms Hann window (``n_fft=256``) moved by a 16 ms
+hop (128 samples), 40 mel bands over 20-4000 Hz, 13 cepstral coefficients. librosa's default
+``n_fft=2048`` would be a 256 ms window at 8 kHz, longer than the shortest FSDD clip (144 ms)
+and than the formant transitions that tell digits apart. With ``center=True`` a clip of n
+samples gives ``1 + n // hop_length`` frames: 9 to 143 (median 27) on FSDD v1.0.10.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import joblib
+import librosa
+import numpy as np
+import numpy.typing as npt
+from tqdm.auto import tqdm
+
+from lstmq.config import FeatureConfig
+from lstmq.data import Dataset, default_cache_dir
+
+FEATURE_VERSION = 1  # bump when extract_mfcc changes what it computes
+NORMALIZE_MODES = ("global", "utterance", "none")
+# A new worker spends ~3 s importing and warming up librosa, the time ~6000 FSDD clips
+# take serially (~0.5 ms each), so cfg.workers is an upper bound: one worker per this many
+# clips. FSDD itself (3000 clips) is featurized in-process.
+CLIPS_PER_WORKER = 5000
+_DELTA_WIDTH = 9
+_STD_FLOOR = 1e-6  # a constant coefficient (or a one-frame clip) is not blown up
+# Fields that change the features; workers and cache only change how they are obtained.
+_KEY_FIELDS = ("n_mfcc", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "deltas", "trim_db",
+               "min_frames", "max_frames")
+_log = logging.getLogger(__name__)
+
+
+def num_features(cfg: FeatureConfig) -> int:
+    """Features per frame: n_mfcc * (1 + deltas)."""
+    return cfg.n_mfcc * (1 + cfg.deltas)
+
+
+def extract_mfcc(audio: npt.ArrayLike, sample_rate: int, cfg: FeatureConfig) -> np.ndarray:
+    """MFCCs (and deltas) of one clip.
+
+    Args:
+      audio: <float32>[samples] mono.
+      sample_rate: Hz.
+      cfg: window, hop, mel bands, deltas, trimming and frame limits.
+
+    Returns:
+      <float32>[frames, n_mfcc * (1 + deltas)] with min_frames <= frames (<= max_frames).
+    """
+    if cfg.deltas not in (0, 1, 2):
+        raise ValueError(f"features.deltas must be 0, 1 or 2, got {cfg.deltas}")
+    if cfg.max_frames is not None and cfg.max_frames < cfg.min_frames:
+        raise ValueError(f"features.max_frames {cfg.max_frames} < features.min_frames {cfg.min_frames}")
+    y = np.asarray(audio, dtype=np.float32)
+    if y.ndim != 1:
+        raise ValueError(f"audio must be mono <float32>[samples], got shape {y.shape}")
+    if cfg.trim_db is not None and y.size:
+        y, _ = librosa.effects.trim(y, top_db=cfg.trim_db, frame_length=cfg.n_fft, hop_length=cfg.hop_length)
+    # Pad silence so that 1 + len // hop >= min_frames (and never hand librosa an empty clip).
+    needed = max((cfg.min_frames - 1) * cfg.hop_length, 1)
+    if y.size < needed:
+        y = np.pad(y, (0, needed - y.size))
+    mfcc = librosa.feature.mfcc(
+        y=y, sr=sample_rate, n_mfcc=cfg.n_mfcc, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+        win_length=cfg.n_fft, window="hann", center=True, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
+    )
+    # mode="nearest" (edge replication, as HTK) is valid for clips shorter than the width.
+    blocks = [mfcc] + [
+        librosa.feature.delta(mfcc, width=_DELTA_WIDTH, order=order, mode="nearest")
+        for order in range(1, cfg.deltas + 1)
+    ]
+    features = np.concatenate(blocks, axis=0).T
+    if cfg.max_frames is not None:
+        features = features[: cfg.max_frames]
+    return np.ascontiguousarray(features, dtype=np.float32)
+
+
+def _extract_chunk(audio: Sequence[np.ndarray], sample_rate: int, cfg: FeatureConfig) -> list[np.ndarray]:
+    return [extract_mfcc(a, sample_rate, cfg) for a in audio]
+
+
+def _extract_all(
+    audio: Sequence[np.ndarray], sample_rate: int, cfg: FeatureConfig, workers: int, progress: bool
+) -> tuple[np.ndarray, ...]:
+    out: list[np.ndarray] = []
+    with tqdm(total=len(audio), desc="MFCC", unit="clip", disable=not progress) as bar:
+        if workers <= 1:
+            for clip in audio:
+                out.append(extract_mfcc(clip, sample_rate, cfg))
+                bar.update()
+        else:
+            # joblib's loky workers are fresh interpreters (no fork of a process running
+            # JAX's threads) that, unlike multiprocessing's spawn, need no __main__ guard
+            # in the calling script and stay alive for the next call.
+            size = -(-len(audio) // (4 * workers))
+            chunks = joblib.Parallel(n_jobs=workers, backend="loky", return_as="generator")(
+                joblib.delayed(_extract_chunk)(audio[i : i + size], sample_rate, cfg)
+                for i in range(0, len(audio), size)
+            )
+            for chunk in chunks:
+                out.extend(chunk)
+                bar.update(len(chunk))
+    return tuple(out)
+
+
+def feature_cache_key(dataset: Dataset, cfg: FeatureConfig) -> str:
+    """sha256 of everything that determines the features of ``dataset``."""
+    fields = {name: getattr(cfg, name) for name in _KEY_FIELDS}
+    spec = dict(fields, version=FEATURE_VERSION, librosa=librosa.__version__, clips=len(dataset),
+                sample_rate=dataset.sample_rate, fingerprint=dataset.fingerprint)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _read_cache(path: Path, key: str, count: int, width: int) -> tuple[np.ndarray, ...] | None:
+    """Cached features, or None when the file is missing, stale or corrupt."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            stored_key, frames, offsets = str(stored["key"]), stored["frames"], stored["offsets"]
+        valid = (
+            stored_key == key and offsets.shape == (count + 1,) and offsets[0] == 0
+            and np.all(np.diff(offsets) >= 0) and frames.ndim == 2 and frames.shape == (offsets[-1], width)
+        )
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        _log.warning("feature cache %s is unreadable (%s); recomputing", path, error)
+        return None
+    if not valid:
+        _log.warning("feature cache %s does not match its key; recomputing", path)
+        return None
+    return tuple(np.split(frames.astype(np.float32, copy=False), offsets[1:-1]))
+
+
+def _write_cache(path: Path, key: str, features: Sequence[np.ndarray], width: int) -> None:
+    """Write atomically (temporary file in the same folder, then rename)."""
+    frames = np.concatenate(features) if features else np.zeros((0, width), np.float32)
+    offsets = np.concatenate([[0], np.cumsum([len(f) for f in features])]).astype(np.int64)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                np.savez(file, key=np.array(key), frames=frames, offsets=offsets)
+            os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide a shared cache
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    except OSError as error:  # a read-only cache costs time, not the run
+        _log.warning("cannot write feature cache %s (%s)", path, error)
+
+
+def compute_features(
+    dataset: Dataset,
+    cfg: FeatureConfig,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, ...]:
+    """Features of every clip, from the on-disk cache when possible.
+
+    The cache is one .npz per (feature fields, sample rate, dataset fingerprint,
+    FEATURE_VERSION, librosa version) under ``cache_dir``, default ``$LSTMQ_CACHE/features``
+    or the user cache. A corrupt or stale file is recomputed and replaced.
+
+    Returns:
+      One <float32>[frames, F] array per clip, in dataset order.
+    """
+    width = num_features(cfg)
+    if len(dataset) == 0:
+        return ()
+    path = None
+    if cfg.cache:
+        key = feature_cache_key(dataset, cfg)
+        folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir() / "features"
+        path = folder / f"mfcc-{key[:24]}.npz"
+        cached = _read_cache(path, key, len(dataset), width)
+        if cached is not None:
+            return cached
+    requested = cfg.workers or os.cpu_count() or 1
+    workers = max(1, min(requested, len(dataset) // CLIPS_PER_WORKER))
+    features = _extract_all(dataset.audio, dataset.sample_rate, cfg, workers, progress)
+    if path is not None:
+        _write_cache(path, key, features, width)
+    return features
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Normalizer:
+    """Per-coefficient standardisation fitted on training clips only.
+
+    ``global``: (x - mean) / std with stats over all training frames. ``utterance``: each
+    clip is first standardised over its own frames (CMVN), then by global stats of the
+    CMVN'd training frames. ``none``: identity.
+    """
+
+    mean: np.ndarray  # <float32>[F]
+    std: np.ndarray  # <float32>[F]
+    mode: str = "global"
+
+    def apply(self, features: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """<float32>[frames, F] arrays, normalised."""
+        out = []
+        for clip in features:
+            clip = np.asarray(clip, dtype=np.float32)
+            if clip.ndim != 2 or clip.shape[1] != self.mean.shape[0]:
+                raise ValueError(f"expected [frames, {self.mean.shape[0]}] features, got {clip.shape}")
+            if self.mode == "utterance":
+                clip = _cmvn(clip)
+            if self.mode != "none":
+                clip = ((clip - self.mean) / self.std).astype(np.float32)
+            out.append(clip)
+        return tuple(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {"mode": self.mode, "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Normalizer:
+        """Inverse of to_dict."""
+        mean = np.asarray(values["mean"], dtype=np.float32)
+        std = np.asarray(values["std"], dtype=np.float32)
+        if values["mode"] not in NORMALIZE_MODES or mean.ndim != 1 or mean.shape != std.shape:
+            raise ValueError(f"not a normalizer: mode {values['mode']!r}, shapes {mean.shape} {std.shape}")
+        return cls(mean=mean, std=std, mode=values["mode"])
+
+
+def _cmvn(clip: np.ndarray) -> np.ndarray:
+    clip = np.asarray(clip, dtype=np.float64)
+    std = np.maximum(clip.std(axis=0), _STD_FLOOR)
+    return ((clip - clip.mean(axis=0)) / std).astype(np.float32)
+
+
+def fit_normalizer(features: Sequence[np.ndarray], mode: str = "global") -> Normalizer:
+    """Fit normalisation statistics; pass the TRAINING clips' features only.
+
+    Args:
+      features: <float32>[frames, F] arrays.
+      mode: "global", "utterance" or "none".
+    """
+    if mode not in NORMALIZE_MODES:
+        raise ValueError(f"normalize mode {mode!r} is not one of {NORMALIZE_MODES}")
+    if len(features) == 0:
+        raise ValueError("cannot fit a normalizer on no clips")
+    widths = {np.shape(f)[-1] for f in features}
+    if len(widths) != 1:
+        raise ValueError(f"clips have different feature counts {sorted(widths)}")
+    width = widths.pop()
+    if mode == "none":
+        return Normalizer(np.zeros(width, np.float32), np.ones(width, np.float32), mode)
+    clips = [_cmvn(f) if mode == "utterance" else f for f in features]
+    frames = np.concatenate(clips).astype(np.float64)
+    std = np.maximum(frames.std(axis=0), _STD_FLOOR)
+    return Normalizer(frames.mean(axis=0).astype(np.float32), std.astype(np.float32), mode)
+
+
+def pad_batch(
+    features: Sequence[np.ndarray], bucket: int = 1, max_len: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-pad clips after their last frame into one array.
+
+    Args:
+      features: <float32>[frames_i, F] arrays.
+      bucket: T is the longest (truncated) length rounded up to a multiple of this.
+      max_len: clips longer than this are truncated to it.
+
+    Returns:
+      x: <float32>[N, T, F]; lengths: <int32>[N] true frames of each clip (the model reads
+      each clip's last real frame through them, so trailing zeros are harmless).
+    """
+    if len(features) == 0:
+        raise ValueError("pad_batch needs at least one clip")
+    if bucket < 1:
+        raise ValueError(f"bucket must be >= 1, got {bucket}")
+    width = np.shape(features[0])[-1]
+    lengths = np.array([len(f) if max_len is None else min(len(f), max_len) for f in features], np.int32)
+    frames = -(-int(lengths.max()) // bucket) * bucket
+    x = np.zeros((len(features), frames, width), np.float32)
+    for row, (clip, length) in enumerate(zip(features, lengths)):
+        x[row, :length] = clip[:length]
+    return x, lengths
+
+
+def length_buckets(
+    lengths: npt.ArrayLike,
+    batch_size: int,
+    bucket: int = 1,
+    rng: np.random.Generator | int | None = None,
+) -> list[np.ndarray]:
+    """Batches of indices of clips with similar padded length; every index exactly once.
+
+    Clips are sorted by length rounded up to ``bucket`` (ties broken at random when ``rng``
+    is given) and cut into batches of ``batch_size`` (the last may be smaller); with ``rng``
+    the batch order is shuffled too, so each epoch sees different batches.
+
+    Returns:
+      <int64>[<=batch_size] index arrays.
+    """
+    if batch_size < 1 or bucket < 1:
+        raise ValueError(f"batch_size and bucket must be >= 1, got {batch_size}, {bucket}")
+    padded = -(-np.asarray(lengths, dtype=np.int64).reshape(-1) // bucket)
+    if rng is None:
+        order = np.argsort(padded, kind="stable")
+    else:
+        rng = np.random.default_rng(rng)
+        shuffled = rng.permutation(padded.size)
+        order = shuffled[np.argsort(padded[shuffled], kind="stable")]
+    batches = [order[i : i + batch_size] for i in range(0, order.size, batch_size)]
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
