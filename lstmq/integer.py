@@ -179,11 +179,16 @@ def stack_models(models: list[IntegerModel]) -> dict[str, np.ndarray]:
     return {k: np.stack([m[k] for m in models]) for k in models[0]}
 
 
-def convert_run(run) -> list[dict[str, np.ndarray]]:
-    """One integer model per seed of a trained run (``lstmq.runner.Run``) in QAT mode."""
-    if run.config.quant.mode != "qat":
+def convert_run(run, post_training: bool = False) -> list[dict[str, np.ndarray]]:
+    """One integer model per seed of a trained run (``lstmq.runner.Run``).
+
+    A float run converts only with ``post_training=True`` (static PTQ: its calibrated input
+    clip and abs-max weight scales, no retraining).
+    """
+    if run.config.quant.mode != "qat" and not post_training:
         raise ConversionError(f"{run.directory}: integer conversion needs a QAT run "
-                              f"(quant.mode=qat), this one is {run.config.quant.mode!r}")
+                              f"(quant.mode=qat), this one is {run.config.quant.mode!r}; "
+                              "pass post_training=True for post-training quantization")
     seeds = len(run.derived.seeds)
     return [convert_params(jax.tree_util.tree_map(lambda p: np.asarray(p[s]), run.params),
                            run.derived.input_clip, run.config.quant.weight_bits)

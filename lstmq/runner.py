@@ -223,8 +223,8 @@ class Run:
     derived: Derived
     params: Any  # stacked over seeds
 
-    def model(self, mode: str | None = None) -> LSTMClassifier:
-        return model_from_config(self.config, self.derived, mode)
+    def model(self, mode: str | None = None, **numerics_options) -> LSTMClassifier:
+        return model_from_config(self.config, self.derived, mode, **numerics_options)
 
 
 def load_run(directory: str | Path) -> Run:
@@ -248,9 +248,14 @@ def _dummy_tx():
     return optax.identity()
 
 
-def predict_run(run: Run, split: SplitArrays, mode: str | None = None) -> np.ndarray:
-    """Logits ``<seeds, n, classes>`` of a loaded run on any prepared split."""
-    model = run.model(mode)
+def predict_run(run: Run, split: SplitArrays, mode: str | None = None,
+                **numerics_options) -> np.ndarray:
+    """Logits ``<seeds, n, classes>`` of a loaded run on any prepared split.
+
+    ``mode="qat"`` on a float run is post-training quantization: static int8 (the default)
+    or weight-only with ``activations=False``.
+    """
+    model = model_from_config(run.config, run.derived, mode, **numerics_options)
     predict = jax.jit(jax.vmap(lambda p, x, l: model.apply({"params": p}, x, l),
                                in_axes=(0, None, None)))
     return predict_split(predict, run.params, split, 512, run.config.train.bucket_frames)
