@@ -84,8 +84,11 @@ def derive(config: Config, data: PreparedData) -> Derived:
                    seeds=tuple(config.train.seed + s for s in range(config.train.seeds)))
 
 
-def _initial_params(config: Config, derived: Derived, model: LSTMClassifier) -> Any | None:
-    """Parameters of the float run named by ``quant.init_from`` (QAT fine-tuning)."""
+def _initial_params(config: Config, derived: Derived) -> Any | None:
+    """Stacked per-seed parameters of the run named by ``quant.init_from`` (fine-tuning).
+
+    Seed ``s`` of this run starts from seed ``s`` of the source run.
+    """
     if not config.quant.init_from:
         return None
     source = load_run(config.quant.init_from)
@@ -94,7 +97,11 @@ def _initial_params(config: Config, derived: Derived, model: LSTMClassifier) -> 
             f"{config.quant.init_from}: its model (hidden {source.derived.hidden}, "
             f"{source.config.model.layers} layers) does not match this run's "
             f"(hidden {derived.hidden}, {config.model.layers} layers)")
-    return jax.tree_util.tree_map(lambda p: p[0], source.params)  # its first seed
+    seeds = len(derived.seeds)
+    if len(source.derived.seeds) < seeds:
+        raise CheckpointError(f"{config.quant.init_from}: has {len(source.derived.seeds)} "
+                              f"seed(s), this run trains {seeds}")
+    return jax.tree_util.tree_map(lambda p: p[:seeds], source.params)
 
 
 def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData | None = None,
@@ -115,7 +122,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData |
     model = model_from_config(config, derived)
     trainer = Trainer(config, model, data.train)
     states = create_train_states(model, trainer.tx, config.train.seed, config.train.seeds,
-                                 derived.input_size, _initial_params(config, derived, model))
+                                 derived.input_size, _initial_params(config, derived))
     seeds = len(derived.seeds)
     best = {"params": jax.tree_util.tree_map(jnp.copy, states.params),  # states are donated
             "val": np.full(seeds, -1.0), "epoch": np.zeros(seeds, int)}

@@ -51,20 +51,24 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
 def create_train_states(model: nn.Module, tx: optax.GradientTransformation, seed: int,
                         seeds: int, input_size: int,
                         init_params: Any | None = None) -> TrainState:
-    """One TrainState per seed, stacked along a leading axis."""
+    """One TrainState per seed, stacked along a leading axis.
+
+    ``init_params``, when given, are stacked per seed (a leading axis of size ``seeds``)
+    and replace the random initialisation (fine-tuning).
+    """
     x = jnp.zeros((1, 2, input_size), jnp.float32)
     lengths = jnp.ones((1,), jnp.int32)
 
-    def init(key):
+    def init(key, start_params):
         params_key, dropout_key = jax.random.split(key)
         params = model.init(params_key, x, lengths)["params"]
-        if init_params is not None:
-            params = init_params
+        if start_params is not None:
+            params = start_params
         return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                                  dropout_key=dropout_key)
 
     keys = jnp.stack([jax.random.PRNGKey(seed + s) for s in range(seeds)])
-    return jax.vmap(init)(keys)
+    return jax.vmap(init)(keys, init_params)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, weight: jax.Array,
