@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lstmq.augment import augment_dataset, waveform_augmentation_enabled
 from lstmq.config import Config
 from lstmq.data import Dataset, load_dataset, make_split
 from lstmq.features import Normalizer, compute_features, fit_normalizer, pad_batch
@@ -57,14 +58,35 @@ def prepare_data(config: Config, data_path: str | Path | None = None,
     features = compute_features(dataset, config.features, progress=progress)
     normalizer = fit_normalizer([features[i] for i in split.train], config.features.normalize)
     bucket = config.train.bucket_frames
+    train = _arrays(dataset, features, split.train, normalizer, bucket)
+    if waveform_augmentation_enabled(config.augment):
+        originals = dataset.subset(split.train)
+        copies = [train]
+        for copy in range(config.augment.copies):
+            augmented = augment_dataset(originals, config.augment, config.train.seed, copy)
+            extra = compute_features(augmented, config.features, progress=progress)
+            copies.append(_arrays(augmented, extra, np.arange(len(augmented)), normalizer,
+                                  bucket))
+        train = concatenate_splits(copies)
     return PreparedData(
-        train=_arrays(dataset, features, split.train, normalizer, bucket),
+        train=train,
         val=_arrays(dataset, features, split.val, normalizer, bucket),
         test=_arrays(dataset, features, split.test, normalizer, bucket),
         normalizer=normalizer,
         fingerprint=dataset.fingerprint,
         source=dataset.source,
     )
+
+
+def concatenate_splits(splits: list[SplitArrays]) -> SplitArrays:
+    """One split made of several (padded to the longest)."""
+    frames = max(s.x.shape[1] for s in splits)
+    x = np.concatenate([np.pad(s.x, ((0, 0), (0, frames - s.x.shape[1]), (0, 0)))
+                        for s in splits])
+    return SplitArrays(x=x, lengths=np.concatenate([s.lengths for s in splits]),
+                       labels=np.concatenate([s.labels for s in splits]),
+                       speakers=np.concatenate([s.speakers for s in splits]),
+                       names=sum((s.names for s in splits), ()))
 
 
 def prepare_recordings(dataset: Dataset, config: Config, normalizer: Normalizer,

@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lstmq import evaluate
+from lstmq.augment import make_spec_augment
 from lstmq.budget import hidden_from_config
 from lstmq.checkpoint import CheckpointError, TrainingCheckpoints, load_params, save_params
 from lstmq.config import Config, config_from_dict, config_to_dict
@@ -120,7 +121,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData |
     atomic_write_json(workdir / "run.json", run_info)
 
     model = model_from_config(config, derived)
-    trainer = Trainer(config, model, data.train)
+    trainer = Trainer(config, model, data.train, augment=make_spec_augment(config.augment))
     states = create_train_states(model, trainer.tx, config.train.seed, config.train.seeds,
                                  derived.input_size, _initial_params(config, derived))
     seeds = len(derived.seeds)
@@ -153,7 +154,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData |
         if len(data.val):
             val_acc = _accuracy(trainer.predict(states.params, data.val), data.val.labels)
             row["val_accuracy"] = val_acc.tolist()
-            improved = val_acc > best["val"] if config.train.select == "best_val" \
+            improved = val_acc >= best["val"] if config.train.select == "best_val" \
                 else np.ones(seeds, bool)
         else:
             improved = np.ones(seeds, bool)

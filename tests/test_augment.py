@@ -1,0 +1,77 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lstmq.augment import augment_clip, augment_dataset, make_spec_augment, spec_augment
+from lstmq.config import AugmentConfig, load_config
+from lstmq.pipeline import prepare_data
+
+
+def _tone(seconds=0.5, rate=8000):
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+def test_speed_changes_length_within_range():
+    audio = _tone()
+    cfg = AugmentConfig(speed=0.2, copies=1)
+    lengths = [len(augment_clip(audio, 8000, cfg, np.random.default_rng(i))) for i in range(20)]
+    assert min(lengths) >= int(len(audio) / 1.2) - 2 and max(lengths) <= int(len(audio) / 0.8) + 2
+    assert len(set(lengths)) > 5  # factors really vary
+
+
+def test_noise_has_requested_snr():
+    audio = _tone(2.0)
+    noisy = augment_clip(audio, 8000, AugmentConfig(noise_snr_db=10.0, copies=1),
+                         np.random.default_rng(0))
+    noise = noisy - audio
+    snr = 10 * np.log10(np.mean(audio**2) / np.mean(noise**2))
+    assert abs(snr - 10.0) < 0.3
+
+
+def test_time_shift_adds_leading_silence_only():
+    audio = _tone()
+    shifted = augment_clip(audio, 8000, AugmentConfig(time_shift=0.5, copies=1),
+                           np.random.default_rng(3))
+    lead = len(shifted) - len(audio)
+    assert 0 < lead <= len(audio) // 2
+    np.testing.assert_array_equal(shifted[:lead], 0)
+    np.testing.assert_array_equal(shifted[lead:], audio)
+
+
+def test_augment_dataset_is_deterministic_and_fingerprinted(wav_folder):
+    from lstmq.data import load_recordings
+
+    dataset = load_recordings(wav_folder)
+    cfg = AugmentConfig(speed=0.1, noise_snr_db=20.0, copies=2)
+    a, b = augment_dataset(dataset, cfg, 0, 0), augment_dataset(dataset, cfg, 0, 0)
+    c = augment_dataset(dataset, cfg, 0, 1)
+    assert all(np.array_equal(x, y) for x, y in zip(a.audio, b.audio))
+    assert a.fingerprint == b.fingerprint != c.fingerprint != dataset.fingerprint
+    np.testing.assert_array_equal(a.labels, dataset.labels)
+
+
+def test_spec_augment_masks_inside_clip_and_keeps_shape():
+    x = jnp.ones((8, 20, 13))
+    lengths = jnp.full((8,), 12, jnp.int32)
+    y = spec_augment(jax.random.PRNGKey(0), x, lengths, freq_mask=3, time_mask=4)
+    assert y.shape == x.shape
+    zeros = np.asarray(y == 0)
+    assert zeros.any()
+    # no masked frame starts at or beyond a clip's length unless the whole band is masked
+    frame_masked = zeros.all(axis=2)
+    assert not frame_masked[:, 16:].any()
+    assert make_spec_augment(AugmentConfig()) is None
+
+
+def test_augmented_copies_extend_training_split_only(wav_folder):
+    base = load_config(None, [f"data.path={wav_folder}", "data.split=official",
+                              "features.cache=false", "data.val_fraction=0.0"])
+    plain = prepare_data(base, progress=False)
+    augmented = prepare_data(dataclasses.replace(
+        base, augment=AugmentConfig(copies=2, speed=0.1)), progress=False)
+    assert len(augmented.train) == 3 * len(plain.train)
+    assert len(augmented.test) == len(plain.test)
+    np.testing.assert_array_equal(augmented.normalizer.mean, plain.normalizer.mean)
