@@ -1,4 +1,4 @@
-"""Command line: ``lstmq train|eval|budget ...`` (also ``python -m lstmq``). Parsing only."""
+"""Command line: ``lstmq train|eval|budget|export ...`` (also ``python -m lstmq``). Parsing only."""
 
 from __future__ import annotations
 
@@ -33,6 +33,14 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from lstmq.export import export_run
+
+    report = export_run(args.run, args.out, seed_index=args.seed_index, c_header=args.c_header)
+    print(report.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lstmq.budget import add_budget_arguments, run_budget
 
@@ -57,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="evaluate the pure-integer model instead of the trained one")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(handler=_eval)
+
+    export = commands.add_parser("export", help="write a QAT run's integer model as one file")
+    export.add_argument("--run", type=Path, required=True, help="run directory (quant.mode=qat)")
+    export.add_argument("--out", type=Path, required=True, help="artifact, e.g. model.lstmqz")
+    export.add_argument("--seed-index", type=int, default=0, help="which seed of the run")
+    export.add_argument("--c-header", type=Path, help="also write the model as a C header")
+    export.set_defaults(handler=_export)
 
     budget = commands.add_parser("budget", help="largest hidden size under a byte budget")
     add_budget_arguments(budget)

@@ -62,6 +62,8 @@ def convert_params(params: Mapping[str, Any], input_clip: float,
     Raises:
       ConversionError: a requantization multiplier or accumulator does not fit int32.
     """
+    if weight_bits not in (4, 8):
+        raise ConversionError(f"integer weights must be 4 or 8 bits (int8 matmuls), got {weight_bits}")
     layers = sorted((k for k in params if re.fullmatch(r"lstm_\d+", k)), key=lambda k: int(k[5:]))
     arrays: dict[str, np.ndarray] = {}
     m, s = fx.quantize_multiplier(float(input_scale(input_clip)))
@@ -95,9 +97,17 @@ def convert_params(params: Mapping[str, Any], input_clip: float,
         })
         in_scale = _HIDDEN_SCALE
     wr, sr = _symmetric_quantize(params["readout"]["kernel"], weight_bits, per_channel=False)
+    readout_bias = np.round(np.asarray(params["readout"]["bias"], np.float64)
+                            / (float(sr[0]) * _HIDDEN_SCALE))
+    if np.abs(readout_bias).max(initial=0) >= 2**31:
+        raise ConversionError("readout/bias does not fit int32 at the logit scale")
+    readout_bias = readout_bias.astype(np.int32)
+    try:
+        fx.check_accumulator_fits(wr, 127, readout_bias)
+    except OverflowError as error:
+        raise ConversionError(f"readout: {error}") from None
     arrays["readout/kernel"] = wr
-    arrays["readout/bias"] = np.round(np.asarray(params["readout"]["bias"], np.float64)
-                                      / (float(sr[0]) * _HIDDEN_SCALE)).astype(np.int32)
+    arrays["readout/bias"] = readout_bias
     return arrays
 
 

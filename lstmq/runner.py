@@ -167,7 +167,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData |
         checkpoints.save(epoch + 1, {"states": states, "best": best})
         bar.set_postfix(loss=f"{np.mean(metrics['loss']):.3f}",
                         train=f"{np.mean(metrics['accuracy']):.3f}",
-                        val=f"{np.nanmean(val_acc):.3f}")
+                        val=f"{np.mean(val_acc):.3f}" if len(data.val) else "-")
     checkpoints.close()
 
     params = best["params"]
@@ -244,8 +244,8 @@ def load_run(directory: str | Path) -> Run:
     config = config_from_dict(info["config"])
     derived = Derived.from_dict(info["derived"])
     model = model_from_config(config, derived)
-    like = create_train_states(model, _dummy_tx(), 0, len(derived.seeds),
-                               derived.input_size).params
+    like = jax.eval_shape(lambda: create_train_states(
+        model, _dummy_tx(), 0, len(derived.seeds), derived.input_size).params)
     params = load_params(directory / "params.msgpack", like)
     return Run(directory, config, derived, params)
 
