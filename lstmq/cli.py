@@ -1,4 +1,4 @@
-"""Command line: ``lstmq train|eval|budget|export ...`` (also ``python -m lstmq``). Parsing only."""
+"""Command line: ``lstmq train|eval|budget|export|reproduce ...`` (also ``python -m lstmq``). Parsing only."""
 
 from __future__ import annotations
 
@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--c-header", type=Path, help="also write the model as a C header")
     export.set_defaults(handler=_export)
 
+    commands.add_parser(  # dispatched in main() before parsing
+        "reproduce", help="the whole study: Task A, Task B float and int8 (PTQ, QAT, integer); "
+                          "see lstmq reproduce --help")
+
     budget = commands.add_parser("budget", help="largest hidden size under a byte budget")
     add_budget_arguments(budget)
     budget.set_defaults(handler=run_budget)
@@ -83,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     from lstmq.checkpoint import CheckpointError
     from lstmq.config import ConfigError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["reproduce"]:  # its own flags, parsed by the experiment script
+        from experiments.reproduce import main as reproduce_main
+
+        return reproduce_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(message)s")
