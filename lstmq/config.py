@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -19,6 +20,19 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration file, key or value is invalid."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 needs a dot)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +220,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = _load_yaml(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -239,7 +253,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = _load_yaml(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from error
         if not isinstance(values, dict):

@@ -45,8 +45,11 @@ def fake_quant_fixed(x: jax.Array, frac_bits: int, bits: int) -> jax.Array:
     scale = 2.0**frac_bits
     low = -(2 ** (bits - 1)) + (1 if bits == 8 else 0)
     high = 2 ** (bits - 1) - 1
-    q = jnp.clip(jnp.floor(x * scale + 0.5), low, high) / scale
-    return x + jax.lax.stop_gradient(q - x)
+    y = x * scale
+    down = jnp.floor(y)
+    # Compare the fraction instead of floor(y + 0.5): exact for every float32 y.
+    q = jnp.clip(jnp.where(y - down >= 0.5, down + 1, down), low, high) / scale
+    return q + (x - jax.lax.stop_gradient(x))  # value exactly q, gradient exactly 1
 
 
 def _int8_numerics() -> int_numerics.IntSymmetric:

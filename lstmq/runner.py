@@ -131,6 +131,9 @@ def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData |
     checkpoints = TrainingCheckpoints(workdir / "checkpoints")
     start_epoch = 0
     latest = checkpoints.latest_epoch()
+    if latest is not None and latest > config.train.epochs:
+        raise CheckpointError(f"{workdir}: holds a run trained for {latest} epochs, more than "
+                              f"train.epochs={config.train.epochs}; use another --out")
     if latest is not None:
         restored = checkpoints.restore(latest, {"states": states, "best": best})
         states, best = restored["states"], restored["best"]

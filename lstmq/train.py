@@ -68,7 +68,7 @@ def create_train_states(model: nn.Module, tx: optax.GradientTransformation, seed
                                  dropout_key=dropout_key)
 
     keys = jnp.stack([jax.random.PRNGKey(seed + s) for s in range(seeds)])
-    return jax.vmap(init)(keys, init_params)
+    return jax.jit(jax.vmap(init))(keys, init_params)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, weight: jax.Array,
@@ -94,7 +94,7 @@ def train_step(state: TrainState, x: jax.Array, lengths: jax.Array, labels: jax.
         return loss / jnp.maximum(weight.sum(), 1.0), (loss, logits)
 
     grads, (loss_sum, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
-    correct = jnp.sum((jnp.argmax(logits, -1) == labels) * weight)
+    correct = jnp.sum(jnp.where(jnp.argmax(logits, -1) == labels, weight, 0.0))
     state = state.apply_gradients(grads=grads)
     return state, {"loss": loss_sum, "correct": correct, "count": weight.sum()}
 

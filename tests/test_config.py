@@ -1,0 +1,181 @@
+"""Typed config: defaults, YAML files, dotted overrides and the errors that name the culprit."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from lstmq.config import (
+    Config,
+    ConfigError,
+    ModelConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_override,
+)
+
+
+def test_defaults_load_without_a_file():
+    config = load_config()
+    assert config == Config()
+    assert config.model.hidden == 128 and config.model.layers == 2
+    assert config.train.learning_rate == 3e-3 and isinstance(config.train.learning_rate, float)
+    assert config.quant.mode == "float" and config.quant.input_clip is None
+
+
+def test_yaml_file_round_trip(tmp_path):
+    config = load_config(overrides=["model.hidden=32", "train.epochs=3", "quant.mode=qat",
+                                    "quant.input_clip=2.5", "data.split=official",
+                                    "features.trim_db=30"])
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(config)))
+    assert load_config(path) == config
+
+
+def test_dict_round_trip_of_non_defaults():
+    config = load_config(overrides=["model.hidden=auto", "augment.noise_snr_db=20",
+                                    "budget.policy=per-layer", "train.select=last"])
+    values = config_to_dict(config)
+    assert values["model"]["hidden"] == "auto"
+    assert config_from_dict(values) == config
+
+
+@pytest.mark.parametrize("override, section, key, expected", [
+    ("train.epochs=7", "train", "epochs", 7),
+    ("train.learning_rate=1", "train", "learning_rate", 1.0),  # int -> float is lossless
+    ("train.learning_rate=0.5e-3", "train", "learning_rate", 5e-4),
+    ("data.path=null", "data", "path", None),
+    ("data.path=some/folder", "data", "path", "some/folder"),
+    ("quant.input_clip=3", "quant", "input_clip", 3.0),
+    ("model.hidden=auto", "model", "hidden", "auto"),
+    ("model.hidden=48", "model", "hidden", 48),
+    ("data.split=speaker", "data", "split", "speaker"),
+    ("features.cache=false", "features", "cache", False),
+    ("features.max_frames=null", "features", "max_frames", None),
+])
+def test_override_coerces_value(override, section, key, expected):
+    value = getattr(getattr(load_config(overrides=[override]), section), key)
+    assert value == expected
+    assert type(value) is type(expected)  # 1 became 1.0, not an int in a float field
+
+
+def test_override_accepts_scientific_notation():
+    assert load_config(overrides=["train.learning_rate=1e-3"]).train.learning_rate == 1e-3
+
+
+def test_file_accepts_scientific_notation(tmp_path):
+    path = tmp_path / "lr.yaml"
+    path.write_text("train:\n  learning_rate: 3e-4\n  weight_decay: 1e-5\n")
+    config = load_config(path)
+    assert (config.train.learning_rate, config.train.weight_decay) == (3e-4, 1e-5)
+
+
+def test_later_override_wins_and_file_values_are_kept(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  hidden: 16\n  layers: 1\ntrain:\n  epochs: 5\n")
+    config = load_config(path, ["train.epochs=2", "train.epochs=3"])
+    assert (config.model.hidden, config.model.layers, config.train.epochs) == (16, 1, 3)
+
+
+@pytest.mark.parametrize("override, named", [
+    ("bogus.x=1", "bogus"),  # unknown section
+    ("train.epoch=3", "train.epoch"),  # unknown nested key
+    ("train.epochs=three", "train.epochs"),
+    ("train.epochs=2.5", "train.epochs"),  # float -> int would lose information
+    ("train.epochs=true", "train.epochs"),  # bool is not an int here
+    ("train.learning_rate=fast", "train.learning_rate"),
+    ("model.hidden=big", "model.hidden"),
+    ("model.hidden=null", "model.hidden"),
+    ("data.split=sideways", "data.split"),
+    ("features.cache=1", "features.cache"),
+    ("data.path=3", "data.path"),
+    ("train=5", "train"),  # a section given a scalar
+])
+def test_bad_override_names_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(overrides=[override])
+
+
+def test_override_without_equals_sign():
+    with pytest.raises(ConfigError, match="train.epochs"):
+        parse_override("train.epochs")
+
+
+def test_override_into_a_scalar_is_not_a_section():
+    with pytest.raises(ConfigError, match="train"):
+        apply_overrides({"train": 5}, ["train.epochs=3"])
+
+
+def test_apply_overrides_leaves_input_untouched():
+    values = {"train": {"epochs": 1}}
+    merged = apply_overrides(values, ["train.epochs=4", "model.layers=1"])
+    assert values == {"train": {"epochs": 1}}
+    assert merged == {"train": {"epochs": 4}, "model": {"layers": 1}}
+
+
+@pytest.mark.parametrize("text, named", [
+    ("bogus:\n  x: 1\n", "bogus"),
+    ("train:\n  epochz: 1\n", "train.epochz"),
+    ("train:\n  epochs: many\n", "train.epochs"),
+    ("model: 3\n", "model"),
+])
+def test_bad_file_content_names_file_and_key(tmp_path, text, named):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(path) in str(error.value)
+    assert named in str(error.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    path = tmp_path / "nowhere.yaml"
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        load_config(path)
+
+
+def test_invalid_yaml_is_named(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train: {epochs: [1,\n")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        load_config(path)
+
+
+def test_non_mapping_yaml_is_named(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- train\n- model\n")
+    with pytest.raises(ConfigError, match="list.yaml"):
+        load_config(path)
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == Config()
+
+
+def test_about_notes_are_ignored(tmp_path):
+    path = tmp_path / "notes.yaml"
+    path.write_text("about: |\n  lstmq train --config notes.yaml; takes 1 min\n"
+                    "train:\n  epochs: 2\n")
+    assert load_config(path) == load_config(overrides=["train.epochs=2"])
+
+
+def test_about_is_only_free_text_at_top_level(tmp_path):
+    path = tmp_path / "nested.yaml"
+    path.write_text("train:\n  about: notes\n")
+    with pytest.raises(ConfigError, match=r"train\.about"):
+        load_config(path)
+
+
+def test_configs_are_frozen():
+    config = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.train.epochs = 3  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.model = ModelConfig(hidden=4)  # type: ignore[misc]
+

@@ -1,0 +1,331 @@
+"""Optimiser, loss, train_step, seed-stacked states, the Trainer's batches, a QAT run learning."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lstmq.config import Config, TrainConfig, load_config
+from lstmq.model import LSTMClassifier
+from lstmq.pipeline import SplitArrays
+from lstmq.quant import QATNumerics
+from lstmq.train import (
+    Trainer,
+    TrainState,
+    create_train_states,
+    cross_entropy,
+    make_optimizer,
+    select_best,
+    train_step,
+)
+
+FEATURES, CLASSES, HIDDEN, TIME, BATCH = 4, 3, 8, 12, 16
+
+
+def tree_equal(a, b) -> bool:
+    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return len(leaves_a) == len(leaves_b) and all(
+        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(leaves_a, leaves_b))
+
+
+def synthetic_split(n: int, seed: int = 0, noise: float = 0.3) -> SplitArrays:
+    """3 classes told apart by the sign pattern of feature 0: +1, alternating, -1.
+
+    <float32>[n, TIME, FEATURES], lengths 4..TIME, zeros after each clip's length.
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n, dtype=np.int32) % CLASSES
+    lengths = rng.integers(4, TIME + 1, n).astype(np.int32)
+    t = np.arange(TIME)
+    patterns = np.stack([np.ones(TIME), (-1.0) ** t, -np.ones(TIME)])  # [class, time]
+    x = noise * rng.standard_normal((n, TIME, FEATURES))
+    x[:, :, 0] += patterns[labels]
+    x[t[None, :] >= lengths[:, None]] = 0.0
+    return SplitArrays(x=x.astype(np.float32), lengths=lengths, labels=labels,
+                       speakers=np.array(["s"] * n), names=tuple(f"{i}" for i in range(n)))
+
+
+# make_optimizer -------------------------------------------------------------------------
+
+
+def learning_rates(cfg: TrainConfig, steps_per_epoch: int) -> np.ndarray:
+    """The step sizes the optimiser applies: with a scalar param at 0, unit gradients and no
+    weight decay, Adam's normalised update is -lr(t) * 1 / (1 + eps)."""
+    tx = make_optimizer(cfg, steps_per_epoch)
+    params = jnp.zeros((), jnp.float32)
+    state = tx.init(params)
+    update = jax.jit(lambda state: tx.update(jnp.ones((), jnp.float32), state, params))
+    rates = []
+    for _ in range(cfg.epochs * steps_per_epoch):
+        step, state = update(state)
+        rates.append(-float(step))
+    return np.asarray(rates)
+
+
+def test_schedule_warms_up_then_decays():
+    cfg = TrainConfig(epochs=6, learning_rate=0.01, warmup_epochs=2.0, weight_decay=0.0,
+                      grad_clip=1.0)
+    rates = learning_rates(cfg, steps_per_epoch=5)
+    warmup = 10
+    assert rates[0] == 0.0  # starts from zero
+    np.testing.assert_allclose(rates[:warmup + 1], np.linspace(0, 0.01, warmup + 1), rtol=1e-5)
+    assert np.all(np.diff(rates[:warmup + 1]) > 0)
+    assert np.all(np.diff(rates[warmup:]) < 0)  # cosine decay after the peak
+    assert rates.max() == pytest.approx(0.01, rel=1e-5)
+    assert 0.01 * 0.01 < rates[-1] < 0.01 * 0.05  # towards 1% of the peak
+
+
+def test_gradients_are_clipped_by_global_norm():
+    cfg = TrainConfig(epochs=1, learning_rate=1.0, warmup_epochs=0.0, weight_decay=0.0,
+                      grad_clip=1.0)
+    tx = make_optimizer(cfg, steps_per_epoch=10)
+    params = {"a": jnp.zeros(3, jnp.float32)}
+    # Adam normalises each coordinate, so clipping shows only through eps: compare the
+    # clipped state against one built from the already-clipped gradient.
+    update = jax.jit(lambda grads: tx.update(grads, tx.init(params), params)[1])
+    big = {"a": jnp.array([30.0, 40.0, 0.0], jnp.float32)}  # norm 50
+    state_big = update(big)
+    state_small = update({"a": big["a"] / 50.0})
+    mu_big = optax.tree_utils.tree_get(state_big, "mu")["a"]
+    mu_small = optax.tree_utils.tree_get(state_small, "mu")["a"]
+    np.testing.assert_allclose(mu_big, mu_small, rtol=1e-6)
+    assert np.abs(np.asarray(mu_big)).max() < 0.1  # (1 - b1) * 40/50, not (1 - b1) * 40
+
+
+# cross_entropy --------------------------------------------------------------------------
+
+
+def test_cross_entropy_is_weighted_sum_of_negative_log_likelihoods():
+    logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0], [-3.0, 1.0, 4.0], [1.0, 2.0, 3.0]])
+    labels = jnp.array([0, 2, 1, 2])
+    weight = jnp.array([1.0, 0.5, 2.0, 0.0])
+    z = np.asarray(logits, np.float64)
+    log_probs = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    nll = -log_probs[np.arange(4), np.asarray(labels)]
+    got = cross_entropy(logits, labels, weight, 0.0)
+    assert got.shape == () and got.dtype == jnp.float32
+    assert float(got) == pytest.approx(float(np.sum(nll * np.asarray(weight))), rel=1e-6)
+
+
+def test_zero_weight_rows_contribute_nothing():
+    logits = jnp.array([[2.0, 0.5, -1.0], [0.3, -0.2, 0.1]])
+    labels = jnp.array([0, 2])
+    weight = jnp.array([1.0, 0.0])
+    changed = logits.at[1].set(jnp.array([50.0, -50.0, 0.0]))
+    base = cross_entropy(logits, labels, weight, 0.0)
+    assert float(cross_entropy(changed, jnp.array([0, 1]), weight, 0.0)) == float(base)
+    assert float(base) == pytest.approx(float(cross_entropy(logits[:1], labels[:1],
+                                                            weight[:1], 0.0)), rel=1e-7)
+
+
+def test_label_smoothing_matches_manual_targets():
+    logits = jnp.array([[2.0, 0.5, -1.0], [0.3, -0.2, 0.1]])
+    labels = jnp.array([0, 2])
+    smoothing = 0.1
+    z = np.asarray(logits, np.float64)
+    log_probs = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    targets = np.full((2, 3), smoothing / 3)
+    targets[np.arange(2), np.asarray(labels)] += 1 - smoothing
+    want = -(targets * log_probs).sum()
+    got = cross_entropy(logits, labels, jnp.ones(2), smoothing)
+    assert float(got) == pytest.approx(want, rel=1e-6)
+
+
+# train_step and create_train_states ------------------------------------------------------
+
+
+MODEL = LSTMClassifier(HIDDEN, 2, CLASSES, dropout=0.1)
+TX = make_optimizer(TrainConfig(epochs=6, learning_rate=0.01, warmup_epochs=0.5), 10)
+
+
+@functools.cache
+def jitted_init():
+    return jax.jit(lambda seed: create_train_states(MODEL, TX, seed, 2, FEATURES))
+
+
+@functools.cache
+def jitted_step():
+    """train_step of every seed (leading axis), as the Trainer runs it."""
+    return jax.jit(jax.vmap(train_step, in_axes=(0, None, None, None, None)))
+
+
+def batch_arrays(split: SplitArrays, weight=None):
+    weight = np.ones(len(split), np.float32) if weight is None else weight
+    return (jnp.asarray(split.x), jnp.asarray(split.lengths), jnp.asarray(split.labels),
+            jnp.asarray(weight))
+
+
+def test_states_differ_per_seed_and_repeat_per_seed():
+    init = jitted_init()
+    states = init(0)
+    assert isinstance(states, TrainState)
+    assert states.params["readout"]["kernel"].shape == (2, HIDDEN, CLASSES)
+    np.testing.assert_array_equal(states.step, [0, 0])
+    first = jax.tree_util.tree_map(lambda a: a[0], states.params)
+    second = jax.tree_util.tree_map(lambda a: a[1], states.params)
+    kernels = [p for p in jax.tree_util.tree_leaves(first) if p.ndim == 2]
+    assert all(not np.array_equal(a, b) for a, b in
+               zip(kernels, [p for p in jax.tree_util.tree_leaves(second) if p.ndim == 2]))
+    assert not np.array_equal(states.dropout_key[0], states.dropout_key[1])
+    assert tree_equal(init(0).params, states.params)
+    # seed k's second state is seed k+1's first: seeds are k, k+1, ...
+    assert tree_equal(jax.tree_util.tree_map(lambda a: a[0], init(1).params), second)
+
+
+def test_init_params_replace_the_random_init_per_seed():
+    """Fine-tuning: ``init_params`` (stacked per seed) become the params; keys stay per seed."""
+    random = jitted_init()(0)
+    given = jax.tree_util.tree_map(lambda a: 0.5 * a[::-1], random.params)  # seed 1's, seed 0's
+    states = jax.jit(lambda p: create_train_states(MODEL, TX, 0, 2, FEATURES, p))(given)
+    assert tree_equal(states.params, given)
+    np.testing.assert_array_equal(states.dropout_key, random.dropout_key)
+    np.testing.assert_array_equal(states.step, [0, 0])
+
+
+def test_train_step_decreases_loss_and_reports_sums():
+    split = synthetic_split(BATCH, seed=1)
+    x, lengths, labels, weight = batch_arrays(split)
+    step = jitted_step()
+    states = jitted_init()(0)
+    losses = []
+    for _ in range(50):
+        states, metrics = step(states, x, lengths, labels, weight)
+        losses.append(np.asarray(metrics["loss"]) / np.asarray(metrics["count"]))
+    losses = np.asarray(losses)  # [steps, seeds]
+    np.testing.assert_array_equal(metrics["count"], [BATCH, BATCH])
+    assert metrics["loss"].dtype == jnp.float32
+    np.testing.assert_array_equal(states.step, [50, 50])
+    assert np.all(losses[0] > 0.9 * np.log(CLASSES))  # starts near chance
+    assert np.all(losses[-5:].mean(0) < 0.5 * losses[0])  # both seeds learn
+    assert np.all(np.asarray(metrics["correct"]) >= 0.75 * BATCH)
+
+
+def test_padding_entries_do_not_move_the_params():
+    """A batch whose extra rows have weight 0 trains exactly like the batch without them."""
+    split = synthetic_split(BATCH, seed=2)
+    x, lengths, labels, _ = batch_arrays(split)
+    half = np.r_[np.ones(BATCH // 2), np.zeros(BATCH // 2)].astype(np.float32)
+    garbage_x = x.at[BATCH // 2:].set(7.0)
+    garbage_labels = labels.at[BATCH // 2:].set(0)
+    step = jitted_step()
+    a, metrics = step(jitted_init()(0), x, lengths, labels, jnp.asarray(half))
+    b, _ = step(jitted_init()(0), garbage_x, lengths, garbage_labels, jnp.asarray(half))
+    np.testing.assert_array_equal(metrics["count"], [BATCH // 2] * 2)
+    for leaf_a, leaf_b in zip(jax.tree_util.tree_leaves(a.params),
+                              jax.tree_util.tree_leaves(b.params)):
+        np.testing.assert_allclose(leaf_a, leaf_b, rtol=0, atol=1e-7)
+
+
+def test_dropout_mask_differs_per_seed_and_per_step():
+    """Each seed drops out with its own key, folded with the step number."""
+    x, lengths, labels, weight = batch_arrays(synthetic_split(BATCH, seed=5))
+    states = jitted_init()(0)
+    same_params = jax.tree_util.tree_map(lambda a: jnp.stack([a[0], a[0]]), states.params)
+    states = states.replace(params=same_params)
+    step = jitted_step()
+    _, now = step(states, x, lengths, labels, weight)
+    _, later = step(states.replace(step=states.step + 1), x, lengths, labels, weight)
+    now, later = np.asarray(now["loss"]), np.asarray(later["loss"])
+    assert abs(now[0] - now[1]) > 1e-4  # same params, different seeds' masks
+    assert np.all(np.abs(now - later) > 1e-4)  # same params, next step's masks
+
+
+def test_training_is_deterministic_for_a_seed():
+    split = synthetic_split(BATCH, seed=3)
+    arrays = batch_arrays(split)
+    step = jitted_step()
+
+    def run():
+        states = jitted_init()(0)
+        for _ in range(3):
+            states, _ = step(states, *arrays)
+        return states
+
+    first, second = run(), run()
+    assert tree_equal(first.params, second.params)
+    assert tree_equal(first.opt_state, second.opt_state)
+    assert not tree_equal(first.params, jitted_init()(0).params)
+
+
+# Trainer --------------------------------------------------------------------------------
+
+
+def trainer_config(**train) -> Config:
+    overrides = [f"train.{k}={v}" for k, v in train.items()]
+    return load_config(overrides=[f"model.hidden={HIDDEN}", f"model.num_classes={CLASSES}",
+                                  "model.dropout=0.0", *overrides])
+
+
+@pytest.mark.parametrize("n, batch_size, bucket", [(37, 8, 4), (16, 16, 5), (5, 8, 16)])
+def test_epoch_batches_cover_every_clip_once(n, batch_size, bucket):
+    rng = np.random.default_rng(n)
+    lengths = rng.integers(1, 41, n).astype(np.int32)
+    frames = -(-int(lengths.max()) // bucket) * bucket  # padded like pipeline.pad_batch
+    split = SplitArrays(x=np.zeros((n, frames, FEATURES), np.float32), lengths=lengths,
+                        labels=np.zeros(n, np.int32), speakers=np.array(["s"] * n),
+                        names=tuple(map(str, range(n))))
+    config = trainer_config(batch_size=batch_size, bucket_frames=bucket)
+    trainer = Trainer(config, LSTMClassifier(HIDDEN, 2, CLASSES), split)
+    for seed in (0, 1):
+        batches = trainer.epoch_batches(np.random.default_rng(seed))
+        assert len(batches) == -(-n // batch_size)
+        real = []
+        for batch in batches:
+            assert batch.index.dtype == np.int32 and batch.weight.dtype == np.float32
+            assert batch.index.shape == batch.weight.shape == (batch_size,)
+            assert set(np.unique(batch.weight)) <= {0.0, 1.0}
+            chosen = batch.index[batch.weight == 1.0]
+            real.extend(chosen.tolist())
+            assert batch.frames % bucket == 0
+            assert lengths[batch.index].max() <= batch.frames <= frames
+            assert batch.frames - bucket < lengths[batch.index].max()  # no wasted bucket
+            # padding entries repeat a real clip (valid index, zero weight)
+            assert np.all(batch.weight[len(chosen):] == 0.0)
+        assert sorted(real) == list(range(n))
+
+
+def test_epoch_batches_shuffle_between_epochs():
+    split = synthetic_split(48)
+    trainer = Trainer(trainer_config(batch_size=8, bucket_frames=4), MODEL, split)
+    orders = [np.concatenate([b.index for b in trainer.epoch_batches(np.random.default_rng(e))])
+              for e in (0, 1)]
+    assert not np.array_equal(*orders)
+    again = np.concatenate([b.index for b in trainer.epoch_batches(np.random.default_rng(0))])
+    np.testing.assert_array_equal(orders[0], again)
+
+
+def test_select_best_picks_per_seed():
+    best = {"w": jnp.zeros((3, 2, 2)), "b": jnp.zeros((3,))}
+    candidate = {"w": jnp.ones((3, 2, 2)), "b": jnp.full((3,), 5.0)}
+    chosen = select_best(best, candidate, np.array([True, False, True]))
+    np.testing.assert_array_equal(chosen["w"][:, 0, 0], [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(chosen["w"][1], np.zeros((2, 2)))
+    np.testing.assert_array_equal(chosen["b"], [5.0, 0.0, 5.0])
+
+
+def test_tiny_qat_run_learns():
+    """QAT int8 numerics, hidden 8, 96 steps of the seed-vmapped Trainer on 3 separable classes.
+
+    Measured: epoch accuracy 0.46 -> 1.0 from the 9th epoch on (chance is 1/3), loss
+    1.07 -> 0.017.
+    One layer keeps the compile short; the two-layer QAT model is covered in test_quant.py.
+    """
+    split = synthetic_split(48, seed=4)
+    config = trainer_config(batch_size=BATCH, bucket_frames=TIME, epochs=32, learning_rate=0.02,
+                            warmup_epochs=1, seeds=1)
+    model = LSTMClassifier(HIDDEN, 1, CLASSES, numerics=QATNumerics(input_clip=3.0))
+    trainer = Trainer(config, model, split)
+    states = jax.jit(lambda: create_train_states(model, trainer.tx, 0, 1, FEATURES))()
+    history = []
+    for epoch in range(config.train.epochs):
+        states, metrics = trainer.run_epoch(states, epoch)
+        history.append(metrics)
+    np.testing.assert_array_equal(states.step, [96])
+    assert history[0]["accuracy"][0] < 0.6
+    assert history[-1]["accuracy"][0] > 0.8  # training accuracy over the last epoch's batches
+    assert history[-1]["loss"][0] < 0.5 * history[0]["loss"][0]
