@@ -42,17 +42,14 @@ QUICK = ["train.seeds=1", "train.epochs=2", "augment.copies=0"]
 
 def study_configs(out: Path, quick: bool, overrides: Sequence[str] = (),
                   qat_epochs: int = 15, split: str = "random") -> dict[str, Config]:
-    """Run name -> config; the QAT run fine-tunes the int8-budget float run."""
-    settings = [f"data.split={split}", *(QUICK if quick else []), *overrides]
-    float_dir = out / "runs" / split / "float_int8_budget"
+    """Run name -> config: Task A, then ptq_vs_qat's three (QAT fine-tunes the float run)."""
+    settings = [*(QUICK if quick else []), *overrides]
     return {
-        "task_a": load_config(common.CONFIG_DIR / "task_a.yaml", settings),
-        "float32_budget": load_config(ptq_vs_qat.FLOAT32_CONFIG, settings),
-        "float_int8_budget": load_config(ptq_vs_qat.INT8_CONFIG, [*settings, "quant.mode=float"]),
-        "qat": load_config(ptq_vs_qat.INT8_CONFIG, [
-            *settings, "quant.mode=qat", f"quant.init_from={float_dir}",
-            f"train.epochs={1 if quick else qat_epochs}", "train.learning_rate=0.001",
-            "train.warmup_epochs=0"]),
+        "task_a": load_config(common.CONFIG_DIR / "task_a.yaml",
+                              [f"data.split={split}", *settings]),
+        **ptq_vs_qat.build_configs(split, None, None, settings,
+                                   float_dir=out / "runs" / split / "float_int8_budget",
+                                   qat_epochs=1 if quick else qat_epochs),
     }
 
 

@@ -1,0 +1,340 @@
+"""Throughput benchmark: training seconds per epoch and inference speed of every path.
+
+Run:      python -m experiments.benchmark --out runs/benchmark
+Quick:    python -m experiments.benchmark --quick --out /tmp/bench   (hidden 24, 1 epoch)
+Options:  --hidden 24 128  --seeds 1 3  --epochs 3  --set key=value (data/feature config)
+Time on a 2-core CPU (AMD EPYC, shared; measured at load average ~7 from other jobs):
+  full 4 min 46 s (mostly compiling the length buckets, ~35 s per model), --quick 2 min.
+Expected (same machine and load): FSDD split, 1 seed, ~0.6 s/epoch at hidden 24 and
+  ~4.6 s at hidden 128; 3 seeds in one program cost ~0.8x (hidden 24) to ~1.0x (hidden 128)
+  of three separate seeds; integer inference ~0.25x float's batched throughput.
+Produces: <out>/benchmark.json + <out>/benchmark.md. Nothing is asserted; it reports:
+  (a) training on the real FSDD training split with the default config (length-bucketed
+      batches of 64): seconds per epoch and clip-seeds per second for hidden 24 and 128,
+      2 layers, 13 MFCCs, with seeds=1 and seeds=3 each trained in one program, and the
+      multi-seed ratio time(N seeds) / (N x time(1 seed)) (below 1: seeds share the work);
+  (b) the same on synthetic fixed 36-frame batches of 2400 clips, against the PyTorch
+      reproduction's reported figures on this machine (reference only, not re-measured);
+  (c) inference at the int8 budget size (hidden 48, random params): batched clips/s and
+      batch-1 latency (median ms per clip) of float, QAT fake-quant and the integer path
+      (``predict_int`` jitted and vmapped over seeds, as ``predict_int_split`` runs it),
+      as ratios to float measured in the same run.
+Every timing excludes compilation (a warm-up epoch or call first) and gives the median and
+spread of the repeats. The machine may be shared: the load average is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import common
+from lstmq.budget import Precision, solve_hidden_size
+from lstmq.config import load_config
+from lstmq.integer import convert_params, predict_int, quantize_input, stack_models
+from lstmq.model import LSTMClassifier
+from lstmq.pipeline import SplitArrays, prepare_data
+from lstmq.quant import QATNumerics
+from lstmq.runner import Derived, model_from_config
+from lstmq.train import Trainer, create_train_states
+
+# PyTorch reproduction, one epoch of 2400 clips at 36 frames, batch 64, on this machine
+# (figures as reported with that study; not re-measured by this script).
+PYTORCH_REFERENCE_SECONDS = {128: 1.07, 24: 0.31}
+SYNTHETIC_INPUT_CLIP = 4.0  # |x| bound of the int8 input for N(0, 1) synthetic features
+
+
+def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int] = (1, 3),
+        epochs: int = 3, synthetic_clips: int = 2400, synthetic_frames: int = 36,
+        inference_hidden: int | None = None, inference_batch: int = 512,
+        inference_repeats: int = 5, latency_clips: int = 50, overrides: Sequence[str] = (),
+        quick: bool = False) -> dict[str, Any]:
+    """Measure training and inference throughput; write ``benchmark.json``/``.md``.
+
+    Args:
+      out: result folder.
+      hidden: hidden sizes of the training benchmark (2 layers unless overridden).
+      seeds: seed counts trained together; the first is the baseline of the ratio.
+      epochs: timed epochs after one warm-up epoch.
+      synthetic_clips, synthetic_frames: size of the synthetic fixed-length epoch.
+      inference_hidden: hidden size of the inference benchmark (default: solved for the
+        36,864-byte int8 budget).
+      inference_batch: clips per batched inference call.
+      inference_repeats: timed batched calls after a warm-up call.
+      latency_clips: batch-1 calls timed one by one (median reported).
+      overrides: dotted config overrides (data source, features, model.layers, ...).
+      quick: hidden 24 only, 1 timed epoch, 10 latency clips.
+    """
+    out = Path(out)
+    if quick:
+        hidden, epochs, latency_clips, inference_repeats = (hidden[0],), 1, 10, 3
+    hidden, seeds = tuple(int(h) for h in hidden), tuple(int(s) for s in seeds)
+    environment = common.environment()
+    common.say(f"benchmark: hidden {hidden}, seeds {seeds}, {epochs} timed epoch(s); "
+               f"load average {environment['load_average']}")
+    base = load_config(None, list(overrides))
+    data = prepare_data(base, progress=False)
+    common.say(f"data: {len(data.train)} training clips from {data.source}")
+
+    real = []
+    for h in hidden:
+        for s in seeds:
+            config = load_config(None, [*overrides, f"model.hidden={h}", f"train.seeds={s}"])
+            real.append({"hidden": h, "seeds": s,
+                         **_time_training(config, data.train, data.input_size, epochs)})
+    _add_seed_ratios(real)
+
+    synthetic_split = _synthetic_split(synthetic_clips, synthetic_frames, data.input_size)
+    synthetic = []
+    for h in hidden:
+        config = load_config(None, [*overrides, f"model.hidden={h}", "train.seeds=1"])
+        row = {"hidden": h, "seeds": 1, "clips": synthetic_clips, "frames": synthetic_frames,
+               **_time_training(config, synthetic_split, data.input_size, epochs)}
+        reference = PYTORCH_REFERENCE_SECONDS.get(h) if (
+            synthetic_clips, synthetic_frames) == (2400, 36) else None
+        row["pytorch_reference_seconds"] = reference
+        row["ratio_to_pytorch_reference"] = (row["seconds_per_epoch"]["median"] / reference
+                                             if reference else None)
+        if reference:
+            common.say(f"  hidden {h}: {row['seconds_per_epoch']['median']:.3f} s/epoch vs "
+                       f"PyTorch reproduction's reported {reference:.2f} s (reference figure): "
+                       f"ratio {row['ratio_to_pytorch_reference']:.2f}")
+        synthetic.append(row)
+
+    if inference_hidden is None:
+        solution = solve_hidden_size(36864, base.model.layers, data.input_size,
+                                     base.model.num_classes, Precision(8))
+        inference_hidden = solution.hidden
+        common.say(f"inference hidden {inference_hidden} (solved for 36,864 bytes, int8)")
+    inference = _time_inference(inference_hidden, base.model.layers, data.input_size,
+                                base.model.num_classes, synthetic_frames, inference_batch,
+                                inference_repeats, latency_clips)
+
+    environment["load_average_end"] = common.load_average()
+    result = {
+        "experiment": "benchmark",
+        "settings": {"hidden": list(hidden), "seeds": list(seeds), "epochs": epochs,
+                     "layers": base.model.layers, "batch_size": base.train.batch_size,
+                     "bucket_frames": base.train.bucket_frames, "input_size": data.input_size,
+                     "synthetic_clips": synthetic_clips, "synthetic_frames": synthetic_frames,
+                     "inference_hidden": inference_hidden, "inference_batch": inference_batch,
+                     "inference_repeats": inference_repeats, "latency_clips": latency_clips,
+                     "overrides": list(overrides), "quick": quick},
+        "data": {"source": data.source, "train_clips": len(data.train)},
+        "training_real": real,
+        "training_synthetic": synthetic,
+        "inference": inference,
+        "environment": environment,
+    }
+    common.write_results(out, "benchmark", result, format_benchmark(result))
+    common.say(f"wrote {out / 'benchmark.md'}")
+    return result
+
+
+def _time_training(config, split: SplitArrays, input_size: int, epochs: int) -> dict[str, Any]:
+    """Warm-up epoch (compiles every bucket shape), then ``epochs`` timed epochs."""
+    seeds = config.train.seeds
+    # Only hidden and input size shape a float model; the normaliser is never used here.
+    derived = Derived(hidden=config.model.hidden, input_size=input_size,
+                      input_clip=SYNTHETIC_INPUT_CLIP, normalizer=None,
+                      seeds=tuple(range(seeds)))
+    model = model_from_config(config, derived)
+    trainer = Trainer(config, model, split)
+    states = create_train_states(model, trainer.tx, config.train.seed, seeds, input_size)
+    batches = len(trainer.epoch_batches(np.random.default_rng(0)))
+    start = time.perf_counter()
+    states, _ = trainer.run_epoch(states, 0)
+    jax.block_until_ready(states.params)
+    warmup = time.perf_counter() - start
+    times = []
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        states, _ = trainer.run_epoch(states, epoch)
+        jax.block_until_ready(states.params)
+        times.append(time.perf_counter() - start)
+    seconds = common.spread(times)
+    clips = len(split) * seeds / seconds["median"]
+    common.say(f"  train hidden {config.model.hidden} x{seeds} seed(s) on {len(split)} clips "
+               f"({batches} batches): {seconds['median']:.3f} s/epoch "
+               f"(min {seconds['min']:.3f}, max {seconds['max']:.3f}), {clips:,.0f} clip-seeds/s; "
+               f"warm-up epoch with compilation {warmup:.1f} s")
+    return {"clips": len(split), "batches": batches, "warmup_seconds": warmup,
+            "seconds_per_epoch": seconds, "clip_seeds_per_second": clips}
+
+
+def _add_seed_ratios(rows: list[dict[str, Any]]) -> None:
+    """time(N seeds) / (N x time(baseline seeds) / baseline) per hidden size."""
+    for row in rows:
+        baseline = next(r for r in rows if r["hidden"] == row["hidden"])
+        per_seed = baseline["seconds_per_epoch"]["median"] / baseline["seeds"]
+        row["multi_seed_ratio"] = row["seconds_per_epoch"]["median"] / (row["seeds"] * per_seed)
+
+
+def _synthetic_split(clips: int, frames: int, features: int) -> SplitArrays:
+    rng = np.random.default_rng(0)
+    return SplitArrays(x=rng.standard_normal((clips, frames, features)).astype(np.float32),
+                       lengths=np.full(clips, frames, np.int32),
+                       labels=rng.integers(0, 10, clips).astype(np.int32),
+                       speakers=np.array(["synthetic"] * clips),
+                       names=tuple(f"synthetic_{i}" for i in range(clips)))
+
+
+def _time_inference(hidden: int, layers: int, input_size: int, num_classes: int, frames: int,
+                    batch: int, repeats: int, latency_clips: int) -> dict[str, Any]:
+    """Float, QAT (fake quant) and integer paths on the same random parameters."""
+    float_model = LSTMClassifier(hidden=hidden, layers=layers, num_classes=num_classes)
+    qat_model = LSTMClassifier(hidden=hidden, layers=layers, num_classes=num_classes,
+                               numerics=QATNumerics(input_clip=SYNTHETIC_INPUT_CLIP))
+    x0 = jnp.zeros((1, 2, input_size), jnp.float32)
+    params = float_model.init(jax.random.PRNGKey(0), x0, jnp.ones((1,), jnp.int32))["params"]
+    integer = convert_params(jax.tree_util.tree_map(np.asarray, params), SYNTHETIC_INPUT_CLIP)
+    stacked_params = jax.tree_util.tree_map(lambda p: p[None], params)  # one seed
+    stacked_integer = stack_models([integer])
+
+    def seed_vmapped(model):
+        return jax.jit(jax.vmap(lambda p, x, l: model.apply({"params": p}, x, l),
+                                in_axes=(0, None, None)))
+
+    paths = {
+        "float": (seed_vmapped(float_model), stacked_params, False),
+        "qat": (seed_vmapped(qat_model), stacked_params, False),
+        "integer": (jax.jit(jax.vmap(predict_int, in_axes=(0, None, None))), stacked_integer, True),
+    }
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((batch, frames, input_size)).astype(np.float32)
+    lengths = np.full(batch, frames, np.int32)
+    x_int = quantize_input(integer, x)
+    clips = rng.standard_normal((latency_clips, 1, frames, input_size)).astype(np.float32)
+    clips_int = quantize_input(integer, clips)
+    one = np.full(1, frames, np.int32)
+    rows = {}
+    for name, (fn, params_, is_int) in paths.items():
+        inputs = x_int if is_int else x
+        batched = _repeat_timed(lambda: fn(params_, inputs, lengths), repeats)
+        single = clips_int if is_int else clips
+        latency = _each_timed([lambda i=i: fn(params_, single[i], one)
+                               for i in range(latency_clips)])
+        rows[name] = {"batch_seconds": batched, "clips_per_second": batch / batched["median"],
+                      "latency_ms": common.spread([t * 1e3 for t in latency["values"]])}
+        common.say(f"  inference {name:7s}: {rows[name]['clips_per_second']:,.0f} clips/s "
+                   f"(batch {batch}), batch-1 latency {rows[name]['latency_ms']['median']:.2f} ms")
+    quantize = _each_timed([lambda i=i: quantize_input(integer, clips[i])
+                            for i in range(latency_clips)])
+    for name, row in rows.items():
+        row["throughput_vs_float"] = row["clips_per_second"] / rows["float"]["clips_per_second"]
+        float_ms = rows["float"]["latency_ms"]["median"]
+        row["latency_vs_float"] = row["latency_ms"]["median"] / float_ms
+    return {"hidden": hidden, "layers": layers, "frames": frames, "batch": batch,
+            "paths": rows,
+            "quantize_input_latency_ms": common.spread([t * 1e3 for t in quantize["values"]])}
+
+
+def _repeat_timed(fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
+    jax.block_until_ready(fn())  # compile
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return common.spread(times)
+
+
+def _each_timed(calls: list[Callable[[], Any]]) -> dict[str, Any]:
+    jax.block_until_ready(calls[0]())  # compile
+    times = []
+    for call in calls:
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        times.append(time.perf_counter() - start)
+    return common.spread(times)
+
+
+def _seconds(spread: dict[str, Any]) -> str:
+    return f"{spread['median']:.3f} ({spread['min']:.3f}-{spread['max']:.3f})"
+
+
+def format_benchmark(result: dict[str, Any]) -> str:
+    s, env = result["settings"], result["environment"]
+    real_rows = [[r["hidden"], r["seeds"], r["batches"], _seconds(r["seconds_per_epoch"]),
+                  f"{r['clip_seeds_per_second']:,.0f}", f"{r['multi_seed_ratio']:.2f}",
+                  f"{r['warmup_seconds']:.1f}"] for r in result["training_real"]]
+    synthetic_rows = [[r["hidden"], r["clips"], r["frames"], _seconds(r["seconds_per_epoch"]),
+                       f"{r['clip_seeds_per_second']:,.0f}",
+                       f"{r['pytorch_reference_seconds']:.2f}" if r["pytorch_reference_seconds"]
+                       else "-",
+                       f"{r['ratio_to_pytorch_reference']:.2f}"
+                       if r["ratio_to_pytorch_reference"] else "-"]
+                      for r in result["training_synthetic"]]
+    inf = result["inference"]
+    inference_rows = [[name, f"{row['clips_per_second']:,.0f}",
+                       f"{row['throughput_vs_float']:.2f}",
+                       f"{row['latency_ms']['median']:.2f} ({row['latency_ms']['min']:.2f}-"
+                       f"{row['latency_ms']['max']:.2f})", f"{row['latency_vs_float']:.2f}"]
+                      for name, row in inf["paths"].items()]
+    q = inf["quantize_input_latency_ms"]
+    return "\n".join([
+        "# lstmq throughput benchmark", "",
+        f"{env['cpu']}, {env['cores']} cores, backend {env['backend']}, jax {env['jax']}; "
+        f"load average {env['load_average']} at start, {env.get('load_average_end')} at end. "
+        f"{common.SHARED_MACHINE_NOTE}", "",
+        f"Seconds per epoch: median (min-max) of {s['epochs']} timed epoch(s) after a warm-up "
+        "epoch that compiles every batch shape (its time, compilation included, is listed).", "",
+        f"## (a) FSDD training split ({result['data']['train_clips']} clips), default config "
+        f"({s['layers']} layers, {s['input_size']} MFCCs, batch {s['batch_size']}, "
+        f"length buckets of {s['bucket_frames']} frames)", "",
+        "Multi-seed ratio: time for N seeds in one program / (N x time for 1 seed); "
+        "below 1 means seeds share the work.", "",
+        common.markdown_table(["hidden", "seeds", "batches", "s / epoch", "clip-seeds / s",
+                               "multi-seed ratio", "warm-up s"], real_rows), "",
+        f"## (b) Synthetic fixed-length epoch ({s['synthetic_clips']} clips x "
+        f"{s['synthetic_frames']} frames, batch {s['batch_size']}, 1 seed)", "",
+        "Reference: the PyTorch reproduction's reported seconds per epoch for this setting on "
+        "the same machine (a reference figure, not re-measured here). Ratio = ours / "
+        "reference (below 1: lstmq is faster).", "",
+        common.markdown_table(["hidden", "clips", "frames", "s / epoch", "clips / s",
+                               "PyTorch ref. s", "ratio"], synthetic_rows), "",
+        f"## (c) Inference, hidden {inf['hidden']} x {inf['layers']} layers, {inf['frames']} "
+        f"frames, random parameters", "",
+        f"Batched: {s['inference_batch']} clips per call, median of {s['inference_repeats']}. "
+        f"Latency: batch 1, median (min-max) over {s['latency_clips']} clips. All paths are "
+        "jitted and vmapped over a seed axis of 1, as the library evaluates them. The integer "
+        "path takes int8 input; the float boundary `quantize_input` costs "
+        f"{q['median']:.2f} ms per clip on top (eager, not jitted).", "",
+        common.markdown_table(["path", "clips / s", "vs float", "latency ms", "vs float"],
+                              inference_rows),
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.benchmark",
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_arguments(parser, "runs/benchmark")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[24, 128])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 3],
+                        help="seed counts trained together; the first is the ratio's baseline")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up")
+    parser.add_argument("--synthetic-clips", type=int, default=2400)
+    parser.add_argument("--synthetic-frames", type=int, default=36)
+    parser.add_argument("--inference-hidden", type=int,
+                        help="default: solved for the 36,864-byte int8 budget")
+    parser.add_argument("--inference-batch", type=int, default=512)
+    parser.add_argument("--latency-clips", type=int, default=50)
+    args = parser.parse_args(argv)
+    common.setup_logging()
+    run(args.out, args.hidden, args.seeds, args.epochs, args.synthetic_clips,
+        args.synthetic_frames, args.inference_hidden, args.inference_batch,
+        latency_clips=args.latency_clips, overrides=args.set, quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

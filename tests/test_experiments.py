@@ -1,0 +1,115 @@
+"""The experiment scripts end to end on a tiny synthetic WAV folder.
+
+Each ``run()`` must finish and write its JSON, markdown and plot with the keys the reports
+rely on. Settings are tiny (1 epoch, 1 seed, a few hidden units); nothing here checks
+accuracy or speed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import benchmark, ptq_vs_qat, task_a
+
+# aqtp 0.9.0 (aqt_dot_general.py) passes an array as a dtype, which jax 0.10 deprecates.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Implicit conversion of an array to a dtype:DeprecationWarning")
+
+
+@pytest.fixture
+def tiny(wav_folder: Path) -> list[str]:
+    """Overrides: the synthetic folder, uncached, and one layer (compiles faster)."""
+    return [f"data.path={wav_folder}", "data.source=path", "features.cache=false",
+            "features.workers=1", "data.val_fraction=0.2",
+            "model.layers=1"]
+
+
+def _read(path: Path) -> dict:
+    assert path.is_file(), path
+    return json.loads(path.read_text())
+
+
+def test_task_a_writes_summary_and_reuses_its_run(tmp_path: Path, tiny: list[str]):
+    overrides = [*tiny, "model.hidden=4"]
+    result = task_a.run(tmp_path, seeds=1, epochs=1, overrides=overrides, progress=False)
+    summary = _read(tmp_path / "summary.json")
+    assert summary == json.loads(json.dumps(result))
+    assert set(summary["test_accuracy"]) >= {"mean", "min", "max", "n"}
+    assert summary["test_accuracy"]["n"] == 1 and summary["hidden"] == 4
+    assert summary["params"] > 0 and summary["seconds_per_epoch"] > 0
+    assert list(summary["test_accuracy_per_seed"]) == ["0"]
+    assert "| LSTM 1x4 float |" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+    again = task_a.run(tmp_path, seeds=1, epochs=1, overrides=overrides, progress=False)
+    assert again["train_seconds"] == result["train_seconds"]  # read back, not retrained
+    with pytest.raises(task_a.common.ResumeError, match="model.hidden"):
+        task_a.run(tmp_path, seeds=1, epochs=1, overrides=[*tiny, "model.hidden=5"],
+                   progress=False)
+
+
+def test_benchmark_writes_report(tmp_path: Path, tiny: list[str]):
+    result = benchmark.run(tmp_path, hidden=(4,), seeds=(1, 2), epochs=1, synthetic_clips=64,
+                           inference_hidden=4, inference_batch=8, inference_repeats=1,
+                           latency_clips=3, overrides=tiny)
+    saved = _read(tmp_path / "benchmark.json")
+    assert saved["settings"]["hidden"] == [4]
+    assert [(r["hidden"], r["seeds"]) for r in saved["training_real"]] == [(4, 1), (4, 2)]
+    for row in saved["training_real"] + saved["training_synthetic"]:
+        assert set(row["seconds_per_epoch"]) >= {"median", "min", "max", "values"}
+        assert row["clip_seeds_per_second"] > 0
+    assert saved["training_real"][0]["multi_seed_ratio"] == pytest.approx(1.0)
+    # 64 clips is not the reference setting: no ratio against the PyTorch figures.
+    assert saved["training_synthetic"][0]["ratio_to_pytorch_reference"] is None
+    paths = saved["inference"]["paths"]
+    assert set(paths) == {"float", "qat", "integer"}
+    assert paths["float"]["throughput_vs_float"] == pytest.approx(1.0)
+    assert all(p["latency_ms"]["n"] == 3 for p in paths.values())
+    markdown = (tmp_path / "benchmark.md").read_text()
+    assert "multi-seed ratio" in markdown and "| integer |" in markdown
+    assert result["environment"]["cores"] >= 1
+
+
+def test_ptq_vs_qat_writes_table_plot_and_audit(tmp_path: Path, tiny: list[str]):
+    # A small budget keeps the solved hidden sizes tiny (both int8 and float32 rows); one
+    # split keeps the six compiled trainings/evaluations within the time limit
+    # (the split loop is the same code for every split).
+    overrides = [*tiny, "budget.bytes=2500"]
+    result = ptq_vs_qat.run(tmp_path, seeds=1, epochs=1, splits=("random",),
+                            overrides=overrides, progress=False)
+    saved = _read(tmp_path / "ptq_vs_qat.json")
+    assert (tmp_path / "ptq_vs_qat.png").stat().st_size > 0
+    assert saved["budget"]["int8"]["hidden"] > saved["budget"]["float32"]["hidden"]
+    rows = saved["rows"]
+    assert [(r["split"], r["method"]) for r in rows] == [
+        ("random", method) for method in ptq_vs_qat.METHODS]
+    for row in rows:
+        assert set(row["test_accuracy"]) >= {"mean", "min", "max", "n"}
+        assert row["float_free"] == row["method"].endswith("-integer")
+        if row["float_free"]:
+            assert row["artifact_bytes_match"] and row["artifact_bytes"] == row["bytes"]
+            assert 0.0 <= row["agreement"] <= 1.0
+        expected = "float32" if row["method"] in ("float", "float32 parity") else "int8"
+        assert row["storage"] == expected
+    int8_rows = [r for r in rows if r["storage"] == "int8"]
+    assert all(r["fits_budget"] and r["bytes"] == saved["budget"]["int8"]["bytes"]
+               for r in int8_rows)
+    assert saved["audit"]["integer"]["float_free"] is True
+    assert saved["audit"]["float"]["float_free"] is False
+    assert saved["audit"]["qat"]["float_free"] is False
+    markdown = (tmp_path / "ptq_vs_qat.md").read_text()
+    assert "| random | QAT-integer |" in markdown
+    assert result["rows"][0]["method"] == "float"
+
+
+def test_main_parses_flags(tmp_path: Path, tiny: list[str], monkeypatch):
+    seen = {}
+    monkeypatch.setattr(ptq_vs_qat, "run", lambda *args, **kwargs: seen.update(
+        args=args, kwargs=kwargs) or {})
+    assert ptq_vs_qat.main(["--quick", "--out", str(tmp_path), "--splits", "random",
+                            "--set", "train.epochs=1"]) == 0
+    assert seen["args"][:5] == (tmp_path, None, None, ["random"], ["train.epochs=1"])
+    assert seen["args"][5] is True

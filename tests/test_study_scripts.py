@@ -1,0 +1,73 @@
+"""Smoke tests of the study scripts (reproduce, leave-one-speaker-out, budget sweep, tune)
+on the tiny synthetic WAV folder: each ``run()`` finishes and writes what its report needs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import budget_sweep, loso, reproduce, tune
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Implicit conversion of an array to a dtype:DeprecationWarning")
+
+
+@pytest.fixture
+def tiny(wav_folder: Path) -> list[str]:
+    return [f"data.path={wav_folder}", "data.source=path", "features.cache=false",
+            "data.val_fraction=0.4", "model.layers=1", "train.batch_size=8",
+            "train.epochs=1"]
+
+
+def test_reproduce_quick_writes_report_with_every_path(tmp_path: Path, tiny: list[str]):
+    result = reproduce.run(tmp_path, quick=True, overrides=[*tiny, "data.split=random"],
+                           progress=False)
+    methods = [row["method"] for row in result["rows"]]
+    assert methods[0] == "Task A float" and {"PTQ-static", "QAT", "QAT-integer"} <= set(methods)
+    integer = next(r for r in result["rows"] if r["method"] == "QAT-integer")
+    assert integer["float_free"] and integer["artifact_bytes_match"]
+    assert result["audit"]["integer"]["float_free"] and not result["audit"]["float"]["float_free"]
+    assert set(result["timing"]["paths"]) >= {"float", "QAT", "QAT-integer"}
+    assert result["timing"]["paths"]["float"]["throughput_vs_float"] == pytest.approx(1.0)
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "| QAT-integer |" in report and "float-free" in report
+    assert json.loads((tmp_path / "report.json").read_text())["rows"][0]["method"] == "Task A float"
+    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_loso_quick_reports_each_path(tmp_path: Path, tiny: list[str], wav_folder: Path):
+    speaker = sorted(p.name.split("_")[1] for p in wav_folder.glob("*.wav"))[0]
+    result = loso.run(tmp_path, speakers=[speaker], quick=True, overrides=tiny, progress=False)
+    row = result["rows"][0]
+    assert row["speaker"] == speaker and row["test_count"] > 0
+    assert set(result["mean_over_speakers"]) == set(loso.PATHS)
+    assert 0.0 <= row["integer_qat_agreement"] <= 1.0
+    assert f"| {speaker} |" in (tmp_path / "loso.md").read_text()
+
+
+def test_budget_sweep_counts_bytes_and_marks_the_front(tmp_path: Path, tiny: list[str]):
+    result = budget_sweep.run(tmp_path, budgets=[4096, 8192], bits=[8], layers=[1],
+                              overrides=tiny, quick=True, progress=False)
+    points = result["points"]
+    assert [p["budget"] for p in points] == [4096, 8192]
+    assert all(p["bytes_match"] and p["bytes"] <= p["budget"] for p in points)
+    assert points[0]["hidden"] < points[1]["hidden"]
+    assert (tmp_path / "budget_sweep.png").is_file()
+
+
+def test_pareto_front_drops_dominated_points():
+    acc = lambda m: {"mean": m}
+    points = [{"name": "a", "bytes": 10, "test_accuracy": acc(0.9)},
+              {"name": "b", "bytes": 20, "test_accuracy": acc(0.8)},
+              {"name": "c", "bytes": 30, "test_accuracy": acc(0.95)}]
+    assert [p["name"] for p in budget_sweep.pareto_front(points)] == ["a", "c"]
+
+
+def test_tune_reports_validation_only(tmp_path: Path, tiny: list[str]):
+    overrides = [*tiny, "train.epochs=1", "model.hidden=4", "data.split=official"]
+    result = tune.run(None, {"base": [], "drop": ["model.dropout=0.5"]}, tmp_path, overrides)
+    assert set(result) == {"base", "drop"}
+    assert all(0.0 <= r["last5_mean"] <= 1.0 for r in result.values())
+    assert "test" not in json.dumps(result)
