@@ -58,7 +58,7 @@ METHODS = ("float", "PTQ-dynamic", "PTQ-static", "PTQ-integer", "QAT", "QAT-inte
 
 def build_configs(split: str, seeds: int | None, epochs: int | None,
                   overrides: Sequence[str] = (), float_dir: Path | None = None,
-                  qat_epochs: int = 15) -> dict[str, Config]:
+                  qat_epochs: int = 15, weight_bits: int = 8) -> dict[str, Config]:
     """The three trainings of one split: run name -> config (user overrides applied last).
 
     The QAT run fine-tunes the float run in ``float_dir`` (each seed from its float seed)
@@ -70,16 +70,17 @@ def build_configs(split: str, seeds: int | None, epochs: int | None,
     fine_tune = [] if float_dir is None else [
         f"quant.init_from={float_dir}", f"train.epochs={qat_epochs}",
         "train.learning_rate=0.001", "train.warmup_epochs=0"]
+    bits = [f"budget.weight_bits={weight_bits}", f"quant.weight_bits={weight_bits}"]
     return {
-        "float_int8_budget": load_config(INT8_CONFIG, [*settings, "quant.mode=float"]),
-        "qat": load_config(INT8_CONFIG, [*settings, "quant.mode=qat", *fine_tune]),
+        "float_int8_budget": load_config(INT8_CONFIG, [*settings, *bits, "quant.mode=float"]),
+        "qat": load_config(INT8_CONFIG, [*settings, *bits, "quant.mode=qat", *fine_tune]),
         "float32_budget": load_config(FLOAT32_CONFIG, settings),
     }
 
 
 def run(out: str | Path, seeds: int | None = None, epochs: int | None = None,
         splits: Sequence[str] = SPLITS, overrides: Sequence[str] = (), quick: bool = False,
-        progress: bool = True, qat_epochs: int = 15) -> dict[str, Any]:
+        progress: bool = True, qat_epochs: int = 15, weight_bits: int = 8) -> dict[str, Any]:
     """Train, evaluate every path, write ``ptq_vs_qat.json``/``.md``/``.png`` under ``out``.
 
     Args:
@@ -104,7 +105,8 @@ def run(out: str | Path, seeds: int | None = None, epochs: int | None = None,
     for split in splits:
         configs = build_configs(split, seeds, epochs, overrides,
                                 float_dir=out / "runs" / split / "float_int8_budget",
-                                qat_epochs=1 if quick else qat_epochs)
+                                qat_epochs=1 if quick else qat_epochs,
+                                weight_bits=weight_bits)
         data = prepare_data(configs["qat"], progress=progress)
         if not budget:
             budget = _describe_budget(configs, data.input_size)
@@ -347,12 +349,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     common.add_common_arguments(parser, "runs/ptq_vs_qat")
     parser.add_argument("--seeds", type=int, help="seeds per run (default: configs', 3)")
     parser.add_argument("--epochs", type=int, help="epochs per run (default: configs', 40)")
+    parser.add_argument("--bits", type=int, choices=(8, 4), default=8,
+                        help="weight storage of the quantized rows (the budget solves for it)")
     parser.add_argument("--splits", nargs="+", choices=("random", "official", "speaker"),
                         default=list(SPLITS))
     args = parser.parse_args(argv)
     common.setup_logging()
     run(args.out, args.seeds, args.epochs, args.splits, args.set, args.quick,
-        progress=not args.quiet)
+        progress=not args.quiet, weight_bits=args.bits)
     return 0
 
 
