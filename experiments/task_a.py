@@ -4,13 +4,10 @@ Run:      python -m experiments.task_a --out runs/task_a
 Quick:    python -m experiments.task_a --quick --out /tmp/task_a
           (2 epochs, 1 seed, no waveform augmentation copies)
 Options:  --seeds N (seeds trained together in one program), --set key=value (any config key)
-Time on a 2-core CPU (AMD EPYC, shared; measured at load average 1.5-7 from other jobs):
-  full (40 epochs x 3 seeds, two waveform copies per clip) about 21 minutes: a 61 s first
-  epoch that compiles, then ~29 s per epoch for the 3 seeds together (train time 1,217 s);
-  --quick 65 s.
-Expected: test accuracy 99.72 % mean over 3 seeds (99.50-100.00) on the 600 test clips.
-  (Before the tuned regularisation, dropout 0.1 and no augmentation: 98.72 %, 98.33-99.00,
-  9 min 40 s.)
+Time on a 2-core CPU (AMD EPYC, shared with other jobs): full (40 epochs x 3 seeds, two
+  waveform copies per clip) about 20 min; --quick about 1 min.
+Measured: test accuracy 99.72 % mean over 3 seeds (99.50-100.00) on the 600 test clips
+  (before the regularisation in task_a.yaml: 98.50 %, 98.00-99.00).
 Produces: <out>/run/ (the library's run directory: metrics.json, params, plots) and
   <out>/summary.json + <out>/summary.md: test accuracy mean/min/max over seeds and per
   seed, parameters, training time and seconds per epoch. The model is selected on the
