@@ -1,7 +1,7 @@
 """Throughput benchmark: training seconds per epoch and inference speed of every path.
 
 Run:      python -m experiments.benchmark --out runs/benchmark
-Quick:    python -m experiments.benchmark --quick --out /tmp/bench   (hidden 24, 1 epoch)
+Quick:    python -m experiments.benchmark --quick --out runs/bench_quick   (hidden 24, 1 epoch)
 Options:  --hidden 24 128  --seeds 1 3  --epochs 3  --set key=value (data/feature config)
 Time on a 2-core CPU (AMD EPYC, shared; measured at load average ~7 from other jobs):
   full 4 min 46 s (mostly compiling the length buckets, ~35 s per model), --quick 2 min.

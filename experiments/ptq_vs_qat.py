@@ -1,7 +1,7 @@
 """PTQ vs QAT under the 36,864-byte budget, on the random and the official split.
 
 Run:      python -m experiments.ptq_vs_qat --out runs/ptq_vs_qat
-Quick:    python -m experiments.ptq_vs_qat --quick --out /tmp/ptq_quick
+Quick:    python -m experiments.ptq_vs_qat --quick --out runs/ptq_quick
           (1 seed, 2 epochs, no waveform augmentation copies)
 Options:  --epochs N --seeds N --splits random official --set key=value (every run)
 Time on a 2-core CPU (AMD EPYC, shared with other jobs): full (3 seeds trained together,

@@ -1,7 +1,7 @@
 """Task A: the reference study's float LSTM (2 layers, hidden 128, 13 MFCCs, random split).
 
 Run:      python -m experiments.task_a --out runs/task_a
-Quick:    python -m experiments.task_a --quick --out /tmp/task_a
+Quick:    python -m experiments.task_a --quick --out runs/task_a_quick
           (2 epochs, 1 seed, no waveform augmentation copies)
 Options:  --seeds N (seeds trained together in one program), --set key=value (any config key)
 Time on a 2-core CPU (AMD EPYC, shared with other jobs): full (40 epochs x 3 seeds, two
