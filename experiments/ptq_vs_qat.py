@@ -42,6 +42,7 @@ from experiments import common
 from lstmq.audit import FloatFoundError, audit_float_free
 from lstmq.budget import Precision, count_artifact_bytes, hidden_from_config, model_bytes
 from lstmq.config import Config, load_config
+from lstmq.export import stored_arrays
 from lstmq.integer import convert_run, predict_int, predict_int_split, quantize_input
 from lstmq.pipeline import prepare_data
 from lstmq.runner import load_run, predict_run, test_report
@@ -215,7 +216,9 @@ def _evaluate_split(split: str, runs: dict[str, tuple[Any, dict]], test) -> list
                "test_count": report["test_count"]}
         row["fits_budget"] = row["bytes"] <= row["budget_bytes"]
         if method in artifacts:
-            counted = [count_artifact_bytes(model) for model in artifacts[method]]
+            # as the artifact stores them: int4 weights packed two per byte
+            counted = [count_artifact_bytes(stored_arrays(model, bits))
+                       for model in artifacts[method]]
             row["artifact_bytes"] = counted[0]
             row["artifact_bytes_match"] = all(c == row["bytes"] for c in counted)
             if not row["artifact_bytes_match"]:
