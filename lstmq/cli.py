@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as error:
+        if args.verbose:  # the traceback, for debugging
+            raise
         print(f"lstmq {args.command}: error: {error}", file=sys.stderr)
         return 2
 
