@@ -29,6 +29,18 @@ SHARED_MACHINE_NOTE = ("Timings come from a shared machine: other jobs may have 
                        "(see load_average), so treat them as indicative, not as a ceiling.")
 
 
+QUICK_OVERRIDES = ("augment.copies=0",)  # no waveform copies: a third of the epoch time
+
+
+def quick_defaults(quick: bool, seeds: int | None, epochs: int | None,
+                   overrides: Sequence[str]) -> tuple[int | None, int | None, list[str]]:
+    """``--quick``: 1 seed, 2 epochs and no waveform copies unless given explicitly."""
+    if not quick:
+        return seeds, epochs, list(overrides)
+    return (1 if seeds is None else seeds, 2 if epochs is None else epochs,
+            [*QUICK_OVERRIDES, *overrides])
+
+
 class ResumeError(RuntimeError):
     """A run directory holds a finished run of a different config or data."""
 

@@ -50,7 +50,6 @@ from lstmq.runner import load_run, predict_run, test_report
 INT8_CONFIG = common.CONFIG_DIR / "task_b_qat.yaml"
 FLOAT32_CONFIG = common.CONFIG_DIR / "task_b_float.yaml"
 SPLITS = ("random", "official")
-QUICK_OVERRIDES = ("augment.copies=0",)  # no waveform copies: a third of the epoch time
 METHODS = ("float", "PTQ-dynamic", "PTQ-static", "PTQ-integer", "QAT", "QAT-integer",
            "float32 parity")
 
@@ -92,10 +91,7 @@ def run(out: str | Path, seeds: int | None = None, epochs: int | None = None,
         ``overrides`` say otherwise.
     """
     out = Path(out)
-    if quick:
-        seeds = 1 if seeds is None else seeds
-        epochs = 2 if epochs is None else epochs
-        overrides = [*QUICK_OVERRIDES, *overrides]
+    seeds, epochs, overrides = common.quick_defaults(quick, seeds, epochs, overrides)
     environment = common.environment()
     rows: list[dict[str, Any]] = []
     budget: dict[str, Any] = {}

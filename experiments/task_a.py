@@ -27,7 +27,6 @@ from experiments import common
 from lstmq.config import load_config
 
 CONFIG = common.CONFIG_DIR / "task_a.yaml"
-QUICK_OVERRIDES = ("augment.copies=0",)  # no waveform copies: a third of the epoch time
 
 
 def run(out: str | Path, seeds: int | None = None, epochs: int | None = None,
@@ -44,11 +43,8 @@ def run(out: str | Path, seeds: int | None = None, epochs: int | None = None,
         ``overrides`` say otherwise.
     """
     out = Path(out)
-    if quick:
-        seeds = 1 if seeds is None else seeds
-        epochs = 2 if epochs is None else epochs
-    settings = [*(QUICK_OVERRIDES if quick else ()),
-                *([f"train.seeds={seeds}"] if seeds is not None else []),
+    seeds, epochs, overrides = common.quick_defaults(quick, seeds, epochs, overrides)
+    settings = [*([f"train.seeds={seeds}"] if seeds is not None else []),
                 *([f"train.epochs={epochs}"] if epochs is not None else []), *overrides]
     config = load_config(CONFIG, settings)
     common.say(f"task A: hidden {config.model.hidden}, {config.model.layers} layers, "
