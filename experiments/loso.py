@@ -5,7 +5,8 @@
 For each FSDD speaker: train the float model at the int8-budget hidden size on the other
 speakers (validation carved from their clips), fine-tune it quantization-aware
 (``--qat-epochs``, each seed from its float seed), convert to the integer model, and test
-all three on the held-out speaker. Reports per-speaker and 6-speaker mean accuracy (mean,
+all three on the held-out speaker, clean and with white noise at ``--noise-snr`` dB (the
+same noisy copies for every config). Reports per-speaker and 6-speaker mean accuracy (mean,
 min, max over seeds). Full run (6 speakers, 3 seeds, 40 + 15 epochs): roughly 40-60 min on
 a 2-core CPU; ``--quick`` (1 speaker, 1 seed, 2 + 1 epochs) about 2 min.
 """
@@ -20,14 +21,28 @@ from typing import Any
 import numpy as np
 
 from experiments import common
-from lstmq.config import load_config
+from lstmq.augment import augment_dataset
+from lstmq.config import AugmentConfig, load_config
+from lstmq.data import load_dataset, make_split
 from lstmq.integer import convert_run, predict_int_split
-from lstmq.pipeline import prepare_data
+from lstmq.pipeline import PreparedData, SplitArrays, prepare_data, prepare_recordings
 from lstmq.runner import load_run, predict_run, test_report
 
 CONFIG = common.CONFIG_DIR / "task_b_qat.yaml"
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 PATHS = ("float", "QAT", "integer")
+NOISE_SEED = 1234  # the noisy test copies are the same for every config
+
+
+def noisy_test_split(config, data: PreparedData, snr_db: float) -> SplitArrays:
+    """The test clips with white noise at ``snr_db``, featurized like the clean ones."""
+    dataset = load_dataset(config.data)
+    test = dataset.subset(make_split(dataset, config.data).test)
+    noisy = augment_dataset(test, AugmentConfig(noise_snr_db=snr_db, copies=1), NOISE_SEED, 0)
+    split = prepare_recordings(noisy, config, data.normalizer, progress=False)
+    if split.names != data.test.names:
+        raise RuntimeError("noisy test clips are not the test clips")
+    return split
 
 
 def fold_configs(speaker: str, overrides: Sequence[str], qat_overrides: Sequence[str],
@@ -40,15 +55,33 @@ def fold_configs(speaker: str, overrides: Sequence[str], qat_overrides: Sequence
     return float_config, qat_config
 
 
+def _accuracies(logits: dict[str, np.ndarray], split: SplitArrays, seeds) -> dict[str, Any]:
+    return {path: common.accuracy_summary(list(
+        test_report(logits[path], split, seeds)["test_accuracy_per_seed"].values()))
+        for path in PATHS}
+
+
+def _speaker_means(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per path: the mean over speakers of each seed's accuracy, summarised over seeds."""
+    return {path: common.accuracy_summary(
+        np.mean([r[path]["values"] for r in rows], axis=0).tolist()) for path in PATHS}
+
+
+def _predict(float_run, qat_run, integer_models, split: SplitArrays) -> dict[str, np.ndarray]:
+    return {"float": predict_run(float_run, split), "QAT": predict_run(qat_run, split),
+            "integer": predict_int_split(integer_models, split)}
+
+
 def run(out: str | Path, speakers: Sequence[str] = SPEAKERS, seeds: int | None = None,
         epochs: int | None = None, qat_epochs: int = 15, overrides: Sequence[str] = (),
-        quick: bool = False, progress: bool = True) -> dict[str, Any]:
+        quick: bool = False, progress: bool = True,
+        noise_snr_db: float | None = 10.0) -> dict[str, Any]:
     out = Path(out)
     if quick:
         seeds, epochs, qat_epochs = seeds or 1, epochs or 2, 1
     common_overrides = [*([f"train.seeds={seeds}"] if seeds else []),
                         *([f"train.epochs={epochs}"] if epochs else []), *overrides]
-    qat_overrides = [f"train.epochs={qat_epochs}"]
+    qat_overrides = [f"train.epochs={qat_epochs}", "train.learning_rate=0.001"]
     rows = []
     for speaker in speakers:
         float_dir = out / "runs" / speaker / "float"
@@ -61,41 +94,54 @@ def run(out: str | Path, speakers: Sequence[str] = SPEAKERS, seeds: int | None =
         qat_dir = out / "runs" / speaker / "qat"
         common.train_or_resume(qat_config, qat_dir, data, progress)
         float_run, qat_run = load_run(float_dir), load_run(qat_dir)
-        logits = {"float": predict_run(float_run, data.test), "QAT": predict_run(qat_run, data.test),
-                  "integer": predict_int_split(convert_run(qat_run), data.test)}
+        integer_models = convert_run(qat_run)
+        logits = _predict(float_run, qat_run, integer_models, data.test)
         row = {"speaker": speaker, "hidden": qat_run.derived.hidden,
-               "seeds": list(qat_run.derived.seeds), "test_count": len(data.test)}
-        for path in PATHS:
-            report = test_report(logits[path], data.test, qat_run.derived.seeds)
-            row[path] = common.accuracy_summary(list(report["test_accuracy_per_seed"].values()))
+               "seeds": list(qat_run.derived.seeds), "test_count": len(data.test),
+               **_accuracies(logits, data.test, qat_run.derived.seeds)}
         row["integer_qat_agreement"] = float(np.mean(
             np.argmax(logits["integer"], -1) == np.argmax(logits["QAT"], -1)))
+        if noise_snr_db is not None:
+            noisy = noisy_test_split(float_config, data, noise_snr_db)
+            row["noisy"] = _accuracies(_predict(float_run, qat_run, integer_models, noisy),
+                                       noisy, qat_run.derived.seeds)
         rows.append(row)
         common.say(f"[{speaker}] " + ", ".join(
             f"{p} {common.format_accuracy(row[p])}%" for p in PATHS))
-    means = {path: common.accuracy_summary(
-        np.mean([r[path]["values"] for r in rows], axis=0).tolist()) for path in PATHS}
     result = {"experiment": "loso", "speakers": list(speakers), "rows": rows,
-              "mean_over_speakers": means,
+              "mean_over_speakers": _speaker_means(rows),
+              "noise_snr_db": noise_snr_db,
               "settings": {"config": "experiments/configs/task_b_qat.yaml",
                            "overrides": list(overrides), "seeds": seeds, "epochs": epochs,
                            "qat_epochs": qat_epochs, "quick": quick},
               "environment": common.environment()}
+    if noise_snr_db is not None:
+        result["noisy_mean_over_speakers"] = _speaker_means([r["noisy"] for r in rows])
     common.write_results(out, "loso", result, format_table(result))
     return result
 
 
 def format_table(result: dict[str, Any]) -> str:
+    snr = result.get("noise_snr_db")
+    noisy = [f"{p} at {snr:g} dB SNR %" for p in PATHS] if snr is not None else []
     headers = ["held-out speaker", "hidden", *[f"{p} % (min-max)" for p in PATHS],
-               "integer = QAT"]
+               "integer = QAT", *noisy]
+
+    def noisy_cells(row: dict[str, Any]) -> list[str]:
+        return [common.format_accuracy(row[p]) for p in PATHS] if noisy else []
+
     rows = [[r["speaker"], r["hidden"], *[common.format_accuracy(r[p]) for p in PATHS],
-             f"{r['integer_qat_agreement'] * 100:.2f}%"] for r in result["rows"]]
+             f"{r['integer_qat_agreement'] * 100:.2f}%", *noisy_cells(r.get("noisy", {}))]
+            for r in result["rows"]]
     rows.append([f"mean of {len(result['rows'])}", "",
-                 *[common.format_accuracy(result["mean_over_speakers"][p]) for p in PATHS], ""])
+                 *[common.format_accuracy(result["mean_over_speakers"][p]) for p in PATHS], "",
+                 *noisy_cells(result.get("noisy_mean_over_speakers", {}))])
     settings = result["settings"]
     return ("# Leave-one-speaker-out\n\n"
             f"Config {settings['config']} with overrides {settings['overrides'] or 'none'}; "
-            f"accuracy mean (min-max) over seeds; the last row averages speakers per seed.\n\n"
+            f"accuracy mean (min-max) over seeds; the last row averages speakers per seed."
+            + (f" Noisy columns: the same test clips with white noise at {snr:g} dB SNR."
+               if noisy else "") + "\n\n"
             + common.markdown_table(headers, rows))
 
 
@@ -106,11 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--qat-epochs", type=int, default=15)
+    parser.add_argument("--noise-snr", type=float, default=10.0,
+                        help="also test on noisy copies at this SNR in dB (negative: skip)")
     args = parser.parse_args(argv)
     common.setup_logging()
     speakers = args.speakers[:1] if args.quick else args.speakers
     result = run(args.out, speakers, args.seeds, args.epochs, args.qat_epochs, args.set,
-                 args.quick, not args.quiet)
+                 args.quick, not args.quiet, None if args.noise_snr < 0 else args.noise_snr)
     print(format_table(result))
     return 0
 

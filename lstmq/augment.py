@@ -26,7 +26,8 @@ def augment_clip(audio: np.ndarray, sample_rate: int, cfg: AugmentConfig,
     - speed: resample by a factor in [1 - speed, 1 + speed] (tempo and pitch change together,
       as in Kaldi's speed perturbation, a proxy for other vocal tracts);
     - time_shift: up to this fraction of the clip of leading silence;
-    - noise_snr_db: white noise at this signal-to-noise ratio.
+    - noise_snr_db: white noise at this signal-to-noise ratio (drawn uniformly up to
+      noise_snr_db_max when that is set).
     """
     import librosa
 
@@ -39,10 +40,23 @@ def augment_clip(audio: np.ndarray, sample_rate: int, cfg: AugmentConfig,
         lead = int(rng.uniform(0, cfg.time_shift) * len(out))
         out = np.concatenate([np.zeros(lead, np.float32), out])
     if cfg.noise_snr_db is not None:
+        snr_db = cfg.noise_snr_db
+        if cfg.noise_snr_db_max is not None:
+            snr_db = rng.uniform(cfg.noise_snr_db, cfg.noise_snr_db_max)
         rms = float(np.sqrt(np.mean(out**2))) or 1e-4
-        noise_rms = rms / 10 ** (cfg.noise_snr_db / 20)
+        noise_rms = rms / 10 ** (snr_db / 20)
         out = out + rng.normal(0, noise_rms, len(out)).astype(np.float32)
     return np.clip(out, -1.0, 1.0)
+
+
+def check_augment_config(cfg: AugmentConfig) -> None:
+    """Raise ValueError for settings that cannot be honoured."""
+    if cfg.noise_snr_db_max is not None and (cfg.noise_snr_db is None
+                                             or cfg.noise_snr_db_max < cfg.noise_snr_db):
+        raise ValueError(f"augment.noise_snr_db_max {cfg.noise_snr_db_max} needs "
+                         f"augment.noise_snr_db <= it, got {cfg.noise_snr_db}")
+    if not 0 <= cfg.speed < 1:
+        raise ValueError(f"augment.speed must be in [0, 1), got {cfg.speed}")
 
 
 def waveform_augmentation_enabled(cfg: AugmentConfig) -> bool:
@@ -51,6 +65,7 @@ def waveform_augmentation_enabled(cfg: AugmentConfig) -> bool:
 
 def augment_dataset(dataset: Dataset, cfg: AugmentConfig, seed: int, copy: int) -> Dataset:
     """Copy number ``copy`` of every clip, deterministic in (seed, copy, clip index)."""
+    check_augment_config(cfg)
     audio = tuple(augment_clip(a, dataset.sample_rate, cfg, np.random.default_rng([seed, copy, i]))
                   for i, a in enumerate(dataset.audio))
     spec = json.dumps({"parent": dataset.fingerprint, "augment": dataclasses.asdict(cfg),

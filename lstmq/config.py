@@ -50,6 +50,7 @@ class DataConfig:
     split_seed: int = 42  # random split (the reference study's random_state)
     test_speaker: str = "george"  # speaker split
     val_fraction: float = 0.1  # carved from the training clips, stratified, for model selection
+    val_speaker: str | None = None  # speaker split: validate on this training speaker instead
     sample_rate: int = 8000
     resample: bool = False  # other rates: resample when true, refuse (naming the file) when false
 
@@ -110,6 +111,7 @@ class AugmentConfig:
     """Training-time augmentation (all off by default)."""
 
     noise_snr_db: float | None = None  # additive white noise at this SNR
+    noise_snr_db_max: float | None = None  # if set: SNR uniform in [noise_snr_db, this]
     time_shift: float = 0.0  # max shift as a fraction of the clip
     speed: float = 0.0  # max relative speed change (resampling)
     freq_mask: int = 0  # SpecAugment: max masked MFCC coefficients

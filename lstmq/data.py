@@ -424,12 +424,29 @@ def load_dataset(cfg: DataConfig, path: str | os.PathLike | None = None) -> Data
     return load_recordings(location, cfg.sample_rate, cfg.resample)
 
 
+def _hold_out_speaker(dataset: Dataset, train: np.ndarray,
+                      cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val): every training clip of ``cfg.val_speaker`` becomes validation."""
+    if cfg.split != "speaker":
+        raise DataError(f"data.val_speaker needs data.split=speaker, got {cfg.split!r}")
+    if cfg.val_speaker == cfg.test_speaker:
+        raise DataError(f"data.val_speaker {cfg.val_speaker!r} is also the test speaker")
+    is_val = dataset.speakers[train] == cfg.val_speaker
+    if not is_val.any():
+        known = sorted(set(dataset.speakers[train].tolist()))
+        raise DataError(f"data.val_speaker {cfg.val_speaker!r} is not among the training "
+                        f"speakers of {dataset.source}: {', '.join(known)}")
+    return train[~is_val], train[is_val]
+
+
 def make_split(dataset: Dataset, cfg: DataConfig) -> Split:
     """Train/val/test indices; val is carved from train only (stratified), never from test.
 
     ``random`` reproduces the reference study exactly: ``train_test_split(arange(N),
     test_size, random_state=split_seed)`` over clips in file-name order. ``official``:
-    takes 0-4 are test. ``speaker``: one speaker's clips are test.
+    takes 0-4 are test. ``speaker``: one speaker's clips are test, and with ``val_speaker``
+    another speaker's clips are validation (a voice unheard in training, to pick settings
+    for new voices).
 
     Raises:
       DataError: bad fractions, unknown test speaker, an empty test set, or a training set
@@ -461,7 +478,9 @@ def make_split(dataset: Dataset, cfg: DataConfig) -> Split:
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise DataError(f"data.val_fraction must be in [0, 1), got {cfg.val_fraction}")
     val = np.zeros(0, dtype=np.int64)
-    if cfg.val_fraction > 0:
+    if cfg.val_speaker is not None:
+        train, val = _hold_out_speaker(dataset, train, cfg)
+    elif cfg.val_fraction > 0:
         try:
             train, val = train_test_split(
                 train, test_size=cfg.val_fraction, random_state=cfg.split_seed, stratify=dataset.labels[train]

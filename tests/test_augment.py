@@ -3,6 +3,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lstmq.augment import augment_clip, augment_dataset, make_spec_augment, spec_augment
 from lstmq.config import AugmentConfig, load_config
@@ -29,6 +30,27 @@ def test_noise_has_requested_snr():
     noise = noisy - audio
     snr = 10 * np.log10(np.mean(audio**2) / np.mean(noise**2))
     assert abs(snr - 10.0) < 0.3
+
+
+def test_noise_snr_range_draws_within_bounds():
+    audio = _tone(2.0)
+    cfg = AugmentConfig(noise_snr_db=5.0, noise_snr_db_max=25.0, copies=1)
+    snrs = []
+    for seed in range(12):
+        noise = augment_clip(audio, 8000, cfg, np.random.default_rng(seed)) - audio
+        snrs.append(10 * np.log10(np.mean(audio**2) / np.mean(noise**2)))
+    assert 4.7 < min(snrs) and max(snrs) < 25.3
+    assert max(snrs) - min(snrs) > 5  # really drawn, not fixed
+
+
+@pytest.mark.parametrize("cfg", [AugmentConfig(noise_snr_db_max=20.0, copies=1),
+                                 AugmentConfig(noise_snr_db=20.0, noise_snr_db_max=10.0, copies=1),
+                                 AugmentConfig(speed=1.0, copies=1)])
+def test_impossible_augmentation_is_refused(cfg, wav_folder):
+    from lstmq.data import load_recordings
+
+    with pytest.raises(ValueError, match="augment"):
+        augment_dataset(load_recordings(wav_folder), cfg, 0, 0)
 
 
 def test_time_shift_adds_leading_silence_only():

@@ -476,3 +476,24 @@ def test_real_official_and_speaker_splits(fsdd_dataset):
     george = data.make_split(fsdd_dataset, DataConfig(split="speaker", test_speaker="george"))
     assert george.test.size == 500
     assert "george" not in set(fsdd_dataset.speakers[np.concatenate([george.train, george.val])].tolist())
+    nested = data.make_split(fsdd_dataset, DataConfig(split="speaker", test_speaker="george",
+                                                      val_speaker="theo"))
+    assert set(fsdd_dataset.speakers[nested.val].tolist()) == {"theo"} and nested.val.size == 500
+    assert nested.train.size == 2000
+
+
+def test_validation_speaker(wav_folder):
+    for path in sorted(wav_folder.glob("*_bob_*.wav")):  # a third speaker: carol sounds like bob
+        shutil.copy(path, path.with_name(path.name.replace("_bob_", "_carol_")))
+    dataset = data.load_recordings(wav_folder)
+    test, held = "alice", "carol"
+    split = data.make_split(dataset, DataConfig(split="speaker", test_speaker=test, val_speaker=held))
+    assert set(dataset.speakers[split.val].tolist()) == {held}
+    assert held not in set(dataset.speakers[split.train].tolist())
+    assert len(split.train) + len(split.val) + len(split.test) == len(dataset)
+    with pytest.raises(DataError, match="also the test speaker"):
+        data.make_split(dataset, DataConfig(split="speaker", test_speaker=test, val_speaker=test))
+    with pytest.raises(DataError, match="not among the training speakers"):
+        data.make_split(dataset, DataConfig(split="speaker", test_speaker=test, val_speaker="zed"))
+    with pytest.raises(DataError, match="needs data.split=speaker"):
+        data.make_split(dataset, DataConfig(split="official", val_speaker=held))

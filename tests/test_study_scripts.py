@@ -44,7 +44,9 @@ def test_loso_quick_reports_each_path(tmp_path: Path, tiny: list[str], wav_folde
     assert row["speaker"] == speaker and row["test_count"] > 0
     assert set(result["mean_over_speakers"]) == set(loso.PATHS)
     assert 0.0 <= row["integer_qat_agreement"] <= 1.0
-    assert f"| {speaker} |" in (tmp_path / "loso.md").read_text()
+    assert set(row["noisy"]) == set(loso.PATHS) == set(result["noisy_mean_over_speakers"])
+    table = (tmp_path / "loso.md").read_text()
+    assert f"| {speaker} |" in table and "integer at 10 dB SNR" in table
 
 
 def test_budget_sweep_counts_bytes_and_marks_the_front(tmp_path: Path, tiny: list[str]):
@@ -70,4 +72,25 @@ def test_tune_reports_validation_only(tmp_path: Path, tiny: list[str]):
     result = tune.run(None, {"base": [], "drop": ["model.dropout=0.5"]}, tmp_path, overrides)
     assert set(result) == {"base", "drop"}
     assert all(0.0 <= r["last5_mean"] <= 1.0 for r in result.values())
+    assert "test" not in json.dumps(result)
+
+
+def test_speaker_folds_validate_each_speaker_once_never_on_its_test_speaker():
+    folds = tune.speaker_folds(["a", "b", "c"])
+    pairs = [(f[1].split("=")[1], f[2].split("=")[1]) for f in folds]
+    assert pairs == [("a", "b"), ("b", "c"), ("c", "a")]
+    assert all(test != val for test, val in pairs)
+
+
+def test_tune_on_speaker_folds_scores_validation_speakers(tmp_path: Path, tiny: list[str],
+                                                           wav_folder: Path):
+    import shutil  # pylint: disable=import-outside-toplevel
+
+    for path in sorted(wav_folder.glob("*_bob_*.wav")):  # a third speaker
+        shutil.copy(path, path.with_name(path.name.replace("_bob_", "_carol_")))
+    overrides = [*tiny, "model.hidden=4"]
+    result = tune.run(None, {"base": []}, tmp_path, overrides, speakers=["alice", "bob", "carol"])
+    per_speaker = result["base"]["val_speaker_last5"]
+    assert set(per_speaker) == {"alice", "bob", "carol"}
+    assert result["base"]["last5_mean"] == pytest.approx(sum(per_speaker.values()) / 3)
     assert "test" not in json.dumps(result)
