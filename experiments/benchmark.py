@@ -218,15 +218,15 @@ def _time_inference(hidden: int, layers: int, input_size: int, num_classes: int,
     rows = {}
     for name, (fn, params_, is_int) in paths.items():
         inputs = x_int if is_int else x
-        batched = _repeat_timed(lambda: fn(params_, inputs, lengths), repeats)
+        batched = repeat_timed(lambda: fn(params_, inputs, lengths), repeats)
         single = clips_int if is_int else clips
-        latency = _each_timed([lambda i=i: fn(params_, single[i], one)
+        latency = each_timed([lambda i=i: fn(params_, single[i], one)
                                for i in range(latency_clips)])
         rows[name] = {"batch_seconds": batched, "clips_per_second": batch / batched["median"],
                       "latency_ms": common.spread([t * 1e3 for t in latency["values"]])}
         common.say(f"  inference {name:7s}: {rows[name]['clips_per_second']:,.0f} clips/s "
                    f"(batch {batch}), batch-1 latency {rows[name]['latency_ms']['median']:.2f} ms")
-    quantize = _each_timed([lambda i=i: quantize_input(integer, clips[i])
+    quantize = each_timed([lambda i=i: quantize_input(integer, clips[i])
                             for i in range(latency_clips)])
     for name, row in rows.items():
         row["throughput_vs_float"] = row["clips_per_second"] / rows["float"]["clips_per_second"]
@@ -237,7 +237,8 @@ def _time_inference(hidden: int, layers: int, input_size: int, num_classes: int,
             "quantize_input_latency_ms": common.spread([t * 1e3 for t in quantize["values"]])}
 
 
-def _repeat_timed(fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
+def repeat_timed(fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
+    """Spread of ``repeats`` timed calls of ``fn`` after one untimed (compiling) call."""
     jax.block_until_ready(fn())  # compile
     times = []
     for _ in range(repeats):
@@ -247,7 +248,8 @@ def _repeat_timed(fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
     return common.spread(times)
 
 
-def _each_timed(calls: list[Callable[[], Any]]) -> dict[str, Any]:
+def each_timed(calls: list[Callable[[], Any]]) -> dict[str, Any]:
+    """Spread of the times of each call (the first is also run once untimed, to compile)."""
     jax.block_until_ready(calls[0]())  # compile
     times = []
     for call in calls:

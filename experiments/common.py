@@ -125,11 +125,12 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 def write_results(out: Path, stem: str, result: dict[str, Any], markdown: str) -> None:
     """``<out>/<stem>.json`` and ``<out>/<stem>.md``, each written atomically."""
-    atomic_write_json(out / f"{stem}.json", _jsonable(result))
+    atomic_write_json(out / f"{stem}.json", jsonable(result))
     atomic_write_text(out / f"{stem}.md", markdown.rstrip() + "\n")
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays and paths turned into JSON builtins."""
     return json.loads(json.dumps(value, default=_to_builtin))
 
 
@@ -165,7 +166,7 @@ def train_or_resume(config: Config, workdir: Path, data: PreparedData | None = N
     workdir = Path(workdir)
     if (workdir / "metrics.json").is_file() and (workdir / "run.json").is_file():
         info = read_json(workdir / "run.json")
-        wanted = _jsonable(config_to_dict(config))
+        wanted = jsonable(config_to_dict(config))
         if info.get("config") != wanted:
             changed = sorted(f"{section}.{key}" for section, values in wanted.items()
                              for key, value in values.items()

@@ -122,9 +122,9 @@ def run(out: str | Path, seeds: int | None = None, epochs: int | None = None,
                 "val_accuracy": metrics["val_accuracy"],
                 "train_seconds": metrics["train_seconds"],
                 "seconds_per_epoch": metrics["seconds_per_epoch"]})
-        rows += _evaluate_split(split, runs, data.test)
+        rows += evaluate_split(split, runs, data.test)
         if not audit:
-            audit = _audit(runs["qat"][0], runs["float_int8_budget"][0], data.test)
+            audit = audit_paths(runs["qat"][0], runs["float_int8_budget"][0], data.test)
     environment["load_average_end"] = common.load_average()
     result = {
         "experiment": "ptq_vs_qat",
@@ -171,7 +171,7 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.argmax(a, -1) == np.argmax(b, -1)))
 
 
-def _evaluate_split(split: str, runs: dict[str, tuple[Any, dict]], test) -> list[dict[str, Any]]:
+def evaluate_split(split: str, runs: dict[str, tuple[Any, dict]], test) -> list[dict[str, Any]]:
     """Every method's test logits -> one row each (accuracy over seeds, bytes, float-free)."""
     float_run, _ = runs["float_int8_budget"]
     qat_run, _ = runs["qat"]
@@ -231,7 +231,7 @@ def _evaluate_split(split: str, runs: dict[str, tuple[Any, dict]], test) -> list
     return rows
 
 
-def _audit(qat_run, float_run, test) -> dict[str, Any]:
+def audit_paths(qat_run, float_run, test) -> dict[str, Any]:
     """Float-free audit of the integer path (passes) and of the float/QAT applies (fail)."""
     model = convert_run(qat_run)[0]
     x = test.x[:4, :32]

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from experiments import common, ptq_vs_qat
-from experiments.benchmark import _each_timed, _repeat_timed
+from experiments.benchmark import each_timed, repeat_timed
 from lstmq.budget import Precision, model_bytes
 from lstmq.config import Config, load_config
 from lstmq.io import atomic_write_json, atomic_write_text
@@ -71,14 +71,14 @@ def run(out: str | Path, quick: bool = False, overrides: Sequence[str] = (),
                           "train_seconds": metrics["train_seconds"],
                           "seconds_per_epoch": metrics["seconds_per_epoch"]})
     test = prepare_data(configs["qat"], progress=progress).test
-    rows = ptq_vs_qat._evaluate_split("random", runs, test)
+    rows = ptq_vs_qat.evaluate_split("random", runs, test)
     rows.insert(0, _task_a_row(runs["task_a"][0], test))
-    audit = ptq_vs_qat._audit(runs["qat"][0], runs["float_int8_budget"][0], test)
+    audit = ptq_vs_qat.audit_paths(runs["qat"][0], runs["float_int8_budget"][0], test)
     timing = time_paths(runs, test)
     result = {"experiment": "reproduce", "quick": quick, "overrides": list(overrides),
               "rows": rows, "trainings": trainings, "audit": audit, "timing": timing,
               "seconds": time.perf_counter() - started, "environment": common.environment()}
-    atomic_write_json(out / "report.json", common._jsonable(result))
+    atomic_write_json(out / "report.json", common.jsonable(result))
     atomic_write_text(out / "REPORT.md", format_report(result) + "\n")
     ptq_vs_qat.plot_accuracy(rows, out / "accuracy.png")
     common.say(f"done in {result['seconds'] / 60:.1f} min: {out / 'REPORT.md'}")
@@ -123,8 +123,8 @@ def time_paths(runs: dict[str, tuple[Any, dict]], test, batch: int = 256,
     rows = {}
     for name, (fn, params, is_int) in paths.items():
         inputs = quantize_input(integer, x) if is_int else x
-        batched = _repeat_timed(lambda: fn(params, inputs, lengths), repeats)
-        latency = _each_timed([lambda i=i: fn(params, inputs[i:i + 1], lengths[i:i + 1])
+        batched = repeat_timed(lambda: fn(params, inputs, lengths), repeats)
+        latency = each_timed([lambda i=i: fn(params, inputs[i:i + 1], lengths[i:i + 1])
                                for i in range(latency_clips)])
         rows[name] = {"clips_per_second": batch / batched["median"],
                       "latency_ms": latency["median"] * 1e3}
