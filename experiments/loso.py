@@ -3,9 +3,10 @@
     python -m experiments.loso --out runs/loso [--quick] [--speakers george theo] [--set ...]
 
 For each FSDD speaker: train the float model at the int8-budget hidden size on the other
-speakers (validation carved from their clips), fine-tune it quantization-aware
-(``--qat-epochs``, each seed from its float seed), convert to the integer model, and test
-all three on the held-out speaker, clean and with white noise at ``--noise-snr`` dB (the
+speakers (validation carved from their clips), convert it to an integer model without
+retraining (PTQ-integer), fine-tune it quantization-aware (``--qat-epochs``, each seed from
+its float seed), convert that to the integer model, and test all four on the held-out
+speaker, clean and with white noise at ``--noise-snr`` dB (the
 same noisy copies for every config). Reports per-speaker and 6-speaker mean accuracy (mean,
 min, max over seeds). Full run (6 speakers, 3 seeds, 40 + 15 epochs): roughly 40-60 min on
 a 2-core CPU; ``--quick`` (1 speaker, 1 seed, 2 + 1 epochs) about 2 min.
@@ -30,7 +31,7 @@ from lstmq.runner import load_run, predict_run, test_report
 
 CONFIG = common.CONFIG_DIR / "task_b_qat.yaml"
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
-PATHS = ("float", "QAT", "integer")
+PATHS = ("float", "PTQ-integer", "QAT", "integer")  # integer: the QAT run converted
 NOISE_SEED = 1234  # the noisy test copies are the same for every config
 
 
@@ -68,8 +69,10 @@ def _speaker_means(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _predict(float_run, qat_run, integer_models, split: SplitArrays) -> dict[str, np.ndarray]:
-    return {"float": predict_run(float_run, split), "QAT": predict_run(qat_run, split),
-            "integer": predict_int_split(integer_models, split)}
+    return {"float": predict_run(float_run, split),
+            "PTQ-integer": predict_int_split(integer_models["PTQ-integer"], split),
+            "QAT": predict_run(qat_run, split),
+            "integer": predict_int_split(integer_models["integer"], split)}
 
 
 def run(out: str | Path, speakers: Sequence[str] = SPEAKERS, seeds: int | None = None,
@@ -94,7 +97,8 @@ def run(out: str | Path, speakers: Sequence[str] = SPEAKERS, seeds: int | None =
         qat_dir = out / "runs" / speaker / "qat"
         common.train_or_resume(qat_config, qat_dir, data, progress)
         float_run, qat_run = load_run(float_dir), load_run(qat_dir)
-        integer_models = convert_run(qat_run)
+        integer_models = {"PTQ-integer": convert_run(float_run, post_training=True),
+                          "integer": convert_run(qat_run)}
         logits = _predict(float_run, qat_run, integer_models, data.test)
         row = {"speaker": speaker, "hidden": qat_run.derived.hidden,
                "seeds": list(qat_run.derived.seeds), "test_count": len(data.test),
