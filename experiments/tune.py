@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lstmq.config import load_config
-from lstmq.io import atomic_write_json
+from lstmq.io import atomic_write_json, read_json
 from lstmq.runner import train_and_evaluate
 
 
@@ -47,7 +47,8 @@ def run(config_path: str | None, variants: dict[str, list[str]], out: str | Path
         overrides: list[str] = (), progress: bool = False,
         speakers: list[str] | None = None) -> dict:
     out = Path(out)
-    results = {}
+    previous = out / "tune.json"
+    results = read_json(previous) if previous.is_file() else {}  # earlier variants are kept
     folds = speaker_folds(list(speakers)) if speakers else [[]]
     for name, extra in variants.items():
         summaries, per_speaker, seconds = [], {}, []
