@@ -164,6 +164,7 @@ def format_report(result: dict[str, Any]) -> str:
           f"{t['train_seconds']:.0f}", f"{t['seconds_per_epoch']:.1f}"]
          for t in result["trainings"]])
     env = result["environment"]
+    training_minutes = sum(t["train_seconds"] for t in result["trainings"]) / 60
     return "\n".join([
         "# lstmq: reproduction of the reference study" + (" (quick)" if result["quick"] else ""),
         "", "Random split (2400/600 clips, random_state 42). Accuracy: mean (min-max) over "
@@ -175,8 +176,9 @@ def format_report(result: dict[str, Any]) -> str:
         "## Timings", "", times, "", "## Trainings", "", trainings, "",
         "Confusion matrices and training curves: `runs/random/<run>/confusion.png`, "
         "`history.png`; accuracy bars: `accuracy.png`.", "",
-        f"Total time {result['seconds'] / 60:.1f} min on {env['cpu']} ({env['cores']} cores), "
-        f"load average {env['load_average']}.",
+        f"Training time of all runs {training_minutes:.1f} min; this invocation "
+        f"{result['seconds'] / 60:.1f} min (finished runs are reused, not retrained); "
+        f"{env['cpu']} ({env['cores']} cores), load average {env['load_average']}.",
     ])
 
 
