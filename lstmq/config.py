@@ -82,6 +82,7 @@ class ModelConfig:
     layers: int = 2
     dropout: float = 0.1  # between layers and before the readout
     num_classes: int = 10
+    readout: Literal["last", "mean"] = "last"  # last valid state, or mean over valid frames
 
 
 @dataclasses.dataclass(frozen=True)

@@ -199,6 +199,9 @@ def convert_run(run, post_training: bool = False) -> list[dict[str, np.ndarray]]
         raise ConversionError(f"{run.directory}: integer conversion needs a QAT run "
                               f"(quant.mode=qat), this one is {run.config.quant.mode!r}; "
                               "pass post_training=True for post-training quantization")
+    if run.config.model.readout != "last":
+        raise ConversionError(f"{run.directory}: the integer path reads the last state; "
+                              f"model.readout={run.config.model.readout!r} is not supported")
     seeds = len(run.derived.seeds)
     return [convert_params(jax.tree_util.tree_map(lambda p: np.asarray(p[s]), run.params),
                            run.derived.input_clip, run.config.quant.weight_bits)

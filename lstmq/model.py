@@ -128,14 +128,22 @@ class LSTMLayer(nn.Module):
         return outputs, last_h
 
 
+def masked_mean(outputs: jax.Array, valid: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Mean of ``outputs <f32>[batch, time, hidden]`` over each clip's valid frames."""
+    total = jnp.sum(jnp.where(valid[:, :, None], outputs, 0.0), axis=1)
+    return total / jnp.maximum(lengths, 1)[:, None].astype(outputs.dtype)
+
+
 class LSTMClassifier(nn.Module):
-    """Stacked LSTM with dropout between layers and a dense readout of the last state."""
+    """Stacked LSTM with dropout between layers and a dense readout of the last state
+    (``readout="last"``) or of the mean state over the clip's frames (``"mean"``)."""
 
     hidden: int
     layers: int = 2
     num_classes: int = 10
     dropout: float = 0.0
     numerics: Numerics | None = None
+    readout: str = "last"
 
     @nn.compact
     def __call__(self, x: jax.Array, lengths: jax.Array, train: bool = False) -> jax.Array:
@@ -143,11 +151,18 @@ class LSTMClassifier(nn.Module):
         valid = jnp.arange(x.shape[1])[None, :] < lengths[:, None]  # [batch, time]
         if self.numerics is not None:
             x = self.numerics.input(x)
+        if self.readout not in ("last", "mean"):
+            raise ValueError(f"model.readout must be 'last' or 'mean', got {self.readout!r}")
         last = None
         for index in range(self.layers):
             if index > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
             x, last = LSTMLayer(self.hidden, self.numerics, first=index == 0,
                                 name=f"lstm_{index}")(x, valid)
-        last = nn.Dropout(self.dropout, deterministic=not train)(last)
-        return _dense(self.num_classes, self.numerics, "readout", name="readout")(last)
+        summary = last
+        if self.readout == "mean":
+            summary = masked_mean(x, valid, lengths)
+            if self.numerics is not None:  # the integer path rounds the mean to Q0.7
+                summary = self.numerics.hidden(summary)
+        summary = nn.Dropout(self.dropout, deterministic=not train)(summary)
+        return _dense(self.num_classes, self.numerics, "readout", name="readout")(summary)

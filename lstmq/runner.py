@@ -72,7 +72,7 @@ def model_from_config(config: Config, derived: Derived, mode: str | None = None,
                                weight_bits=config.quant.weight_bits, **numerics_options)
     return LSTMClassifier(hidden=derived.hidden, layers=config.model.layers,
                           num_classes=config.model.num_classes, dropout=config.model.dropout,
-                          numerics=numerics)
+                          numerics=numerics, readout=config.model.readout)
 
 
 def derive(config: Config, data: PreparedData) -> Derived:

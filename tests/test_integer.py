@@ -307,3 +307,15 @@ def test_convert_run_and_integer_evaluation(wav_folder, tmp_path):
     logits = predict_int_reference(models[0], quantize_input(models[0], split.x), split.lengths)
     accuracy = float(np.mean(logits.argmax(-1) == split.labels))
     assert report["test_accuracy"] == pytest.approx(accuracy)
+
+
+def test_conversion_refuses_a_readout_it_does_not_implement():
+    import types  # pylint: disable=import-outside-toplevel
+    from pathlib import Path  # pylint: disable=import-outside-toplevel
+
+    from lstmq.config import load_config  # pylint: disable=import-outside-toplevel
+
+    run = types.SimpleNamespace(directory=Path("runs/x"), config=load_config(
+        overrides=["quant.mode=qat", "model.readout=mean"]))
+    with pytest.raises(ConversionError, match="readout"):
+        convert_run(run)

@@ -128,9 +128,11 @@ def params():
 NUMERICS = {"float": None, "scan": IdentityNumerics(), "qat": QATNumerics(input_clip=3.0)}
 
 
+@pytest.mark.parametrize("readout", ["last", "mean"])
 @pytest.mark.parametrize("name", NUMERICS)
-def test_frames_after_length_do_not_change_logits(params, name):
-    apply = jit_apply(LSTMClassifier(HIDDEN, 2, CLASSES, numerics=NUMERICS[name]), params)
+def test_frames_after_length_do_not_change_logits(params, name, readout):
+    apply = jit_apply(LSTMClassifier(HIDDEN, 2, CLASSES, numerics=NUMERICS[name],
+                                     readout=readout), params)
     x, lengths = make_inputs()
     valid = (jnp.arange(TIME)[None, :] < lengths[:, None])[..., None]
     garbage = 100.0 * jax.random.normal(jax.random.PRNGKey(9), (len(LENGTHS), TIME + 2, FEATURES))
@@ -143,6 +145,24 @@ def test_frames_after_length_do_not_change_logits(params, name):
     # Control: a change inside a clip does change its logits.
     inside = apply(x.at[0, 2].add(3.0), lengths)
     assert np.abs(np.asarray(inside - base)[0]).max() > 1e-4
+
+
+@pytest.mark.parametrize("name", ["float", "qat"])
+def test_mean_readout_of_one_frame_is_the_last_state_and_differs_later(params, name):
+    x, _ = make_inputs()
+    last, mean = (jit_apply(LSTMClassifier(HIDDEN, 2, CLASSES, numerics=NUMERICS[name],
+                                           readout=r), params) for r in ("last", "mean"))
+    one = jnp.ones(len(LENGTHS), jnp.int32)
+    np.testing.assert_allclose(mean(x, one), last(x, one), rtol=0, atol=1e-6)
+    lengths = jnp.asarray(LENGTHS)
+    long = np.asarray(LENGTHS) > 3
+    assert np.abs(np.asarray(mean(x, lengths) - last(x, lengths))[long]).min() > 1e-4
+
+
+def test_unknown_readout_is_refused(params):
+    x, lengths = make_inputs()
+    with pytest.raises(ValueError, match="model.readout"):
+        LSTMClassifier(HIDDEN, 2, CLASSES, readout="max").apply({"params": params}, x, lengths)
 
 
 def test_zero_length_clip_reads_the_initial_state(params):
