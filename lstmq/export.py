@@ -30,7 +30,7 @@ import numpy as np
 
 import lstmq
 from lstmq import budget
-from lstmq.integer import RECIPE_VERSION, IntegerModel, layer_names
+from lstmq.integer import MEAN_READOUT, READOUTS, RECIPE_VERSION, IntegerModel, layer_names
 
 FORMAT = "lstmq-integer-model"
 MANIFEST = "manifest.json"
@@ -160,6 +160,7 @@ def write_artifact(model: IntegerModel, path: str | Path, weight_bits: int = 8,
             "layers": len(layer_names(model)),
             "input_size": int(np.shape(model["lstm_0/input/kernel"])[0]),
             "num_classes": int(np.shape(model["readout/kernel"])[1]),
+            "readout": "mean" if MEAN_READOUT in model else "last",
             "param_bytes": report.total, "params": report.params,
             "tensors": tensors, **(extra or {}),
         }
@@ -253,6 +254,11 @@ def load_artifact(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, An
     if len(expected.rows) != len(manifest["tensors"]):
         raise ArtifactError(f"{where}: {len(manifest['tensors'])} tensors, the recipe has "
                             f"{len(expected.rows)}")
+    readout = manifest.get("readout", "last")
+    if readout not in READOUTS:
+        raise ArtifactError(f"{where}: manifest readout {readout!r} is not one of {READOUTS}")
+    if readout == "mean":
+        model[MEAN_READOUT] = np.asarray(1, np.int8)
     return model, manifest
 
 
@@ -352,6 +358,8 @@ def write_c_header(model: IntegerModel, path: str | Path, name: str = "lstmq_mod
            f"#define {upper}_INPUT_SIZE {np.shape(model['lstm_0/input/kernel'])[0]}",
            f"#define {upper}_HIDDEN {np.shape(model['readout/kernel'])[0]}",
            f"#define {upper}_NUM_CLASSES {np.shape(model['readout/kernel'])[1]}",
+           f"#define {upper}_READOUT_MEAN {int(MEAN_READOUT in model)}"
+           "  /* 1: readout of the rounded mean state over the frames, 0: of the last */",
            f"#define {upper}_HIDDEN_FRAC_BITS {HIDDEN_FRAC_BITS}",
            f"#define {upper}_PREACT_FRAC_BITS {PREACT_FRAC_BITS}",
            f"#define {upper}_GATE_FRAC_BITS {GATE_FRAC_BITS}",

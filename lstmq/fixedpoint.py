@@ -189,6 +189,18 @@ def saturating_add16(a: ArrayLike, b: ArrayLike) -> jax.Array:
     return saturate(_int32(a, max_bits=16) + _int32(b, max_bits=16), 16).astype(jnp.int16)
 
 
+def rounding_divide(x: ArrayLike, d: ArrayLike) -> jax.Array:
+    """``floor(x / d + 1/2)`` (round half up) for int32 ``x`` and ``1 <= d < 2^30``.
+
+    Computed from the floor quotient and its remainder (``0 <= r < d``), so no intermediate
+    leaves int32 whatever ``x`` is. Returns <int32>[...].
+    """
+    x, d = _int32(x), _int32(d)
+    q = jnp.floor_divide(x, d)
+    r = x - q * d
+    return q + (2 * r >= d).astype(jnp.int32)
+
+
 def int_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     """``<int8>[..., in] @ <int8>[in, out] -> <int32>[..., out]`` with int32 accumulation.
 
@@ -376,6 +388,10 @@ def fixed_mul_shift_ref(a: ArrayLike, b: ArrayLike, shift: ArrayLike) -> np.ndar
 
 def saturating_add16_ref(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     return _exact(lambda u, v: _clip(u + v, 16), a, b).astype(np.int16)
+
+
+def rounding_divide_ref(x: ArrayLike, d: ArrayLike) -> np.ndarray:
+    return _exact(lambda u, v: (2 * u + v) // (2 * v), x, d)  # floor(u / v + 1/2), v >= 1
 
 
 def int_matmul_ref(x: ArrayLike, w: ArrayLike) -> np.ndarray:

@@ -5,7 +5,9 @@ allowed); ``quantize_input`` is the one float boundary; ``predict_int`` touches 
 only, which ``lstmq.audit.audit_float_free`` checks on its jaxpr.
 
 An integer model is a flat mapping ``name -> np.ndarray`` whose names and dtypes are the
-rows of ``lstmq.budget.count_bytes``, so its bytes can be counted from the arrays alone.
+rows of ``lstmq.budget.count_bytes``, so its bytes can be counted from the arrays alone,
+plus, for a model that reads the mean hidden state, the flag ``MEAN_READOUT`` (a structural
+setting like the layer count, not a parameter).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ _HIDDEN_SHIFT = 2 * GATE_FRAC_BITS - HIDDEN_FRAC_BITS
 _FC_SHIFT = GATE_FRAC_BITS
 _IG_SHIFT = 2 * GATE_FRAC_BITS - CELL_FRAC_BITS
 _CELL_TO_PREACT = PREACT_FRAC_BITS - CELL_FRAC_BITS  # Q4.11 -> Q3.12 for tanh(c)
+MEAN_READOUT = "readout/mean_of_frames"  # present: the readout reads the mean hidden state
+READOUTS = ("last", "mean")
 
 
 class ConversionError(ValueError):
@@ -55,13 +59,18 @@ def input_scale(input_clip: float) -> np.float32:
     return np.float32(np.float32(input_clip) / np.float32(127.0))
 
 
-def convert_params(params: Mapping[str, Any], input_clip: float,
-                   weight_bits: int = 8) -> dict[str, np.ndarray]:
+def convert_params(params: Mapping[str, Any], input_clip: float, weight_bits: int = 8,
+                   readout: str = "last") -> dict[str, np.ndarray]:
     """Integer model of one seed's QAT parameters (float tree as ``LSTMClassifier`` makes it).
 
+    ``readout``: the classifier's ``model.readout`` (last state, or mean over frames).
+
     Raises:
-      ConversionError: a requantization multiplier or accumulator does not fit int32.
+      ConversionError: a requantization multiplier or accumulator does not fit int32, or an
+        unknown readout.
     """
+    if readout not in READOUTS:
+        raise ConversionError(f"model.readout must be one of {READOUTS}, got {readout!r}")
     if weight_bits not in (4, 8):
         raise ConversionError(f"integer weights must be 4 or 8 bits (int8 matmuls), got {weight_bits}")
     layers = sorted((k for k in params if re.fullmatch(r"lstm_\d+", k)), key=lambda k: int(k[5:]))
@@ -108,6 +117,8 @@ def convert_params(params: Mapping[str, Any], input_clip: float,
         raise ConversionError(f"readout: {error}") from None
     arrays["readout/kernel"] = wr
     arrays["readout/bias"] = readout_bias
+    if readout == "mean":
+        arrays[MEAN_READOUT] = np.asarray(1, np.int8)
     return arrays
 
 
@@ -166,8 +177,20 @@ def _lstm_layer(model: Mapping[str, jax.Array], name: str, x: jax.Array,
     return outputs
 
 
+def mean_state(outputs: jax.Array, valid: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Mean Q0.7 state over each clip's valid frames, rounded half up like the QAT model.
+
+    outputs <int8>[T, B, H], valid <bool>[T, B], lengths <int32>[B] -> <int8>[B, H]. The sum
+    is at most 127 * T in magnitude, exact in int32 for any clip under 16 million frames.
+    """
+    total = jnp.sum(jnp.where(valid[:, :, None], outputs, jnp.int8(0)).astype(jnp.int32), axis=0)
+    count = jnp.maximum(lengths.astype(jnp.int32), 1)[:, None]
+    return jnp.clip(fx.rounding_divide(total, count), -127, 127).astype(jnp.int8)
+
+
 def predict_int(model: Mapping[str, jax.Array], x: jax.Array, lengths: jax.Array) -> jax.Array:
-    """Integer logits of a batch.
+    """Integer logits of a batch (reading the last state, or the mean state when the model
+    holds ``MEAN_READOUT``).
 
     Args:
       model: integer model arrays (numpy or jnp).
@@ -181,7 +204,8 @@ def predict_int(model: Mapping[str, jax.Array], x: jax.Array, lengths: jax.Array
     h = jnp.transpose(x, (1, 0, 2))
     for name in layer_names(model):
         h = _lstm_layer(model, name, h, valid)
-    return fx.int_matmul(h[-1], model["readout/kernel"]) + model["readout/bias"]
+    summary = mean_state(h, valid, lengths) if MEAN_READOUT in model else h[-1]
+    return fx.int_matmul(summary, model["readout/kernel"]) + model["readout/bias"]
 
 
 def stack_models(models: list[IntegerModel]) -> dict[str, np.ndarray]:
@@ -199,12 +223,10 @@ def convert_run(run, post_training: bool = False) -> list[dict[str, np.ndarray]]
         raise ConversionError(f"{run.directory}: integer conversion needs a QAT run "
                               f"(quant.mode=qat), this one is {run.config.quant.mode!r}; "
                               "pass post_training=True for post-training quantization")
-    if run.config.model.readout != "last":
-        raise ConversionError(f"{run.directory}: the integer path reads the last state; "
-                              f"model.readout={run.config.model.readout!r} is not supported")
     seeds = len(run.derived.seeds)
     return [convert_params(jax.tree_util.tree_map(lambda p: np.asarray(p[s]), run.params),
-                           run.derived.input_clip, run.config.quant.weight_bits)
+                           run.derived.input_clip, run.config.quant.weight_bits,
+                           run.config.model.readout)
             for s in range(seeds)]
 
 

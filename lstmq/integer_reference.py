@@ -27,6 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from lstmq.fixedpoint import SIGMOID_LUT, TANH_LUT
+from lstmq.integer import MEAN_READOUT
 
 _I32 = (-(2**31), 2**31 - 1)
 _I16 = (-(2**15), 2**15 - 1)
@@ -122,7 +123,12 @@ def predict_int_reference(model: Mapping[str, np.ndarray], x: np.ndarray,
     h = x.astype(np.int64)
     for name in _layers(model):
         h = _layer(model, name, h, valid)
-    last = h[:, -1]  # masking carries each clip's state at its last valid frame to the end
-    logits = _matmul(last, model["readout/kernel"], "readout h W_r")
+    if MEAN_READOUT in model:  # mean over valid frames, rounded half up: floor(S / n + 1/2)
+        total = np.where(valid[:, :, None], h, 0).sum(axis=1)
+        count = np.maximum(lengths, 1)[:, None]
+        summary = np.clip((2 * total + count) // (2 * count), -127, 127)
+    else:
+        summary = h[:, -1]  # masking carries each clip's state at its last valid frame to the end
+    logits = _matmul(summary, model["readout/kernel"], "readout h W_r")
     logits = _fits_int32(logits + np.asarray(model["readout/bias"], np.int64), "readout logits")
     return logits.astype(np.int32)

@@ -19,7 +19,7 @@ from lstmq import budget
 from lstmq.budget import Precision
 from lstmq.export import (ArtifactError, load_artifact, pack_int4, stored_arrays, unpack_int4,
                           write_artifact, write_c_header)
-from lstmq.integer import RECIPE_VERSION, convert_params, predict_int, quantize_input
+from lstmq.integer import MEAN_READOUT, RECIPE_VERSION, convert_params, predict_int, quantize_input
 from lstmq.model import LSTMClassifier
 from lstmq.quant import QATNumerics
 
@@ -40,8 +40,8 @@ def params_of(hidden: int = HIDDEN):
         params)
 
 
-def integer_model(bits: int = 8, hidden: int = HIDDEN):
-    return convert_params(params_of(hidden), CLIP, weight_bits=bits)
+def integer_model(bits: int = 8, hidden: int = HIDDEN, readout: str = "last"):
+    return convert_params(params_of(hidden), CLIP, weight_bits=bits, readout=readout)
 
 
 @pytest.fixture(params=[8, 4], ids=["int8", "int4"])
@@ -101,6 +101,25 @@ def test_round_trip_is_bit_exact(artifact, bits):
     assert manifest["recipe_version"] == RECIPE_VERSION and manifest["weight_bits"] == bits
     assert (manifest["hidden"], manifest["layers"], manifest["input_size"],
             manifest["num_classes"]) == (HIDDEN, 2, FEATURES, CLASSES)
+    assert manifest["readout"] == "last"
+
+
+def test_mean_readout_round_trips_through_manifest_and_header(tmp_path):
+    model = integer_model(readout="mean")
+    path = tmp_path / "mean.lstmqz"
+    manifest = write_artifact(model, path, 8, params_of())
+    assert manifest["readout"] == "mean"
+    assert manifest["param_bytes"] == budget.count_bytes(params_of(), budget.Precision(8)).total
+    loaded, _ = load_artifact(path)
+    assert MEAN_READOUT in loaded
+    rng = np.random.default_rng(3)
+    x = quantize_input(model, 1.5 * rng.standard_normal((16, 11, FEATURES)).astype(np.float32))
+    lengths = rng.integers(1, 12, 16).astype(np.int32)
+    np.testing.assert_array_equal(np.asarray(predict(loaded, x, lengths)),
+                                  np.asarray(predict(model, x, lengths)))
+    header = tmp_path / "mean.h"
+    write_c_header(model, header)
+    assert "#define LSTMQ_MODEL_READOUT_MEAN 1" in header.read_text()
 
 
 def test_same_model_gives_the_same_bytes(tmp_path, artifact, bits):
@@ -240,6 +259,7 @@ def test_c_header_content(tmp_path, bits):
     write_c_header(integer_model(bits), header, weight_bits=bits)
     text = header.read_text()
     assert "#include <stdint.h>" in text and f"LSTMQ_MODEL_RECIPE_VERSION {RECIPE_VERSION}" in text
+    assert "#define LSTMQ_MODEL_READOUT_MEAN 0" in text
     assert "static const int32_t lstmq_model_readout_bias[10]" in text
     assert "#define LSTMQ_MODEL_LSTM_0_INPUT_KERNEL_DIM0 13" in text
     assert "static const int16_t lstmq_model_tanh_lut[257]" in text

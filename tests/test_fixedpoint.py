@@ -87,6 +87,27 @@ def test_rounding_shift_right_edges():
         fp.rounding_shift_right(x, -1)
 
 
+# rounding_divide (the mean readout) -------------------------------------------------------
+
+divisors = st.one_of(st.sampled_from([1, 2, 3, 7, 143, 2**16, 2**30 - 1]), st.integers(1, 2**30 - 1))
+
+
+@props
+@given(i32_arrays, hnp.arrays(np.int32, N, elements=divisors))
+def test_rounding_divide_matches_exact_reference(x, d):
+    assert_kernel(fp.rounding_divide, fp.rounding_divide_ref, x, d)
+
+
+def test_rounding_divide_ties_round_up_and_never_overflows():
+    x = np.array([3, -3, 5, -5, 1, -1, 7, INT32_MAX, INT32_MIN, INT32_MIN, 127 * 143], np.int32)
+    d = np.array([2, 2, 2, 2, 2, 2, 7, 1, 1, 2**30 - 1, 143], np.int32)
+    want = [2, -1, 3, -2, 1, 0, 1, INT32_MAX, INT32_MIN, -2, 127]  # 1.5 -> 2, -1.5 -> -1
+    for fn in (fp.rounding_divide, fp.rounding_divide_ref):
+        np.testing.assert_array_equal(np.asarray(fn(x, d)), want)
+    exact = [math.floor(Fraction(int(a), int(b)) + Fraction(1, 2)) for a, b in zip(x, d)]
+    assert exact == want
+
+
 # saturate, saturating_left_shift, saturating_add16 ----------------------------------------
 
 

@@ -19,7 +19,7 @@ import pytest
 from lstmq import budget
 from lstmq.audit import FloatFoundError, audit_float_free
 from lstmq.budget import Precision
-from lstmq.integer import ConversionError, convert_params, convert_run, predict_int, quantize_input
+from lstmq.integer import MEAN_READOUT, ConversionError, convert_params, convert_run, predict_int, quantize_input
 from lstmq.integer_reference import predict_int_reference
 from lstmq.model import LSTMClassifier
 from lstmq.quant import QATNumerics
@@ -40,9 +40,11 @@ def strict_promotion():
         yield
 
 
-def qat_model(hidden: int = 16, layers: int = 2, classes: int = CLASSES, bits: int = 8):
+def qat_model(hidden: int = 16, layers: int = 2, classes: int = CLASSES, bits: int = 8,
+              readout: str = "last"):
     return LSTMClassifier(hidden=hidden, layers=layers, num_classes=classes,
-                          numerics=QATNumerics(input_clip=CLIP, weight_bits=bits))
+                          numerics=QATNumerics(input_clip=CLIP, weight_bits=bits),
+                          readout=readout)
 
 
 def random_params(hidden: int = 16, layers: int = 2, scale: float = 1.0, seed: int = 0):
@@ -78,17 +80,21 @@ def int_logits(model, x_int8, lengths) -> np.ndarray:
     return np.asarray(predict(model, x_int8, lengths))
 
 
+@pytest.mark.parametrize("readout", ["last", "mean"])
 @pytest.mark.parametrize("bits", [8, 4])
 # "saturating": measured ~7 % of the int16 pre-activation/cell values clip, and h hits +-127.
 @pytest.mark.parametrize("scale", [1.0, 4.0], ids=["typical", "saturating"])
-def test_predict_int_is_bit_exact_with_numpy_reference(bits, scale):
-    model = convert_params(random_params(scale=scale), CLIP, weight_bits=bits)
+def test_predict_int_is_bit_exact_with_numpy_reference(bits, scale, readout):
+    model = convert_params(random_params(scale=scale), CLIP, weight_bits=bits, readout=readout)
     x, lengths = random_inputs(seed=int(scale) + bits)
     xq = quantize_input(model, x)
     logits = int_logits(model, xq, lengths)
     assert logits.dtype == np.int32 and logits.shape == (BATCH, CLASSES)
     np.testing.assert_array_equal(logits, predict_int_reference(model, xq, lengths))
     assert len(np.unique(logits.argmax(-1))) > 1 and len(np.unique(logits[:, 0])) > BATCH // 2
+    if readout == "mean":  # the flag really switches the readout
+        last = {k: v for k, v in model.items() if k != MEAN_READOUT}
+        assert np.mean(int_logits(last, xq, lengths) != logits) > 0.5
 
 
 def test_served_arrays_are_the_budget_rows():
@@ -103,8 +109,10 @@ def test_served_arrays_are_the_budget_rows():
     assert report.total == budget.model_bytes(16, 2, FEATURES, CLASSES, 8).total
 
 
-def test_predict_int_is_float_free():
-    model = {k: jnp.asarray(v) for k, v in convert_params(random_params(), CLIP).items()}
+@pytest.mark.parametrize("readout", ["last", "mean"])
+def test_predict_int_is_float_free(readout):
+    model = {k: jnp.asarray(v)
+             for k, v in convert_params(random_params(), CLIP, readout=readout).items()}
     x, lengths = random_inputs()
     xq = jnp.asarray(quantize_input(model, x))
     for fn in (predict_int, predict):
@@ -203,7 +211,8 @@ def test_4bit_weights_stay_within_plus_minus_7():
         assert np.abs(values).max() == 7, name  # abs-max scaling uses the full range
 
 
-def train_qat_on_separable_task(steps: int = 100, classes: int = 4, noise: float = 5.0):
+def train_qat_on_separable_task(steps: int = 100, classes: int = 4, noise: float = 5.0,
+                                readout: str = "last"):
     """A QAT model trained ~100 Adam steps on noisy class prototypes (~75 % accuracy, so many
     test clips sit near a decision boundary). Returns (model, params, sample_fn)."""
     protos = np.random.default_rng(42).standard_normal((classes, FEATURES)).astype(np.float32)
@@ -215,7 +224,7 @@ def train_qat_on_separable_task(steps: int = 100, classes: int = 4, noise: float
         lengths = rng.integers(8, 25, n).astype(np.int32)
         return x.astype(np.float32), lengths, y
 
-    model = qat_model(classes=classes)
+    model = qat_model(classes=classes, readout=readout)
     tx = optax.adam(1e-2)
 
     @jax.jit
@@ -237,12 +246,13 @@ def train_qat_on_separable_task(steps: int = 100, classes: int = 4, noise: float
     return model, params, sample
 
 
-def test_integer_model_agrees_with_qat_model():
+@pytest.mark.parametrize("readout", ["last", "mean"])
+def test_integer_model_agrees_with_qat_model(readout):
     with jax.numpy_dtype_promotion("standard"):  # training and the float model: not ours
-        model, params, sample = train_qat_on_separable_task()
+        model, params, sample = train_qat_on_separable_task(readout=readout)
         x, lengths, labels = sample(512, 1)
         qat = np.asarray(jax.jit(model.apply)({"params": params}, x, lengths))
-    int_model = convert_params(params, CLIP)
+    int_model = convert_params(params, CLIP, readout=readout)
     logits = int_logits(int_model, quantize_input(int_model, x), lengths)
     # Integer logits in float units: s_r * 2^-7 (readout per-tensor scale x hidden scale).
     readout_scale = np.abs(np.asarray(params["readout"]["kernel"])).max() / 127
@@ -309,13 +319,6 @@ def test_convert_run_and_integer_evaluation(wav_folder, tmp_path):
     assert report["test_accuracy"] == pytest.approx(accuracy)
 
 
-def test_conversion_refuses_a_readout_it_does_not_implement():
-    import types  # pylint: disable=import-outside-toplevel
-    from pathlib import Path  # pylint: disable=import-outside-toplevel
-
-    from lstmq.config import load_config  # pylint: disable=import-outside-toplevel
-
-    run = types.SimpleNamespace(directory=Path("runs/x"), config=load_config(
-        overrides=["quant.mode=qat", "model.readout=mean"]))
+def test_convert_params_refuses_an_unknown_readout():
     with pytest.raises(ConversionError, match="readout"):
-        convert_run(run)
+        convert_params(random_params(), CLIP, readout="max")
