@@ -29,7 +29,7 @@ from lstmq.integer import convert_run, predict_int_split
 from lstmq.pipeline import PreparedData, SplitArrays, prepare_data, prepare_recordings
 from lstmq.runner import load_run, predict_run, test_report
 
-CONFIG = common.CONFIG_DIR / "task_b_qat.yaml"
+CONFIG = common.CONFIG_DIR / "task_b_speaker.yaml"
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 PATHS = ("float", "PTQ-integer", "QAT", "integer")  # integer: the QAT run converted
 NOISE_SEED = 1234  # the noisy test copies are the same for every config
@@ -47,12 +47,13 @@ def noisy_test_split(config, data: PreparedData, snr_db: float) -> SplitArrays:
 
 
 def fold_configs(speaker: str, overrides: Sequence[str], qat_overrides: Sequence[str],
-                 float_dir: Path):
+                 float_dir: Path, config_path: str | Path = CONFIG):
     """Float and QAT configs of one held-out speaker."""
     base = ["data.split=speaker", f"data.test_speaker={speaker}", *overrides]
-    float_config = load_config(CONFIG, [*base, "quant.mode=float"])
-    qat_config = load_config(CONFIG, [*base, "quant.mode=qat", f"quant.init_from={float_dir}",
-                                      "train.warmup_epochs=0", *qat_overrides])
+    float_config = load_config(config_path, [*base, "quant.mode=float"])
+    qat_config = load_config(config_path, [*base, "quant.mode=qat",
+                                           f"quant.init_from={float_dir}",
+                                           "train.warmup_epochs=0", *qat_overrides])
     return float_config, qat_config
 
 
@@ -60,6 +61,13 @@ def _accuracies(logits: dict[str, np.ndarray], split: SplitArrays, seeds) -> dic
     return {path: common.accuracy_summary(list(
         test_report(logits[path], split, seeds)["test_accuracy_per_seed"].values()))
         for path in PATHS}
+
+
+def _shown(path: str | Path) -> str:
+    """A config path as the reader would type it (relative to the repository if inside)."""
+    path = Path(path).resolve()
+    root = common.CONFIG_DIR.parent.parent
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def _speaker_means(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -78,7 +86,7 @@ def _predict(float_run, qat_run, integer_models, split: SplitArrays) -> dict[str
 def run(out: str | Path, speakers: Sequence[str] = SPEAKERS, seeds: int | None = None,
         epochs: int | None = None, qat_epochs: int = 15, overrides: Sequence[str] = (),
         quick: bool = False, progress: bool = True,
-        noise_snr_db: float | None = 10.0) -> dict[str, Any]:
+        noise_snr_db: float | None = 10.0, config_path: str | Path = CONFIG) -> dict[str, Any]:
     out = Path(out)
     if quick:
         seeds, epochs, qat_epochs = seeds or 1, epochs or 2, 1
@@ -89,7 +97,7 @@ def run(out: str | Path, speakers: Sequence[str] = SPEAKERS, seeds: int | None =
     for speaker in speakers:
         float_dir = out / "runs" / speaker / "float"
         float_config, qat_config = fold_configs(speaker, common_overrides, qat_overrides,
-                                                float_dir)
+                                                float_dir, config_path)
         data = prepare_data(float_config, progress=progress)
         common.say(f"[{speaker}] {len(data.train)} train / {len(data.val)} val / "
                    f"{len(data.test)} test clips")
@@ -115,7 +123,7 @@ def run(out: str | Path, speakers: Sequence[str] = SPEAKERS, seeds: int | None =
     result = {"experiment": "loso", "speakers": list(speakers), "rows": rows,
               "mean_over_speakers": _speaker_means(rows),
               "noise_snr_db": noise_snr_db,
-              "settings": {"config": "experiments/configs/task_b_qat.yaml",
+              "settings": {"config": _shown(config_path),
                            "overrides": list(overrides), "seeds": seeds, "epochs": epochs,
                            "qat_epochs": qat_epochs, "quick": quick},
               "environment": common.environment()}
@@ -152,6 +160,8 @@ def format_table(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_arguments(parser, "runs/loso")
+    parser.add_argument("--config", type=Path, default=CONFIG,
+                        help=f"training config (default {_shown(CONFIG)})")
     parser.add_argument("--speakers", nargs="+", default=list(SPEAKERS))
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--epochs", type=int)
@@ -162,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     common.setup_logging()
     speakers = args.speakers[:1] if args.quick else args.speakers
     result = run(args.out, speakers, args.seeds, args.epochs, args.qat_epochs, args.set,
-                 args.quick, not args.quiet, None if args.noise_snr < 0 else args.noise_snr)
+                 args.quick, not args.quiet, None if args.noise_snr < 0 else args.noise_snr,
+                 args.config)
     print(format_table(result))
     return 0
 

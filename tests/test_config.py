@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -179,3 +180,10 @@ def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.model = ModelConfig(hidden=4)  # type: ignore[misc]
 
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "experiments"
+                                         / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_experiment_config_loads(path):
+    config = load_config(path)
+    assert config.model.layers >= 1 and config.train.epochs >= 1
