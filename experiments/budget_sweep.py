@@ -109,7 +109,9 @@ def format_table(result: dict[str, Any]) -> str:
              "yes" if p["name"] in front else ""] for p in result["points"]]
     return ("# Integer-model accuracy against counted bytes\n\n"
             "QAT models converted to the integer path; random split; accuracy mean (min-max) "
-            "over seeds.\n\n" + common.markdown_table(
+            f"over seeds. Config experiments/configs/task_b_qat.yaml with overrides "
+            f"{result.get('overrides') or 'none'}; QAT fine-tune {result.get('qat_epochs')} "
+            "epochs.\n\n" + common.markdown_table(
                 ["budget B", "weights", "layers", "hidden", "counted B", "= budget count",
                  "integer test % (min-max)", "Pareto"], rows))
 
