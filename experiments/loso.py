@@ -24,7 +24,8 @@ import numpy as np
 from experiments import common
 from lstmq.augment import augment_dataset
 from lstmq.config import AugmentConfig, load_config
-from lstmq.data import load_dataset, make_split
+from lstmq.data import load_dataset
+from lstmq.splits import make_split
 from lstmq.integer import convert_run, predict_int_split
 from lstmq.pipeline import PreparedData, SplitArrays, prepare_data, prepare_recordings
 from lstmq.runner import load_run, predict_run, test_report

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from sklearn.model_selection import train_test_split
 
-from lstmq import data
+from lstmq import data, splits
 from lstmq.config import DataConfig
 from lstmq.data import DataError
 
@@ -392,7 +392,7 @@ def test_real_tfds_matches_the_v1_0_9_archive(tmp_path):
 
 def test_official_split_uses_takes_0_to_4_for_test(wav_folder):
     dataset = data.load_recordings(wav_folder)
-    split = data.make_split(dataset, DataConfig(split="official", val_fraction=0.2))
+    split = splits.make_split(dataset, DataConfig(split="official", val_fraction=0.2))
     assert set(dataset.indices[split.test].tolist()) == {0, 4}
     assert set(dataset.indices[np.concatenate([split.train, split.val])].tolist()) == {5, 6, 7}
     assert (split.test.size, split.train.size + split.val.size, split.val.size) == (40, 60, 12)
@@ -400,41 +400,41 @@ def test_official_split_uses_takes_0_to_4_for_test(wav_folder):
 
 def test_speaker_split_and_unknown_speaker(wav_folder):
     dataset = data.load_recordings(wav_folder)
-    split = data.make_split(dataset, DataConfig(split="speaker", test_speaker="bob", val_fraction=0.2))
+    split = splits.make_split(dataset, DataConfig(split="speaker", test_speaker="bob", val_fraction=0.2))
     assert set(dataset.speakers[split.test].tolist()) == {"bob"} and split.test.size == 50
     assert set(dataset.speakers[np.concatenate([split.train, split.val])].tolist()) == {"alice"}
     with pytest.raises(DataError, match="'carol' is not among the speakers") as error:
-        data.make_split(dataset, DataConfig(split="speaker", test_speaker="carol"))
+        splits.make_split(dataset, DataConfig(split="speaker", test_speaker="carol"))
     assert "alice, bob" in str(error.value)
 
 
 def test_val_is_carved_from_train_only_and_stratified(wav_folder):
     dataset = data.load_recordings(wav_folder)
     cfg = DataConfig(split="official", val_fraction=0.2, split_seed=3)
-    split = data.make_split(dataset, cfg)
-    without_val = data.make_split(dataset, DataConfig(split="official", val_fraction=0.0))
+    split = splits.make_split(dataset, cfg)
+    without_val = splits.make_split(dataset, DataConfig(split="official", val_fraction=0.0))
     np.testing.assert_array_equal(split.test, without_val.test)  # test untouched by val
     np.testing.assert_array_equal(np.sort(np.concatenate([split.train, split.val])), without_val.train)
     assert without_val.val.size == 0
     counts = np.bincount(dataset.labels[split.val], minlength=10)  # 6 training clips per digit
     assert split.val.size == 12 and counts.min() == 1 and counts.max() == 2
-    again = data.make_split(dataset, cfg)
+    again = splits.make_split(dataset, cfg)
     np.testing.assert_array_equal(again.val, split.val)
-    assert not np.array_equal(data.make_split(dataset, DataConfig(split="official", val_fraction=0.2,
+    assert not np.array_equal(splits.make_split(dataset, DataConfig(split="official", val_fraction=0.2,
                                                                   split_seed=4)).val, split.val)
 
 
 def test_split_errors(wav_folder):
     dataset = data.load_recordings(wav_folder)
     with pytest.raises(DataError, match="val_fraction"):
-        data.make_split(dataset, DataConfig(val_fraction=1.0))
+        splits.make_split(dataset, DataConfig(val_fraction=1.0))
     with pytest.raises(DataError, match="test_size"):
-        data.make_split(dataset, DataConfig(test_size=0.0))
+        splits.make_split(dataset, DataConfig(test_size=0.0))
     with pytest.raises(DataError, match="stratified validation"):
-        data.make_split(dataset, DataConfig(split="official", val_fraction=0.05))  # 3 clips < 10 classes
+        splits.make_split(dataset, DataConfig(split="official", val_fraction=0.05))  # 3 clips < 10 classes
     no_nines_in_train = dataset.subset(~((dataset.labels == 9) & (dataset.indices >= 5)))
     with pytest.raises(DataError, match=r"training clips lack digit\(s\) \[9\]"):
-        data.make_split(no_nines_in_train, DataConfig(split="official", val_fraction=0.0))
+        splits.make_split(no_nines_in_train, DataConfig(split="official", val_fraction=0.0))
 
 
 @pytest.mark.fsdd
@@ -452,31 +452,31 @@ def test_real_archive_contents(fsdd_dataset, fsdd_archive):
 
 @pytest.mark.fsdd
 def test_real_random_split_matches_the_reference_study(fsdd_dataset):
-    split = data.make_split(fsdd_dataset, DataConfig(val_fraction=0.0))
+    split = splits.make_split(fsdd_dataset, DataConfig(val_fraction=0.0))
     assert (split.train.size, split.val.size, split.test.size) == (2400, 0, 600)
     train, test = train_test_split(np.arange(3000), test_size=0.2, random_state=42)
     np.testing.assert_array_equal(split.test, np.sort(test))
     np.testing.assert_array_equal(split.train, np.sort(train))
-    with_val = data.make_split(fsdd_dataset, DataConfig())
+    with_val = splits.make_split(fsdd_dataset, DataConfig())
     assert (with_val.train.size, with_val.val.size, with_val.test.size) == (2160, 240, 600)
     np.testing.assert_array_equal(with_val.test, split.test)
     assert np.intersect1d(with_val.val, split.test).size == 0
     counts = np.bincount(fsdd_dataset.labels[with_val.val], minlength=10)
     expected = 0.1 * np.bincount(fsdd_dataset.labels[split.train], minlength=10)
     assert np.all(np.abs(counts - expected) <= 1)  # stratified on the training labels
-    again = data.make_split(fsdd_dataset, DataConfig())
+    again = splits.make_split(fsdd_dataset, DataConfig())
     for a, b in zip((again.train, again.val, again.test), (with_val.train, with_val.val, with_val.test)):
         np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.fsdd
 def test_real_official_and_speaker_splits(fsdd_dataset):
-    official = data.make_split(fsdd_dataset, DataConfig(split="official"))
+    official = splits.make_split(fsdd_dataset, DataConfig(split="official"))
     assert official.test.size == 300 and official.train.size + official.val.size == 2700
-    george = data.make_split(fsdd_dataset, DataConfig(split="speaker", test_speaker="george"))
+    george = splits.make_split(fsdd_dataset, DataConfig(split="speaker", test_speaker="george"))
     assert george.test.size == 500
     assert "george" not in set(fsdd_dataset.speakers[np.concatenate([george.train, george.val])].tolist())
-    nested = data.make_split(fsdd_dataset, DataConfig(split="speaker", test_speaker="george",
+    nested = splits.make_split(fsdd_dataset, DataConfig(split="speaker", test_speaker="george",
                                                       val_speaker="theo"))
     assert set(fsdd_dataset.speakers[nested.val].tolist()) == {"theo"} and nested.val.size == 500
     assert nested.train.size == 2000
@@ -487,13 +487,13 @@ def test_validation_speaker(wav_folder):
         shutil.copy(path, path.with_name(path.name.replace("_bob_", "_carol_")))
     dataset = data.load_recordings(wav_folder)
     test, held = "alice", "carol"
-    split = data.make_split(dataset, DataConfig(split="speaker", test_speaker=test, val_speaker=held))
+    split = splits.make_split(dataset, DataConfig(split="speaker", test_speaker=test, val_speaker=held))
     assert set(dataset.speakers[split.val].tolist()) == {held}
     assert held not in set(dataset.speakers[split.train].tolist())
     assert len(split.train) + len(split.val) + len(split.test) == len(dataset)
     with pytest.raises(DataError, match="also the test speaker"):
-        data.make_split(dataset, DataConfig(split="speaker", test_speaker=test, val_speaker=test))
+        splits.make_split(dataset, DataConfig(split="speaker", test_speaker=test, val_speaker=test))
     with pytest.raises(DataError, match="not among the training speakers"):
-        data.make_split(dataset, DataConfig(split="speaker", test_speaker=test, val_speaker="zed"))
+        splits.make_split(dataset, DataConfig(split="speaker", test_speaker=test, val_speaker="zed"))
     with pytest.raises(DataError, match="needs data.split=speaker"):
-        data.make_split(dataset, DataConfig(split="official", val_speaker=held))
+        splits.make_split(dataset, DataConfig(split="official", val_speaker=held))

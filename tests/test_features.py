@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from lstmq import features
 from lstmq.config import DataConfig, FeatureConfig
-from lstmq.data import Dataset, make_split
+from lstmq.data import Dataset
+from lstmq.splits import make_split
 
 SR = 8000
 
