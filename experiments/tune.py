@@ -26,21 +26,19 @@ from lstmq.io import atomic_write_json, read_json
 from lstmq.runner import train_and_evaluate
 
 
-def _validation_summary(history: list[dict]) -> dict:
-    val = np.asarray([row["val_accuracy"] for row in history])  # [epochs, seeds]
-    last = val[-5:].mean(0)
+def _validation_summary(histories: list[list[dict]]) -> dict:
+    """Last-5-epoch mean validation accuracy per seed, averaged over folds, then over seeds
+    (min and max are over seeds of the fold average); ``best``: the best epoch's."""
+    val = np.asarray([[row["val_accuracy"] for row in h] for h in histories])  # [folds, epochs, seeds]
+    last = val[:, -5:].mean(1).mean(0)
     return {"last5_mean": float(last.mean()), "last5_min": float(last.min()),
-            "last5_max": float(last.max()), "best_mean": float(val.max(0).mean())}
+            "last5_max": float(last.max()), "best_mean": float(val.max(1).mean())}
 
 
 def speaker_folds(speakers: list[str]) -> list[list[str]]:
     """Overrides of the nested folds: test speaker s, validation speaker after s."""
     return [["data.split=speaker", f"data.test_speaker={test}", f"data.val_speaker={val}"]
             for test, val in zip(speakers, speakers[1:] + speakers[:1])]
-
-
-def _mean_summary(summaries: list[dict]) -> dict:
-    return {key: float(np.mean([s[key] for s in summaries])) for key in summaries[0]}
 
 
 def run(config_path: str | None, variants: dict[str, list[str]], out: str | Path,
@@ -51,16 +49,17 @@ def run(config_path: str | None, variants: dict[str, list[str]], out: str | Path
     results = read_json(previous) if previous.is_file() else {}  # earlier variants are kept
     folds = speaker_folds(list(speakers)) if speakers else [[]]
     for name, extra in variants.items():
-        summaries, per_speaker, seconds = [], {}, []
+        histories, per_speaker, seconds = [], {}, []
         for fold in folds:
             config = load_config(config_path, [*overrides, *fold, *extra])
             workdir = out / name / (config.data.val_speaker or "")
             result = train_and_evaluate(config, workdir, progress=progress)
-            summaries.append(_validation_summary(result["history"]))
+            histories.append(result["history"])
             seconds.append(result["seconds_per_epoch"])
             if config.data.val_speaker:
-                per_speaker[config.data.val_speaker] = summaries[-1]["last5_mean"]
-        results[name] = {"overrides": extra, **_mean_summary(summaries),
+                per_speaker[config.data.val_speaker] = \
+                    _validation_summary(histories[-1:])["last5_mean"]
+        results[name] = {"overrides": [*overrides, *extra], **_validation_summary(histories),
                          "seconds_per_epoch": float(np.mean(seconds))}
         if per_speaker:
             results[name]["val_speaker_last5"] = per_speaker
