@@ -25,10 +25,10 @@ from experiments import common
 from lstmq.augment import augment_dataset
 from lstmq.config import AugmentConfig, load_config
 from lstmq.data import load_dataset
-from lstmq.splits import make_split
 from lstmq.integer import convert_run, predict_int_split
 from lstmq.pipeline import PreparedData, SplitArrays, prepare_data, prepare_recordings
 from lstmq.runner import load_run, predict_run, test_report
+from lstmq.splits import make_split
 
 CONFIG = common.CONFIG_DIR / "task_b_speaker.yaml"
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
