@@ -10,8 +10,8 @@ import numpy as np
 from lstmq.augment import augment_dataset, waveform_augmentation_enabled
 from lstmq.config import Config
 from lstmq.data import Dataset, load_dataset
-from lstmq.splits import make_split
 from lstmq.features import Normalizer, compute_features, fit_normalizer, pad_batch
+from lstmq.splits import make_split
 
 
 @dataclasses.dataclass(frozen=True)
