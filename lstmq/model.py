@@ -107,7 +107,11 @@ class LSTMLayer(nn.Module):
     def __call__(self, x: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Returns (``[batch, time, hidden]`` outputs, ``[batch, hidden]`` last valid state)."""
         role = "input0" if self.first else "input"
-        z_input = _dense(4 * self.hidden, self.numerics, role, name="input")(x)
+        # [batch * time, features]: the weight gradient is then one plain matmul (about 1.5x
+        # faster on CPU than contracting batch and time as two dimensions).
+        flat = x.reshape(-1, x.shape[-1])
+        z_input = _dense(4 * self.hidden, self.numerics, role, name="input")(flat)
+        z_input = z_input.reshape(*x.shape[:-1], 4 * self.hidden)
         if self.numerics is None:  # float: fused recurrence, same parameters
             kernel = RecurrentKernel(self.hidden, name="cell")()
             outputs = lstm_recurrence(z_input.transpose(1, 0, 2), kernel, valid.T)
