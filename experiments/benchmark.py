@@ -25,7 +25,6 @@ spread of the repeats. The machine may be shared: the load average is recorded.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -316,10 +315,7 @@ def format_benchmark(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.benchmark",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_arguments(parser, "runs/benchmark")
+    parser = common.script_parser(__doc__, "python -m experiments.benchmark", "runs/benchmark")
     parser.add_argument("--hidden", type=int, nargs="+", default=[24, 128])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 3],
                         help="seed counts trained together; the first is the ratio's baseline")

@@ -13,7 +13,6 @@ epochs): several hours on a 2-core CPU; --quick (2 points, 1 seed, 2 + 1 epochs)
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 from collections.abc import Sequence
@@ -146,8 +145,7 @@ def plot_pareto(points: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_common_arguments(parser, "runs/budget_sweep")
+    parser = common.script_parser(__doc__, "python -m experiments.budget_sweep", "runs/budget_sweep")
     parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
     parser.add_argument("--bits", type=int, nargs="+", default=list(BITS))
     parser.add_argument("--layers", type=int, nargs="+", default=list(LAYERS))

@@ -45,6 +45,15 @@ class ResumeError(RuntimeError):
     """A run directory holds a finished run of a different config or data."""
 
 
+def script_parser(doc: str, prog: str, out_default: str) -> argparse.ArgumentParser:
+    """A script's parser: its docstring's first paragraph as description, plus the common
+    arguments (``add_common_arguments``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, out_default)
+    return parser
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, out_default: str) -> None:
     """``--out``, ``--set`` (dotted config overrides, repeatable) and ``--quick``."""
     parser.add_argument("--out", type=Path, default=Path(out_default),

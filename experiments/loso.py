@@ -14,7 +14,6 @@ a 2-core CPU; ``--quick`` (1 speaker, 1 seed, 2 + 1 epochs) about 2 min.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -159,8 +158,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    common.add_common_arguments(parser, "runs/loso")
+    parser = common.script_parser(__doc__, "python -m experiments.loso", "runs/loso")
     parser.add_argument("--config", type=Path, default=CONFIG,
                         help=f"training config (default {_shown(CONFIG)})")
     parser.add_argument("--speakers", nargs="+", default=list(SPEAKERS))

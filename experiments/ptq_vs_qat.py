@@ -29,7 +29,6 @@ the final table.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -340,10 +339,7 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.ptq_vs_qat",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_arguments(parser, "runs/ptq_vs_qat")
+    parser = common.script_parser(__doc__, "python -m experiments.ptq_vs_qat", "runs/ptq_vs_qat")
     parser.add_argument("--seeds", type=int, help="seeds per run (default: configs', 3)")
     parser.add_argument("--epochs", type=int, help="epochs per run (default: configs', 40)")
     parser.add_argument("--bits", type=int, choices=(8, 4), default=8,

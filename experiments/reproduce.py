@@ -18,7 +18,6 @@ finished run is reused, an interrupted one continues from its last epoch.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -183,8 +182,7 @@ def format_report(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lstmq reproduce", description=__doc__.split("\n\n")[0])
-    common.add_common_arguments(parser, "runs/reproduce")
+    parser = common.script_parser(__doc__, "lstmq reproduce", "runs/reproduce")
     args = parser.parse_args(argv)
     common.setup_logging()
     run(args.out, args.quick, args.set, progress=not args.quiet)

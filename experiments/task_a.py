@@ -16,7 +16,6 @@ Produces: <out>/run/ (the library's run directory: metrics.json, params, plots) 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -118,10 +117,7 @@ def format_summary(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.task_a",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_arguments(parser, "runs/task_a")
+    parser = common.script_parser(__doc__, "python -m experiments.task_a", "runs/task_a")
     parser.add_argument("--seeds", type=int, help="seeds trained together (default: config's)")
     parser.add_argument("--epochs", type=int, help="epochs (default: config's)")
     args = parser.parse_args(argv)
