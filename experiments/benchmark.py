@@ -55,13 +55,16 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
         epochs: int = 3, synthetic_clips: int = 2400, synthetic_frames: int = 36,
         inference_hidden: int | None = None, inference_batch: int = 512,
         inference_repeats: int = 5, latency_clips: int = 50, overrides: Sequence[str] = (),
-        quick: bool = False) -> dict[str, Any]:
+        quick: bool = False, shards: Sequence[int] = (1, 2)) -> dict[str, Any]:
     """Measure training and inference throughput; write ``benchmark.json``/``.md``.
 
     Args:
       out: result folder.
       hidden: hidden sizes of the training benchmark (2 layers unless overridden).
-      seeds: seed counts trained together; the first is the baseline of the ratio.
+      seeds: seed counts trained together; the first is the baseline of the ratio. Each
+        larger count is timed with all seeds vmapped on one thread (``train.seed_threads=1``),
+        with one thread per seed (the default), and with each of ``shards`` beyond the first.
+      shards: ``train.batch_shards`` values (threads per batch); the first is the baseline.
       epochs: timed epochs after one warm-up epoch.
       synthetic_clips, synthetic_frames: size of the synthetic fixed-length epoch.
       inference_hidden: hidden size of the inference benchmark (default: solved for the
@@ -85,28 +88,35 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
 
     real = []
     for h in hidden:
-        for s in seeds:
-            config = load_config(None, [*overrides, f"model.hidden={h}", f"train.seeds={s}"])
-            real.append({"hidden": h, "seeds": s,
+        for count, threads, shard in _training_layouts(seeds, shards):
+            config = load_config(None, [*overrides, f"model.hidden={h}", f"train.seeds={count}",
+                                        f"train.seed_threads={threads}",
+                                        f"train.batch_shards={shard}"])
+            real.append({"hidden": h, "seeds": count, "seed_threads": threads,
+                         "batch_shards": shard,
                          **_time_training(config, data.train, data.input_size, epochs)})
     _add_seed_ratios(real)
 
     synthetic_split = _synthetic_split(synthetic_clips, synthetic_frames, data.input_size)
     synthetic = []
     for h in hidden:
-        config = load_config(None, [*overrides, f"model.hidden={h}", "train.seeds=1"])
-        row = {"hidden": h, "seeds": 1, "clips": synthetic_clips, "frames": synthetic_frames,
-               **_time_training(config, synthetic_split, data.input_size, epochs)}
-        reference = PYTORCH_REFERENCE_SECONDS.get(h) if (
-            synthetic_clips, synthetic_frames) == (2400, 36) else None
-        row["pytorch_reference_seconds"] = reference
-        row["ratio_to_pytorch_reference"] = (row["seconds_per_epoch"]["median"] / reference
-                                             if reference else None)
-        if reference:
-            common.say(f"  hidden {h}: {row['seconds_per_epoch']['median']:.3f} s/epoch vs "
-                       f"PyTorch reproduction's reported {reference:.2f} s (reference figure): "
-                       f"ratio {row['ratio_to_pytorch_reference']:.2f}")
-        synthetic.append(row)
+        for shard in shards:
+            config = load_config(None, [*overrides, f"model.hidden={h}", "train.seeds=1",
+                                        f"train.batch_shards={shard}"])
+            row = {"hidden": h, "seeds": 1, "batch_shards": shard, "clips": synthetic_clips,
+                   "frames": synthetic_frames,
+                   **_time_training(config, synthetic_split, data.input_size, epochs)}
+            reference = PYTORCH_REFERENCE_SECONDS.get(h) if (
+                synthetic_clips, synthetic_frames) == (2400, 36) else None
+            row["pytorch_reference_seconds"] = reference
+            row["ratio_to_pytorch_reference"] = (row["seconds_per_epoch"]["median"] / reference
+                                                 if reference else None)
+            if reference:
+                common.say(f"  hidden {h}, {shard} batch shard(s): "
+                           f"{row['seconds_per_epoch']['median']:.3f} s/epoch vs PyTorch "
+                           f"reproduction's reported {reference:.2f} s (reference figure): "
+                           f"ratio {row['ratio_to_pytorch_reference']:.2f}")
+            synthetic.append(row)
 
     if inference_hidden is None:
         solution = solve_hidden_size(36864, base.model.layers, data.input_size,
@@ -121,6 +131,7 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
     result = {
         "experiment": "benchmark",
         "settings": {"hidden": list(hidden), "seeds": list(seeds), "epochs": epochs,
+                     "batch_shards": list(shards),
                      "layers": base.model.layers, "batch_size": base.train.batch_size,
                      "bucket_frames": base.train.bucket_frames, "input_size": data.input_size,
                      "synthetic_clips": synthetic_clips, "synthetic_frames": synthetic_frames,
@@ -167,6 +178,15 @@ def _time_training(config, split: SplitArrays, input_size: int, epochs: int) -> 
                f"warm-up epoch with compilation {warmup:.1f} s")
     return {"clips": len(split), "batches": batches, "warmup_seconds": warmup,
             "seconds_per_epoch": seconds, "clip_seeds_per_second": clips}
+
+
+def _training_layouts(seeds: Sequence[int], shards: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(seeds, seed_threads, batch_shards) timed per hidden size; the first is the baseline."""
+    first = seeds[0]
+    layouts = [(first, 0, shard) for shard in shards]
+    for count in seeds[1:]:
+        layouts += [(count, 1, shards[0]), *((count, 0, shard) for shard in shards)]
+    return list(dict.fromkeys(layouts))
 
 
 def _add_seed_ratios(rows: list[dict[str, Any]]) -> None:
@@ -262,12 +282,19 @@ def _seconds(spread: dict[str, Any]) -> str:
     return f"{spread['median']:.3f} ({spread['min']:.3f}-{spread['max']:.3f})"
 
 
+def _layout(row: dict[str, Any]) -> str:
+    threads = "vmapped" if row["seed_threads"] == 1 and row["seeds"] > 1 else "per seed"
+    return threads + (f" x {row['batch_shards']} shards" if row["batch_shards"] > 1 else "")
+
+
 def format_benchmark(result: dict[str, Any]) -> str:
     s, env = result["settings"], result["environment"]
-    real_rows = [[r["hidden"], r["seeds"], r["batches"], _seconds(r["seconds_per_epoch"]),
+    real_rows = [[r["hidden"], r["seeds"], _layout(r), r["batches"],
+                  _seconds(r["seconds_per_epoch"]),
                   f"{r['clip_seeds_per_second']:,.0f}", f"{r['multi_seed_ratio']:.2f}",
                   f"{r['warmup_seconds']:.1f}"] for r in result["training_real"]]
-    synthetic_rows = [[r["hidden"], r["clips"], r["frames"], _seconds(r["seconds_per_epoch"]),
+    synthetic_rows = [[r["hidden"], r["batch_shards"], r["clips"], r["frames"],
+                       _seconds(r["seconds_per_epoch"]),
                        f"{r['clip_seeds_per_second']:,.0f}",
                        f"{r['pytorch_reference_seconds']:.2f}" if r["pytorch_reference_seconds"]
                        else "-",
@@ -291,16 +318,20 @@ def format_benchmark(result: dict[str, Any]) -> str:
         f"## (a) FSDD training split ({result['data']['train_clips']} clips), default config "
         f"({s['layers']} layers, {s['input_size']} MFCCs, batch {s['batch_size']}, "
         f"length buckets of {s['bucket_frames']} frames)", "",
-        "Multi-seed ratio: time for N seeds in one program / (N x time for 1 seed); "
-        "below 1 means seeds share the work.", "",
-        common.markdown_table(["hidden", "seeds", "batches", "s / epoch", "clip-seeds / s",
+        "Threads: `vmapped` = all seeds in one vmapped program on one thread; `per seed` = "
+        "the same compiled step on one thread per seed (the default); `x k shards` = each "
+        "batch split over k threads, gradients summed. Multi-seed ratio: time for N seeds / "
+        "(N x time for 1 seed on one thread); below 1 means the seeds share the work.", "",
+        common.markdown_table(["hidden", "seeds", "threads", "batches", "s / epoch",
+                               "clip-seeds / s",
                                "multi-seed ratio", "warm-up s"], real_rows), "",
         f"## (b) Synthetic fixed-length epoch ({s['synthetic_clips']} clips x "
         f"{s['synthetic_frames']} frames, batch {s['batch_size']}, 1 seed)", "",
         "Reference: the PyTorch reproduction's reported seconds per epoch for this setting on "
         "the same machine (a reference figure, not re-measured here). Ratio = ours / "
         "reference (below 1: lstmq is faster).", "",
-        common.markdown_table(["hidden", "clips", "frames", "s / epoch", "clips / s",
+        common.markdown_table(["hidden", "batch shards", "clips", "frames", "s / epoch",
+                               "clips / s",
                                "PyTorch ref. s", "ratio"], synthetic_rows), "",
         f"## (c) Inference, hidden {inf['hidden']} x {inf['layers']} layers, {inf['frames']} "
         f"frames, random parameters", "",
@@ -319,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, nargs="+", default=[24, 128])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 3],
                         help="seed counts trained together; the first is the ratio's baseline")
+    parser.add_argument("--batch-shards", type=int, nargs="+", default=[1, 2],
+                        help="train.batch_shards values; the first is the baseline")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up")
     parser.add_argument("--synthetic-clips", type=int, default=2400)
     parser.add_argument("--synthetic-frames", type=int, default=36)
@@ -330,7 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     common.setup_logging()
     run(args.out, args.hidden, args.seeds, args.epochs, args.synthetic_clips,
         args.synthetic_frames, args.inference_hidden, args.inference_batch,
-        latency_clips=args.latency_clips, overrides=args.set, quick=args.quick)
+        latency_clips=args.latency_clips, overrides=args.set, quick=args.quick,
+        shards=args.batch_shards)
     return 0
 
 

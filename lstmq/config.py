@@ -132,7 +132,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
     seed: int = 0
-    seeds: int = 1  # seeds trained together in one compiled program (seed, seed+1, ...)
+    seeds: int = 1  # seeds trained together by one compiled step (seed, seed+1, ...)
+    seed_threads: int = 0  # threads the seeds run on, vmapped within a thread; 0: one per seed
+    batch_shards: int = 1  # threads each batch is split over (gradients summed); divides batch_size
     bucket_frames: int = 16  # pad each batch to a multiple of this many frames
     select: Literal["last", "best_val"] = "best_val"  # which epoch's parameters are kept
     log_every: int = 1

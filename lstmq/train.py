@@ -1,12 +1,16 @@
-"""Training: pure steps jitted once, several seeds trained together under ``jax.vmap``.
+"""Training: pure steps jitted once, several seeds trained together.
 
 Every state below carries a leading ``seeds`` axis: seed ``s`` of a run with
 ``train.seed = k`` is initialised from ``PRNGKey(k + s)`` and drops out with its own key;
-all seeds see the same batches (same order), so one compiled program trains them all.
+all seeds see the same batches (same order). The seed axis is cut into groups
+(``train.seed_threads``), each group runs the same compiled ``jax.vmap`` step on its own
+thread, so the seeds share the CPU cores: one seed's small per-time-step matmuls leave a
+core idle, and vmapping seeds on one core only lengthens each step.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import time
 from typing import Any, Callable
@@ -34,6 +38,17 @@ class Batch:
     index: np.ndarray  # <int32>[batch]
     weight: np.ndarray  # <float32>[batch], 0 for padding entries
     frames: int  # static: time steps of this batch
+
+
+def seed_groups(seeds: int, threads: int) -> list[slice]:
+    """Contiguous, near-equal slices of the seed axis, one per thread (0: one per seed)."""
+    if seeds < 1:
+        raise ValueError(f"train.seeds must be at least 1, got {seeds}")
+    if threads < 0:
+        raise ValueError(f"train.seed_threads must be 0 (one per seed) or more, got {threads}")
+    count = seeds if threads == 0 else min(threads, seeds)
+    bounds = [round(i * seeds / count) for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -79,24 +94,44 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, weight: jax.Array,
     return jnp.sum(optax.softmax_cross_entropy(logits, targets) * weight)
 
 
+def summed_gradients(state: TrainState, key: jax.Array, x: jax.Array, lengths: jax.Array,
+                     labels: jax.Array, weight: jax.Array, label_smoothing: float = 0.0,
+                     augment: Callable | None = None) -> tuple[Any, dict[str, jax.Array]]:
+    """Gradient of the weighted loss sum of one seed on a batch, and the batch's metric sums.
+
+    ``key`` drives dropout; ``fold_in(key, 1)`` drives augmentation.
+    """
+    if augment is not None:
+        x = augment(jax.random.fold_in(key, 1), x, lengths)
+
+    def loss_fn(params):
+        logits = state.apply_fn({"params": params}, x, lengths, train=True, rngs={"dropout": key})
+        return cross_entropy(logits, labels, weight, label_smoothing), logits
+
+    (loss_sum, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    correct = jnp.sum(jnp.where(jnp.argmax(logits, -1) == labels, weight, 0.0))
+    return grads, {"loss": loss_sum, "correct": correct, "count": weight.sum()}
+
+
+def apply_summed_gradients(state: TrainState, grads: Any, count: jax.Array) -> TrainState:
+    """Optimiser step on the mean gradient: ``grads`` summed over ``count`` weighted clips."""
+    scale = 1.0 / jnp.maximum(count, 1.0)
+    return state.apply_gradients(grads=jax.tree_util.tree_map(lambda g: g * scale, grads))
+
+
 def train_step(state: TrainState, x: jax.Array, lengths: jax.Array, labels: jax.Array,
                weight: jax.Array, label_smoothing: float = 0.0,
                augment: Callable | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step of one seed (vmapped over seeds by the caller)."""
-    step_key = jax.random.fold_in(state.dropout_key, state.step)
-    if augment is not None:
-        x = augment(jax.random.fold_in(step_key, 1), x, lengths)
+    key = jax.random.fold_in(state.dropout_key, state.step)
+    grads, metrics = summed_gradients(state, key, x, lengths, labels, weight, label_smoothing,
+                                      augment)
+    return apply_summed_gradients(state, grads, metrics["count"]), metrics
 
-    def loss_fn(params):
-        logits = state.apply_fn({"params": params}, x, lengths, train=True,
-                                rngs={"dropout": step_key})
-        loss = cross_entropy(logits, labels, weight, label_smoothing)
-        return loss / jnp.maximum(weight.sum(), 1.0), (loss, logits)
 
-    grads, (loss_sum, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
-    correct = jnp.sum(jnp.where(jnp.argmax(logits, -1) == labels, weight, 0.0))
-    state = state.apply_gradients(grads=grads)
-    return state, {"loss": loss_sum, "correct": correct, "count": weight.sum()}
+def shard_key(state: TrainState, shard: jax.Array) -> jax.Array:
+    """Dropout key of one batch shard: distinct per seed, step and shard."""
+    return jax.random.fold_in(jax.random.fold_in(state.dropout_key, state.step), 2 + shard)
 
 
 def predict_logits(apply_fn: Callable, params: Any, x: jax.Array,
@@ -126,7 +161,24 @@ class Trainer:
             step = lambda s: train_step(s, x, lengths, labels, weight, smoothing, augment)
             return jax.vmap(step)(states)
 
+        def seeds_gradients(states, data, index, weight, frames, shard):
+            all_x, all_lengths, all_labels = data
+            x, lengths, labels = all_x[index, :frames], all_lengths[index], all_labels[index]
+            return jax.vmap(lambda s: summed_gradients(
+                s, shard_key(s, shard), x, lengths, labels, weight, smoothing, augment))(states)
+
+        def seeds_apply(states, parts):
+            grads, metrics = jax.tree_util.tree_map(lambda *a: sum(a), *parts)
+            return jax.vmap(apply_summed_gradients)(states, grads, metrics["count"]), metrics
+
         self._step = jax.jit(seeds_step, static_argnums=4, donate_argnums=0)
+        self._gradients = jax.jit(seeds_gradients, static_argnums=4)
+        self._apply = jax.jit(seeds_apply, donate_argnums=0)
+        self.groups = seed_groups(self.cfg.seeds, self.cfg.seed_threads)
+        self.shards = self.cfg.batch_shards
+        if self.shards < 1 or self.cfg.batch_size % self.shards:
+            raise ValueError(f"train.batch_shards must be at least 1 and divide train.batch_size "
+                             f"({self.cfg.batch_size}), got {self.shards}")
         self._predict = jax.jit(jax.vmap(lambda p, x, l: predict_logits(model.apply, p, x, l),
                                          in_axes=(0, None, None)))
 
@@ -146,15 +198,44 @@ class Trainer:
         return batches
 
     def run_epoch(self, states: TrainState, epoch: int) -> tuple[TrainState, dict[str, np.ndarray]]:
-        rng = np.random.default_rng([self.cfg.seed, epoch])
-        totals = None
-        for batch in self.epoch_batches(rng):
-            states, metrics = self._step(states, self._data, batch.index, batch.weight,
-                                         batch.frames)
-            totals = metrics if totals is None else jax.tree_util.tree_map(jnp.add, totals, metrics)
-        totals = jax.device_get(totals)
+        """One epoch of every seed; each seed group steps through the batches on its own thread."""
+        batches = self.epoch_batches(np.random.default_rng([self.cfg.seed, epoch]))
+        parts = [jax.tree_util.tree_map(lambda a, g=group: a[g], states) for group in self.groups]
+        if len(parts) == 1:
+            results = [self._run_group(states, batches)]
+        else:
+            with concurrent.futures.ThreadPoolExecutor(len(parts)) as pool:
+                results = list(pool.map(lambda part: self._run_group(part, batches), parts))
+        states = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *[r[0] for r in results])
+        totals = jax.device_get([r[1] for r in results])
+        totals = {k: np.concatenate([t[k] for t in totals]) for k in totals[0]}
         return states, {"loss": totals["loss"] / totals["count"],
                         "accuracy": totals["correct"] / totals["count"]}
+
+    def _run_group(self, states: TrainState, batches: list[Batch]) -> tuple[TrainState, dict]:
+        totals = None
+        with concurrent.futures.ThreadPoolExecutor(self.shards) as pool:
+            for batch in batches:
+                if self.shards == 1:
+                    states, metrics = self._step(states, self._data, batch.index, batch.weight,
+                                                 batch.frames)
+                else:
+                    states, metrics = self._sharded_step(pool, states, batch)
+                totals = metrics if totals is None else jax.tree_util.tree_map(
+                    jnp.add, totals, metrics)
+        return jax.block_until_ready((states, totals))
+
+    def _sharded_step(self, pool, states: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+        """Gradient sums of the batch's shards on parallel threads, then one optimiser step."""
+        size = len(batch.index) // self.shards
+
+        def gradients(shard):
+            rows = slice(shard * size, (shard + 1) * size)
+            return jax.block_until_ready(self._gradients(
+                states, self._data, batch.index[rows], batch.weight[rows], batch.frames,
+                np.int32(shard)))
+
+        return self._apply(states, list(pool.map(gradients, range(self.shards))))
 
     def predict(self, params: Any, split: SplitArrays, batch_size: int = 512) -> np.ndarray:
         """Logits of every seed: ``<float32>[seeds, n, classes]``."""

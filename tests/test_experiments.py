@@ -57,7 +57,10 @@ def test_benchmark_writes_report(tmp_path: Path, tiny: list[str]):
                            latency_clips=3, overrides=tiny)
     saved = _read(tmp_path / "benchmark.json")
     assert saved["settings"]["hidden"] == [4]
-    assert [(r["hidden"], r["seeds"]) for r in saved["training_real"]] == [(4, 1), (4, 2)]
+    layouts = [(r["hidden"], r["seeds"], r["seed_threads"], r["batch_shards"])
+               for r in saved["training_real"]]
+    assert layouts == [(4, 1, 0, 1), (4, 1, 0, 2), (4, 2, 1, 1), (4, 2, 0, 1), (4, 2, 0, 2)]
+    assert [r["batch_shards"] for r in saved["training_synthetic"]] == [1, 2]
     for row in saved["training_real"] + saved["training_synthetic"]:
         assert set(row["seconds_per_epoch"]) >= {"median", "min", "max", "values"}
         assert row["clip_seeds_per_second"] > 0
@@ -70,6 +73,7 @@ def test_benchmark_writes_report(tmp_path: Path, tiny: list[str]):
     assert all(p["latency_ms"]["n"] == 3 for p in paths.values())
     markdown = (tmp_path / "benchmark.md").read_text()
     assert "multi-seed ratio" in markdown and "| integer |" in markdown
+    assert "| vmapped |" in markdown and "per seed x 2 shards" in markdown
     assert result["environment"]["cores"] >= 1
 
 

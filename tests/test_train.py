@@ -20,6 +20,7 @@ from lstmq.train import (
     create_train_states,
     cross_entropy,
     make_optimizer,
+    seed_groups,
     select_best,
     train_step,
 )
@@ -297,6 +298,86 @@ def test_epoch_batches_shuffle_between_epochs():
     assert not np.array_equal(*orders)
     again = np.concatenate([b.index for b in trainer.epoch_batches(np.random.default_rng(0))])
     np.testing.assert_array_equal(orders[0], again)
+
+
+@pytest.mark.parametrize("seeds, threads, sizes", [
+    (1, 0, [1]), (3, 0, [1, 1, 1]), (3, 1, [3]), (3, 2, [2, 1]), (5, 2, [2, 3]), (2, 8, [1, 1])])
+def test_seed_groups_cut_the_seed_axis_into_contiguous_slices(seeds, threads, sizes):
+    groups = seed_groups(seeds, threads)
+    assert [g.stop - g.start for g in groups] == sizes
+    assert groups[0].start == 0 and groups[-1].stop == seeds
+    assert all(a.stop == b.start for a, b in zip(groups, groups[1:]))
+
+
+@pytest.mark.parametrize("seeds, threads", [(0, 0), (2, -1)])
+def test_seed_groups_refuse_impossible_counts(seeds, threads):
+    with pytest.raises(ValueError, match="seed"):
+        seed_groups(seeds, threads)
+
+
+def run_trainer(seeds: int, threads: int, epochs: int = 2, shards: int = 1, model=MODEL):
+    split = synthetic_split(40, seed=5)
+    config = trainer_config(batch_size=8, bucket_frames=4, epochs=epochs, seeds=seeds,
+                            seed_threads=threads, batch_shards=shards)
+    trainer = Trainer(config, model, split)
+    states = create_train_states(model, trainer.tx, 0, seeds, FEATURES)
+    history = []
+    for epoch in range(epochs):
+        states, metrics = trainer.run_epoch(states, epoch)
+        history.append(metrics)
+    return states, history
+
+
+def test_a_seed_on_its_own_thread_trains_as_if_alone():
+    """One thread per seed runs the one-seed program: seed 0 of three equals seed 0 alone."""
+    alone, alone_history = run_trainer(seeds=1, threads=0)
+    three, history = run_trainer(seeds=3, threads=0)
+    assert tree_equal(jax.tree_util.tree_map(lambda a: a[:1], three.params), alone.params)
+    np.testing.assert_array_equal(history[-1]["loss"][:1], alone_history[-1]["loss"])
+    assert history[-1]["loss"].shape == (3,)
+    assert not np.allclose(history[-1]["loss"][0], history[-1]["loss"][1])  # distinct seeds
+
+
+def test_threaded_seed_groups_match_one_vmapped_program():
+    vmapped, vmapped_history = run_trainer(seeds=3, threads=1)
+    threaded, threaded_history = run_trainer(seeds=3, threads=2)
+    np.testing.assert_array_equal(threaded.step, [10, 10, 10])
+    for a, b in zip(jax.tree_util.tree_leaves(vmapped.params),
+                    jax.tree_util.tree_leaves(threaded.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(vmapped_history[-1]["accuracy"], threaded_history[-1]["accuracy"])
+
+
+def test_batch_shards_sum_to_the_whole_batch_gradient():
+    """Without dropout the shards' summed gradients are the batch's: same training."""
+    model = LSTMClassifier(HIDDEN, 2, CLASSES)
+    whole, whole_history = run_trainer(seeds=2, threads=1, model=model)
+    sharded, sharded_history = run_trainer(seeds=2, threads=1, shards=4, model=model)
+    np.testing.assert_array_equal(sharded.step, whole.step)
+    for a, b in zip(jax.tree_util.tree_leaves(whole.params),
+                    jax.tree_util.tree_leaves(sharded.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for key in ("loss", "accuracy"):
+        np.testing.assert_allclose(sharded_history[-1][key], whole_history[-1][key], rtol=1e-5)
+    moved = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(), whole.params,
+        create_train_states(model, optax.sgd(0.0), 0, 2, FEATURES).params))
+    assert max(moved) > 1e-3  # training moved the parameters
+
+
+def test_batch_shards_draw_their_own_dropout_masks():
+    sharded, _ = run_trainer(seeds=1, threads=0, shards=2, epochs=1)
+    again, _ = run_trainer(seeds=1, threads=0, shards=2, epochs=1)
+    whole, _ = run_trainer(seeds=1, threads=0, shards=1, epochs=1)
+    assert tree_equal(sharded.params, again.params)  # deterministic
+    assert not tree_equal(sharded.params, whole.params)
+
+
+@pytest.mark.parametrize("shards", [0, 3])
+def test_batch_shards_must_divide_the_batch(shards):
+    config = trainer_config(batch_size=8, batch_shards=shards)
+    with pytest.raises(ValueError, match="batch_shards"):
+        Trainer(config, MODEL, synthetic_split(16))
 
 
 def test_select_best_picks_per_seed():
