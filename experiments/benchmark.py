@@ -2,17 +2,17 @@
 
 Run:      python -m experiments.benchmark --out runs/benchmark
 Quick:    python -m experiments.benchmark --quick --out runs/bench_quick   (hidden 24, 1 epoch)
-Options:  --hidden 24 128  --seeds 1 3  --epochs 3  --set key=value (data/feature config)
-Time on a 2-core CPU (AMD EPYC, shared; measured at load average ~7 from other jobs):
-  full 4 min 46 s (mostly compiling the length buckets, ~35 s per model), --quick 2 min.
-Expected (same machine and load): FSDD split, 1 seed, ~0.6 s/epoch at hidden 24 and
-  ~4.6 s at hidden 128; 3 seeds in one program cost ~0.8x (hidden 24) to ~1.0x (hidden 128)
-  of three separate seeds; integer inference ~0.25x float's batched throughput.
+Options:  --hidden 24 128  --seeds 1 3  --batch-shards 1 2  --epochs 3  --set key=value
+Time on a 2-core CPU (AMD EPYC, shared): about 4 min for hidden 24 48 128, --quick 2 min.
+Expected (load average ~2): FSDD split, 1 seed, ~0.17 s/epoch at hidden 24 and ~1.6 s at
+  hidden 128; 3 seeds on a thread each cost ~0.7-0.85x of three single seeds, vmapped on
+  one thread ~1.0-1.4x; 2 batch shards ~0.65-0.8x of one; integer inference ~0.2x float's
+  batched throughput.
 Produces: <out>/benchmark.json + <out>/benchmark.md. Nothing is asserted; it reports:
   (a) training on the real FSDD training split with the default config (length-bucketed
       batches of 64): seconds per epoch and clip-seeds per second for hidden 24 and 128,
-      2 layers, 13 MFCCs, with seeds=1 and seeds=3 each trained in one program, and the
-      multi-seed ratio time(N seeds) / (N x time(1 seed)) (below 1: seeds share the work);
+      2 layers, 13 MFCCs, for 1 and 3 seeds in each thread layout, and the multi-seed ratio
+      time(N seeds) / (N x time(1 seed)) (below 1: seeds share the work);
   (b) the same on synthetic fixed 36-frame batches of 2400 clips, against the PyTorch
       reproduction's reported figures on this machine (reference only, not re-measured);
   (c) inference at the int8 budget size (hidden 48, random params): batched clips/s and
