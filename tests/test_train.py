@@ -315,9 +315,12 @@ def test_seed_groups_refuse_impossible_counts(seeds, threads):
         seed_groups(seeds, threads)
 
 
-def run_trainer(seeds: int, threads: int, epochs: int = 2, shards: int = 1, model=MODEL):
+ONE_LAYER = LSTMClassifier(HIDDEN, 1, CLASSES, dropout=0.1)  # one layer: short compiles
+
+
+def run_trainer(seeds: int, threads: int, epochs: int = 2, shards: int = 1, model=ONE_LAYER):
     split = synthetic_split(40, seed=5)
-    config = trainer_config(batch_size=8, bucket_frames=4, epochs=epochs, seeds=seeds,
+    config = trainer_config(batch_size=8, bucket_frames=TIME, epochs=epochs, seeds=seeds,
                             seed_threads=threads, batch_shards=shards)
     trainer = Trainer(config, model, split)
     states = create_train_states(model, trainer.tx, 0, seeds, FEATURES)
@@ -350,7 +353,7 @@ def test_threaded_seed_groups_match_one_vmapped_program():
 
 def test_batch_shards_sum_to_the_whole_batch_gradient():
     """Without dropout the shards' summed gradients are the batch's: same training."""
-    model = LSTMClassifier(HIDDEN, 2, CLASSES)
+    model = LSTMClassifier(HIDDEN, 1, CLASSES)
     whole, whole_history = run_trainer(seeds=2, threads=1, model=model)
     sharded, sharded_history = run_trainer(seeds=2, threads=1, shards=4, model=model)
     np.testing.assert_array_equal(sharded.step, whole.step)
