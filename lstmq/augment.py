@@ -1,4 +1,4 @@
-"""Training-time augmentation: waveform copies (speed, shift, noise) and SpecAugment masks.
+"""Training-time augmentation: waveform copies (speed, pitch, shift, noise) and SpecAugment masks.
 
 Waveform augmentation makes ``augment.copies`` extra versions of every training clip
 before featurization (each copy is a Dataset of its own, so its features are cached like
@@ -25,6 +25,8 @@ def augment_clip(audio: np.ndarray, sample_rate: int, cfg: AugmentConfig,
 
     - speed: resample by a factor in [1 - speed, 1 + speed] (tempo and pitch change together,
       as in Kaldi's speed perturbation, a proxy for other vocal tracts);
+    - pitch: shift every frequency (pitch and formants) by up to this many semitones up or
+      down, keeping the duration (``librosa.effects.pitch_shift``);
     - time_shift: up to this fraction of the clip of leading silence;
     - noise_snr_db: white noise at this signal-to-noise ratio (drawn uniformly up to
       noise_snr_db_max when that is set).
@@ -36,6 +38,10 @@ def augment_clip(audio: np.ndarray, sample_rate: int, cfg: AugmentConfig,
         factor = rng.uniform(1 - cfg.speed, 1 + cfg.speed)
         out = librosa.resample(out, orig_sr=sample_rate * factor, target_sr=sample_rate,
                                res_type="soxr_mq").astype(np.float32)
+    if cfg.pitch > 0:
+        steps = rng.uniform(-cfg.pitch, cfg.pitch)
+        out = librosa.effects.pitch_shift(out, sr=sample_rate, n_steps=steps,
+                                          res_type="soxr_mq").astype(np.float32)
     if cfg.time_shift > 0:
         lead = int(rng.uniform(0, cfg.time_shift) * len(out))
         out = np.concatenate([np.zeros(lead, np.float32), out])
@@ -57,10 +63,13 @@ def check_augment_config(cfg: AugmentConfig) -> None:
                          f"augment.noise_snr_db <= it, got {cfg.noise_snr_db}")
     if not 0 <= cfg.speed < 1:
         raise ValueError(f"augment.speed must be in [0, 1), got {cfg.speed}")
+    if not 0 <= cfg.pitch <= 12:
+        raise ValueError(f"augment.pitch must be in [0, 12] semitones, got {cfg.pitch}")
 
 
 def waveform_augmentation_enabled(cfg: AugmentConfig) -> bool:
-    return cfg.copies > 0 and (cfg.speed > 0 or cfg.time_shift > 0 or cfg.noise_snr_db is not None)
+    return cfg.copies > 0 and (cfg.speed > 0 or cfg.pitch > 0 or cfg.time_shift > 0
+                               or cfg.noise_snr_db is not None)
 
 
 def augment_dataset(dataset: Dataset, cfg: AugmentConfig, seed: int, copy: int) -> Dataset:

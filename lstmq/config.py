@@ -115,6 +115,7 @@ class AugmentConfig:
     noise_snr_db_max: float | None = None  # if set: SNR uniform in [noise_snr_db, this]
     time_shift: float = 0.0  # max shift as a fraction of the clip
     speed: float = 0.0  # max relative speed change (resampling)
+    pitch: float = 0.0  # max pitch shift in semitones, duration kept (frequency warp)
     freq_mask: int = 0  # SpecAugment: max masked MFCC coefficients
     time_mask: int = 0  # SpecAugment: max masked frames
     copies: int = 0  # augmented copies of each training clip per epoch

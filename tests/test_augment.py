@@ -23,6 +23,26 @@ def test_speed_changes_length_within_range():
     assert len(set(lengths)) > 5  # factors really vary
 
 
+def _peak_hz(audio, rate=8000):
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    return np.fft.rfftfreq(len(audio), 1 / rate)[np.argmax(spectrum)]
+
+
+def test_pitch_shift_moves_frequency_within_range_and_keeps_duration():
+    audio = _tone(1.0)
+    cfg = AugmentConfig(pitch=2.0, copies=1)
+    peaks = []
+    for seed in range(8):
+        shifted = augment_clip(audio, 8000, cfg, np.random.default_rng(seed))
+        assert len(shifted) == len(audio)
+        peaks.append(_peak_hz(shifted))
+    low, high = 440 * 2 ** (-2 / 12), 440 * 2 ** (2 / 12)
+    assert low - 3 <= min(peaks) and max(peaks) <= high + 3
+    assert max(peaks) - min(peaks) > 20  # shifts really vary
+    steps = np.random.default_rng(0).uniform(-2.0, 2.0)  # the first draw of seed 0
+    assert abs(peaks[0] - 440 * 2 ** (steps / 12)) < 3
+
+
 def test_noise_has_requested_snr():
     audio = _tone(2.0)
     noisy = augment_clip(audio, 8000, AugmentConfig(noise_snr_db=10.0, copies=1),
@@ -45,7 +65,9 @@ def test_noise_snr_range_draws_within_bounds():
 
 @pytest.mark.parametrize("cfg", [AugmentConfig(noise_snr_db_max=20.0, copies=1),
                                  AugmentConfig(noise_snr_db=20.0, noise_snr_db_max=10.0, copies=1),
-                                 AugmentConfig(speed=1.0, copies=1)])
+                                 AugmentConfig(speed=1.0, copies=1),
+                                 AugmentConfig(pitch=-1.0, copies=1),
+                                 AugmentConfig(pitch=13.0, copies=1)])
 def test_impossible_augmentation_is_refused(cfg, wav_folder):
     from lstmq.data import load_recordings
 
