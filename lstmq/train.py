@@ -140,7 +140,8 @@ def predict_logits(apply_fn: Callable, params: Any, x: jax.Array,
 
 
 class Trainer:
-    """Builds the jitted, seed-vmapped steps once and runs epochs over device-resident data."""
+    """Builds the jitted steps once and runs epochs over device-resident data, each seed group
+    (and each batch shard) on its own thread."""
 
     def __init__(self, config: Config, model: nn.Module, train: SplitArrays,
                  augment: Callable | None = None):
