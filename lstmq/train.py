@@ -154,17 +154,17 @@ class Trainer:
         self.tx = make_optimizer(self.cfg, steps)
         smoothing = self.cfg.label_smoothing
 
-        def seeds_step(states, data, index, weight, frames):
+        def gather(data, index, frames):
             all_x, all_lengths, all_labels = data
-            x = all_x[index, :frames]
-            lengths = all_lengths[index]
-            labels = all_labels[index]
+            return all_x[index, :frames], all_lengths[index], all_labels[index]
+
+        def seeds_step(states, data, index, weight, frames):
+            x, lengths, labels = gather(data, index, frames)
             step = lambda s: train_step(s, x, lengths, labels, weight, smoothing, augment)
             return jax.vmap(step)(states)
 
         def seeds_gradients(states, data, index, weight, frames, shard):
-            all_x, all_lengths, all_labels = data
-            x, lengths, labels = all_x[index, :frames], all_lengths[index], all_labels[index]
+            x, lengths, labels = gather(data, index, frames)
             return jax.vmap(lambda s: summed_gradients(
                 s, shard_key(s, shard), x, lengths, labels, weight, smoothing, augment))(states)
 
@@ -215,15 +215,19 @@ class Trainer:
 
     def _run_group(self, states: TrainState, batches: list[Batch]) -> tuple[TrainState, dict]:
         totals = None
-        with concurrent.futures.ThreadPoolExecutor(self.shards) as pool:
+        pool = concurrent.futures.ThreadPoolExecutor(self.shards) if self.shards > 1 else None
+        try:
             for batch in batches:
-                if self.shards == 1:
+                if pool is None:
                     states, metrics = self._step(states, self._data, batch.index, batch.weight,
                                                  batch.frames)
                 else:
                     states, metrics = self._sharded_step(pool, states, batch)
                 totals = metrics if totals is None else jax.tree_util.tree_map(
                     jnp.add, totals, metrics)
+        finally:
+            if pool is not None:
+                pool.shutdown()
         return jax.block_until_ready((states, totals))
 
     def _sharded_step(self, pool, states: TrainState, batch: Batch) -> tuple[TrainState, dict]:
