@@ -201,13 +201,15 @@ class Trainer:
     def run_epoch(self, states: TrainState, epoch: int) -> tuple[TrainState, dict[str, np.ndarray]]:
         """One epoch of every seed; each seed group steps through the batches on its own thread."""
         batches = self.epoch_batches(np.random.default_rng([self.cfg.seed, epoch]))
-        parts = [jax.tree_util.tree_map(lambda a, g=group: a[g], states) for group in self.groups]
-        if len(parts) == 1:
+        if len(self.groups) == 1:
             results = [self._run_group(states, batches)]
         else:
+            parts = [jax.tree_util.tree_map(lambda a, g=group: a[g], states)
+                     for group in self.groups]
             with concurrent.futures.ThreadPoolExecutor(len(parts)) as pool:
                 results = list(pool.map(lambda part: self._run_group(part, batches), parts))
-        states = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *[r[0] for r in results])
+        states = results[0][0] if len(results) == 1 else jax.tree_util.tree_map(
+            lambda *a: jnp.concatenate(a), *[r[0] for r in results])
         totals = jax.device_get([r[1] for r in results])
         totals = {k: np.concatenate([t[k] for t in totals]) for k in totals[0]}
         return states, {"loss": totals["loss"] / totals["count"],
