@@ -19,6 +19,12 @@ from lstmq.config import AugmentConfig
 from lstmq.data import Dataset
 
 
+def _phase_vocoder_fft(sample_rate: int) -> int:
+    """FFT size of about 32 ms for the pitch shifter's phase vocoder (256 at 8 kHz):
+    librosa's default 2048 would be 256 ms at 8 kHz, longer than many digits."""
+    return 1 << max(6, round(np.log2(0.032 * sample_rate)))
+
+
 def augment_clip(audio: np.ndarray, sample_rate: int, cfg: AugmentConfig,
                  rng: np.random.Generator) -> np.ndarray:
     """One randomly perturbed copy of a clip ``<float32>[samples]``.
@@ -26,7 +32,7 @@ def augment_clip(audio: np.ndarray, sample_rate: int, cfg: AugmentConfig,
     - speed: resample by a factor in [1 - speed, 1 + speed] (tempo and pitch change together,
       as in Kaldi's speed perturbation, a proxy for other vocal tracts);
     - pitch: shift every frequency (pitch and formants) by up to this many semitones up or
-      down, keeping the duration (``librosa.effects.pitch_shift``);
+      down, keeping the duration (``librosa.effects.pitch_shift`` with a 32 ms window);
     - time_shift: up to this fraction of the clip of leading silence;
     - noise_snr_db: white noise at this signal-to-noise ratio (drawn uniformly up to
       noise_snr_db_max when that is set).
@@ -40,7 +46,9 @@ def augment_clip(audio: np.ndarray, sample_rate: int, cfg: AugmentConfig,
                                res_type="soxr_mq").astype(np.float32)
     if cfg.pitch > 0:
         steps = rng.uniform(-cfg.pitch, cfg.pitch)
-        out = librosa.effects.pitch_shift(out, sr=sample_rate, n_steps=steps,
+        n_fft = _phase_vocoder_fft(sample_rate)
+        out = librosa.effects.pitch_shift(out, sr=sample_rate, n_steps=steps, n_fft=n_fft,
+                                          hop_length=n_fft // 4,
                                           res_type="soxr_mq").astype(np.float32)
     if cfg.time_shift > 0:
         lead = int(rng.uniform(0, cfg.time_shift) * len(out))

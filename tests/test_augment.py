@@ -1,4 +1,5 @@
 import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,17 @@ def test_pitch_shift_moves_frequency_within_range_and_keeps_duration():
     assert max(peaks) - min(peaks) > 20  # shifts really vary
     steps = np.random.default_rng(0).uniform(-2.0, 2.0)  # the first draw of seed 0
     assert abs(peaks[0] - 440 * 2 ** (steps / 12)) < 3
+
+
+def test_pitch_shift_of_a_short_clip_uses_a_window_shorter_than_the_clip():
+    short = _tone(0.25)  # 2000 samples: librosa's default 2048-point window would not fit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        shifted = augment_clip(short, 8000, AugmentConfig(pitch=2.0, copies=1),
+                               np.random.default_rng(0))
+    assert len(shifted) == len(short)
+    steps = np.random.default_rng(0).uniform(-2.0, 2.0)
+    assert abs(_peak_hz(shifted) - 440 * 2 ** (steps / 12)) < 8  # 4 Hz bins at 0.25 s
 
 
 def test_noise_has_requested_snr():
