@@ -132,6 +132,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # > 0: evaluate and keep a moving average of the params (e.g. 0.999)
     seed: int = 0
     seeds: int = 1  # seeds trained together by one compiled step (seed, seed+1, ...)
     seed_threads: int = 0  # threads the seeds run on, vmapped within a thread; 0: one per seed

@@ -123,9 +123,10 @@ def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData |
     model = model_from_config(config, derived)
     trainer = Trainer(config, model, data.train, augment=make_spec_augment(config.augment))
     states = create_train_states(model, trainer.tx, config.train.seed, config.train.seeds,
-                                 derived.input_size, _initial_params(config, derived))
+                                 derived.input_size, _initial_params(config, derived),
+                                 ema=config.train.ema_decay > 0)
     seeds = len(derived.seeds)
-    best = {"params": jax.tree_util.tree_map(jnp.copy, states.params),  # states are donated
+    best = {"params": jax.tree_util.tree_map(jnp.copy, states.eval_params()),  # donated states
             "val": np.full(seeds, -1.0), "epoch": np.zeros(seeds, int)}
     history: list[dict[str, Any]] = []
     checkpoints = TrainingCheckpoints(workdir / "checkpoints")
@@ -155,14 +156,14 @@ def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData |
                "train_loss": metrics["loss"].tolist(),
                "train_accuracy": metrics["accuracy"].tolist()}
         if len(data.val):
-            val_acc = _accuracy(trainer.predict(states.params, data.val), data.val.labels)
+            val_acc = _accuracy(trainer.predict(states.eval_params(), data.val), data.val.labels)
             row["val_accuracy"] = val_acc.tolist()
             improved = val_acc >= best["val"] if config.train.select == "best_val" \
                 else np.ones(seeds, bool)
         else:
             improved = np.ones(seeds, bool)
             val_acc = np.full(seeds, np.nan)
-        best = {"params": select_best(best["params"], states.params, improved),
+        best = {"params": select_best(best["params"], states.eval_params(), improved),
                 "val": np.where(improved, val_acc, best["val"]),
                 "epoch": np.where(improved, epoch + 1, best["epoch"])}
         history.append(row)

@@ -29,6 +29,11 @@ from lstmq.pipeline import SplitArrays
 
 class TrainState(train_state.TrainState):
     dropout_key: jax.Array
+    ema_params: Any = None  # exponential moving average of params (``train.ema_decay > 0``)
+
+    def eval_params(self) -> Any:
+        """The parameters to evaluate and keep: the moving average when one is tracked."""
+        return self.params if self.ema_params is None else self.ema_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,12 +69,13 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
 
 
 def create_train_states(model: nn.Module, tx: optax.GradientTransformation, seed: int,
-                        seeds: int, input_size: int,
-                        init_params: Any | None = None) -> TrainState:
+                        seeds: int, input_size: int, init_params: Any | None = None,
+                        ema: bool = False) -> TrainState:
     """One TrainState per seed, stacked along a leading axis.
 
     ``init_params``, when given, are stacked per seed (a leading axis of size ``seeds``)
-    and replace the random initialisation (fine-tuning).
+    and replace the random initialisation (fine-tuning). ``ema``: also track a moving
+    average of the parameters, starting at the initial ones.
     """
     x = jnp.zeros((1, 2, input_size), jnp.float32)
     lengths = jnp.ones((1,), jnp.int32)
@@ -80,7 +86,7 @@ def create_train_states(model: nn.Module, tx: optax.GradientTransformation, seed
         if start_params is not None:
             params = start_params
         return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                                 dropout_key=dropout_key)
+                                 dropout_key=dropout_key, ema_params=params if ema else None)
 
     keys = jnp.stack([jax.random.PRNGKey(seed + s) for s in range(seeds)])
     return jax.jit(jax.vmap(init))(keys, init_params)
@@ -113,20 +119,35 @@ def summed_gradients(state: TrainState, key: jax.Array, x: jax.Array, lengths: j
     return grads, {"loss": loss_sum, "correct": correct, "count": weight.sum()}
 
 
-def apply_summed_gradients(state: TrainState, grads: Any, count: jax.Array) -> TrainState:
-    """Optimiser step on the mean gradient: ``grads`` summed over ``count`` weighted clips."""
+def ema_rate(decay: float, step: jax.Array) -> jax.Array:
+    """Weight of the old average after ``step`` updates: ``decay``, lower while the average is
+    young (``(1 + step) / (10 + step)``), so it does not linger on the initial parameters."""
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
+
+
+def apply_summed_gradients(state: TrainState, grads: Any, count: jax.Array,
+                           ema_decay: float = 0.0) -> TrainState:
+    """Optimiser step on the mean gradient: ``grads`` summed over ``count`` weighted clips;
+    then the moving average, if tracked: ``ema <- r * ema + (1 - r) * params``."""
     scale = 1.0 / jnp.maximum(count, 1.0)
-    return state.apply_gradients(grads=jax.tree_util.tree_map(lambda g: g * scale, grads))
+    state = state.apply_gradients(grads=jax.tree_util.tree_map(lambda g: g * scale, grads))
+    if state.ema_params is None:
+        return state
+    rate = ema_rate(ema_decay, state.step)
+    return state.replace(ema_params=jax.tree_util.tree_map(
+        lambda e, p: rate * e + (1.0 - rate) * p, state.ema_params, state.params))
 
 
 def train_step(state: TrainState, x: jax.Array, lengths: jax.Array, labels: jax.Array,
                weight: jax.Array, label_smoothing: float = 0.0,
-               augment: Callable | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+               augment: Callable | None = None,
+               ema_decay: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step of one seed (vmapped over seeds by the caller)."""
     key = jax.random.fold_in(state.dropout_key, state.step)
     grads, metrics = summed_gradients(state, key, x, lengths, labels, weight, label_smoothing,
                                       augment)
-    return apply_summed_gradients(state, grads, metrics["count"]), metrics
+    return apply_summed_gradients(state, grads, metrics["count"], ema_decay), metrics
 
 
 def shard_key(state: TrainState, shard: jax.Array) -> jax.Array:
@@ -153,6 +174,9 @@ class Trainer:
         steps = len(self.epoch_batches(np.random.default_rng(0)))
         self.tx = make_optimizer(self.cfg, steps)
         smoothing = self.cfg.label_smoothing
+        ema_decay = self.cfg.ema_decay
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1) (0: off), got {ema_decay}")
 
         def gather(data, index, frames):
             all_x, all_lengths, all_labels = data
@@ -160,7 +184,8 @@ class Trainer:
 
         def seeds_step(states, data, index, weight, frames):
             x, lengths, labels = gather(data, index, frames)
-            step = lambda s: train_step(s, x, lengths, labels, weight, smoothing, augment)
+            step = lambda s: train_step(s, x, lengths, labels, weight, smoothing, augment,
+                                        ema_decay)
             return jax.vmap(step)(states)
 
         def seeds_gradients(states, data, index, weight, frames, shard):
@@ -170,7 +195,8 @@ class Trainer:
 
         def seeds_apply(states, parts):
             grads, metrics = jax.tree_util.tree_map(lambda *a: sum(a), *parts)
-            return jax.vmap(apply_summed_gradients)(states, grads, metrics["count"]), metrics
+            return jax.vmap(lambda s, g, n: apply_summed_gradients(s, g, n, ema_decay))(
+                states, grads, metrics["count"]), metrics
 
         self._step = jax.jit(seeds_step, static_argnums=4, donate_argnums=0)
         self._gradients = jax.jit(seeds_gradients, static_argnums=4)

@@ -127,6 +127,11 @@ def compilation_cache_for_runs(tmp_path_factory):
     compilation_cache.reset_cache()
 
 
+def tree_equal(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in
+               zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
 def run_overrides(wav_folder, **extra) -> list[str]:
     values = {"data.path": str(wav_folder), "data.split": "official", "data.val_fraction": 0.2,
               "features.cache": "false", "train.epochs": 2, "model.hidden": 8, "model.layers": 1,
@@ -230,8 +235,8 @@ def test_qat_run_with_solved_hidden_size_fine_tunes_a_float_run(wav_folder, tmp_
     run(wav_folder, tmp_path / "float", data)
     starts = []
 
-    def spy(model, tx, seed, seeds, input_size, init_params=None):
-        states = create_train_states(model, tx, seed, seeds, input_size, init_params)
+    def spy(model, tx, seed, seeds, input_size, init_params=None, **options):
+        states = create_train_states(model, tx, seed, seeds, input_size, init_params, **options)
         if init_params is not None:  # the fine-tuning start, not load_run's template
             starts.append(jax.tree_util.tree_map(np.array, states.params))  # before donation
         return states
@@ -266,6 +271,28 @@ def test_qat_run_with_solved_hidden_size_fine_tunes_a_float_run(wav_folder, tmp_
     with pytest.raises(CheckpointError, match="hidden"):
         run(wav_folder, tmp_path / "qat4", data, **{
             "model.hidden": 4, "quant.mode": "qat", "quant.init_from": str(tmp_path / "float")})
+
+
+def test_a_run_with_a_moving_average_evaluates_and_keeps_the_average(wav_folder, tmp_path,
+                                                                     monkeypatch, no_plots):
+    data = prepared(wav_folder)
+    finals = []
+    real_run_epoch = Trainer.run_epoch
+
+    def record(self, states, epoch):
+        states, metrics = real_run_epoch(self, states, epoch)
+        finals.append(jax.tree_util.tree_map(np.array, (states.params, states.ema_params)))
+        return states, metrics
+
+    monkeypatch.setattr(Trainer, "run_epoch", record)
+    workdir = tmp_path / "ema"
+    run(wav_folder, workdir, data, **{"train.ema_decay": 0.9, "train.select": "last"})
+    params, average = finals[-1]
+    kept = load_run(workdir).params
+    for leaf_kept, leaf_average, leaf_params in zip(*map(jax.tree_util.tree_leaves,
+                                                         (kept, average, params))):
+        np.testing.assert_array_equal(leaf_kept, leaf_average)
+    assert not tree_equal(average, params)  # the average is not the last iterate
 
 
 def test_load_run_of_a_folder_without_run_json(tmp_path):

@@ -19,6 +19,7 @@ from lstmq.train import (
     TrainState,
     create_train_states,
     cross_entropy,
+    ema_rate,
     make_optimizer,
     seed_groups,
     select_best,
@@ -253,6 +254,57 @@ def test_training_is_deterministic_for_a_seed():
     assert not tree_equal(first.params, jitted_init()(0).params)
 
 
+# moving average of the parameters --------------------------------------------------------
+
+
+def test_ema_rate_grows_to_the_decay():
+    rates = np.asarray([ema_rate(0.99, step) for step in (0, 1, 10, 100, 10_000)])
+    np.testing.assert_allclose(rates, [0.1, 2 / 11, 11 / 20, 101 / 110, 0.99],
+                               rtol=1e-6)
+    assert ema_rate(0.0, 5) == 0.0  # decay 0: the average is the params
+
+
+def test_ema_is_the_moving_average_and_leaves_training_alone():
+    """Each step: ema <- r * ema + (1 - r) * params with r = ema_rate(decay, step after it);
+    the params themselves train exactly as without an average."""
+    x, lengths, labels, weight = batch_arrays(synthetic_split(BATCH, seed=6))
+    decay = 0.95
+    step = jax.jit(jax.vmap(functools.partial(train_step, ema_decay=decay),
+                            in_axes=(0, None, None, None, None)))
+    plain = jitted_init()(0)
+    states = jax.jit(lambda: create_train_states(MODEL, TX, 0, 2, FEATURES, ema=True))()
+    assert plain.ema_params is None and plain.eval_params() is plain.params
+    assert tree_equal(states.ema_params, plain.params)  # starts at the initial params
+    expected = jax.tree_util.tree_map(np.asarray, states.ema_params)
+    for n in range(1, 4):
+        plain, _ = jitted_step()(plain, x, lengths, labels, weight)
+        states, _ = step(states, x, lengths, labels, weight)
+        rate = float(ema_rate(decay, n))
+        expected = jax.tree_util.tree_map(lambda e, p: rate * e + (1 - rate) * np.asarray(p),
+                                          expected, states.params)
+    assert tree_equal(states.params, plain.params)
+    for got, want in zip(jax.tree_util.tree_leaves(states.eval_params()),
+                         jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert not tree_equal(states.ema_params, states.params)
+
+
+def test_sharded_steps_update_the_average_like_whole_batches():
+    model = LSTMClassifier(HIDDEN, 1, CLASSES)
+    whole, _ = run_trainer(seeds=1, threads=0, model=model, ema_decay=0.9)
+    sharded, _ = run_trainer(seeds=1, threads=0, shards=2, model=model, ema_decay=0.9)
+    for a, b in zip(jax.tree_util.tree_leaves(whole.ema_params),
+                    jax.tree_util.tree_leaves(sharded.ema_params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert not tree_equal(whole.ema_params, whole.params)
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0])
+def test_trainer_refuses_an_ema_decay_outside_0_1(decay):
+    with pytest.raises(ValueError, match="ema_decay"):
+        Trainer(trainer_config(ema_decay=decay), MODEL, synthetic_split(16))
+
+
 # Trainer --------------------------------------------------------------------------------
 
 
@@ -318,12 +370,13 @@ def test_seed_groups_refuse_impossible_counts(seeds, threads):
 ONE_LAYER = LSTMClassifier(HIDDEN, 1, CLASSES, dropout=0.1)  # one layer: short compiles
 
 
-def run_trainer(seeds: int, threads: int, epochs: int = 2, shards: int = 1, model=ONE_LAYER):
+def run_trainer(seeds: int, threads: int, epochs: int = 2, shards: int = 1, model=ONE_LAYER,
+                ema_decay: float = 0.0):
     split = synthetic_split(40, seed=5)
     config = trainer_config(batch_size=8, bucket_frames=TIME, epochs=epochs, seeds=seeds,
-                            seed_threads=threads, batch_shards=shards)
+                            seed_threads=threads, batch_shards=shards, ema_decay=ema_decay)
     trainer = Trainer(config, model, split)
-    states = create_train_states(model, trainer.tx, 0, seeds, FEATURES)
+    states = create_train_states(model, trainer.tx, 0, seeds, FEATURES, ema=ema_decay > 0)
     history = []
     for epoch in range(epochs):
         states, metrics = trainer.run_epoch(states, epoch)
