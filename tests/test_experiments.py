@@ -8,6 +8,7 @@ accuracy or speed.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def test_task_a_writes_summary_and_reuses_its_run(tmp_path: Path, tiny: list[str
 def test_benchmark_writes_report(tmp_path: Path, tiny: list[str]):
     result = benchmark.run(tmp_path, hidden=(4,), seeds=(1, 2), epochs=1, synthetic_clips=64,
                            inference_hidden=4, inference_batch=8, inference_repeats=1,
-                           latency_clips=3, overrides=tiny)
+                           latency_clips=3, overrides=tiny, pytorch=False)
     saved = _read(tmp_path / "benchmark.json")
     assert saved["settings"]["hidden"] == [4]
     layouts = [(r["hidden"], r["seeds"], r["seed_threads"], r["batch_shards"])
@@ -75,6 +76,37 @@ def test_benchmark_writes_report(tmp_path: Path, tiny: list[str]):
     assert "multi-seed ratio" in markdown and "| integer |" in markdown
     assert "| vmapped |" in markdown and "per seed x 2 shards" in markdown
     assert result["environment"]["cores"] >= 1
+
+
+def test_pytorch_reference_times_the_reference_model():
+    pytest.importorskip("torch")
+    from experiments import pytorch_reference
+
+    row = pytorch_reference.time_training(4, clips=40, frames=6, batch_size=16, epochs=2)
+    assert row["seconds_per_epoch"]["n"] == 2 and row["clips_per_second"] > 0
+    assert (row["hidden"], row["layers"], row["clips"], row["frames"]) == (4, 2, 40, 6)
+
+
+def test_benchmark_times_pytorch_in_the_same_run(tmp_path: Path, tiny: list[str]):
+    pytest.importorskip("torch")
+    saved = benchmark.run(tmp_path, hidden=(4,), seeds=(1,), shards=(1,), epochs=1,
+                          synthetic_clips=32, inference_hidden=4, inference_batch=8,
+                          inference_repeats=1, latency_clips=2, overrides=tiny, pytorch=True)
+    row = saved["training_synthetic"][0]
+    assert row["pytorch_measured"]["hidden"] == 4
+    assert row["speedup_vs_pytorch_measured"] == pytest.approx(
+        row["pytorch_measured"]["seconds_per_epoch"]["median"]
+        / row["seconds_per_epoch"]["median"])
+    assert "PyTorch here s" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_pytorch_reference_without_torch_says_how_to_install(monkeypatch):
+    from experiments import pytorch_reference
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    assert not pytorch_reference.torch_available()
+    with pytest.raises(ImportError, match="pip install torch"):
+        pytorch_reference.time_training(4)
 
 
 def test_ptq_vs_qat_writes_table_plot_and_audit(tmp_path: Path, tiny: list[str]):
