@@ -5,10 +5,11 @@ Quick:    python -m experiments.benchmark --quick --out runs/bench_quick   (hidd
 Options:  --hidden 24 128  --seeds 1 3  --batch-shards 1 2  --epochs 3  --set key=value
           --pytorch / --no-pytorch (time the PyTorch reference too; default: if torch is installed)
 Time on a 2-core CPU (shared): about 5-7 min for hidden 24 48 128, --quick 2 min.
-Expected (load average ~2): FSDD split, 1 seed, ~0.17 s/epoch at hidden 24 and ~1.6 s at
-  hidden 128; 3 seeds on a thread each cost ~0.7-0.85x of three single seeds, vmapped on
-  one thread ~1.0-1.4x; 2 batch shards ~0.65-0.8x of one; integer inference ~0.2x float's
-  batched throughput.
+Expected (load average ~2): FSDD split, 1 seed, ~0.17-0.28 s/epoch at hidden 24 and
+  ~1.6-1.9 s at hidden 128 (AMD EPYC and Intel Xeon hosts); 3 seeds on a thread each cost
+  ~0.6-0.85x of three single seeds, vmapped on one thread ~1.0-1.4x; 2 batch shards
+  ~0.6-0.8x of one; integer inference ~0.2x float's batched throughput; PyTorch's reference
+  model about as fast as one lstmq seed at hidden 24-48 and faster at hidden 128.
 Produces: <out>/benchmark.json + <out>/benchmark.md. Nothing is asserted; it reports:
   (a) training on the real FSDD training split with the default config (length-bucketed
       batches of 64): seconds per epoch and clip-seeds per second for hidden 24 and 128,
