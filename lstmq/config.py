@@ -67,6 +67,7 @@ class FeatureConfig:
     fmax: float = 4000.0
     deltas: int = 0  # 0: MFCC only; 1: + delta; 2: + delta and delta-delta
     trim_db: float | None = None  # trim leading/trailing silence below this many dB under peak
+    top_db: float | None = 80.0  # floor of the log-mel spectrum, dB under the clip's peak (None: none)
     normalize: Literal["global", "utterance", "none"] = "global"  # global stats from train only
     min_frames: int = 2
     max_frames: int | None = None  # truncate longer clips (None: keep all)

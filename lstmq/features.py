@@ -39,7 +39,7 @@ _DELTA_WIDTH = 9
 _STD_FLOOR = 1e-6  # a constant coefficient (or a one-frame clip) is not blown up
 # Fields that change the features; workers and cache only change how they are obtained.
 _KEY_FIELDS = ("n_mfcc", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "deltas", "trim_db",
-               "min_frames", "max_frames")
+               "top_db", "min_frames", "max_frames")
 _log = logging.getLogger(__name__)
 
 
@@ -72,10 +72,15 @@ def extract_mfcc(audio: npt.ArrayLike, sample_rate: int, cfg: FeatureConfig) -> 
     needed = max((cfg.min_frames - 1) * cfg.hop_length, 1)
     if y.size < needed:
         y = np.pad(y, (0, needed - y.size))
-    mfcc = librosa.feature.mfcc(
-        y=y, sr=sample_rate, n_mfcc=cfg.n_mfcc, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
-        win_length=cfg.n_fft, window="hann", center=True, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
+    if cfg.top_db is not None and cfg.top_db <= 0:
+        raise ValueError(f"features.top_db must be positive or null, got {cfg.top_db}")
+    mel_power = librosa.feature.melspectrogram(
+        y=y, sr=sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.n_fft,
+        window="hann", center=True, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
     )
+    # The floor (top_db under the clip's peak) sets where silence and background noise sit.
+    log_mel = librosa.power_to_db(mel_power, top_db=cfg.top_db)
+    mfcc = librosa.feature.mfcc(S=log_mel, n_mfcc=cfg.n_mfcc)
     # mode="nearest" (edge replication, as HTK) is valid for clips shorter than the width.
     blocks = [mfcc] + [
         librosa.feature.delta(mfcc, width=_DELTA_WIDTH, order=order, mode="nearest")

@@ -78,7 +78,26 @@ def test_max_frames_truncates_and_trim_drops_silence():
     assert abs(trimmed.shape[0] - (1 + speech.size // 128)) <= 3
 
 
+def test_top_db_floors_the_log_mel_spectrum_under_the_clip_peak():
+    rng = np.random.default_rng(0)
+    speech = tone(0.5)
+    quiet, hiss = np.zeros(SR // 4, np.float32), 1e-4 * rng.standard_normal(SR // 4).astype(np.float32)
+    silent_gaps = np.concatenate([quiet, speech, quiet])
+    hissing_gaps = np.concatenate([hiss, speech, hiss])
+    gaps = np.r_[0:12, -12:0]  # frames well inside the gaps
+    for top_db, same_gaps in ((40.0, True), (80.0, False)):
+        cfg = FeatureConfig(top_db=top_db)
+        a, b = (features.extract_mfcc(y, SR, cfg) for y in (silent_gaps, hissing_gaps))
+        # the hiss sits about 70 dB under the tone: floored away at 40 dB, visible at 80 dB
+        assert np.allclose(a[gaps], b[gaps], atol=1e-3) == same_gaps
+        assert np.ptp(a[gaps], axis=0).max() < 1e-3  # digital silence: flat at the floor
+    unfloored = features.extract_mfcc(silent_gaps, SR, FeatureConfig(top_db=None))
+    assert unfloored[gaps, 0].max() < features.extract_mfcc(silent_gaps, SR, FeatureConfig())[gaps, 0].min()
+
+
 def test_bad_feature_configs_are_refused():
+    with pytest.raises(ValueError, match="top_db"):
+        features.extract_mfcc(tone(0.2), SR, FeatureConfig(top_db=0.0))
     with pytest.raises(ValueError, match="deltas"):
         features.extract_mfcc(tone(0.2), SR, FeatureConfig(deltas=3))
     with pytest.raises(ValueError, match="max_frames"):
@@ -109,6 +128,7 @@ def test_cache_key_follows_feature_fields_and_data_only(tmp_path):
     assert features.feature_cache_key(dataset, FeatureConfig(workers=3, cache=False)) == key
     assert features.feature_cache_key(dataset, FeatureConfig(n_mfcc=20)) != key
     assert features.feature_cache_key(dataset, FeatureConfig(trim_db=40.0)) != key
+    assert features.feature_cache_key(dataset, FeatureConfig(top_db=40.0)) != key
     assert features.feature_cache_key(toy_dataset([tone(0.2)] * 3, "other"), FeatureConfig()) != key
     assert features.feature_cache_key(dataset.subset([0, 1]), FeatureConfig()) != key
     assert features.feature_cache_key(dataclasses.replace(dataset, sample_rate=16000), FeatureConfig()) != key
