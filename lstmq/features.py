@@ -63,6 +63,8 @@ def extract_mfcc(audio: npt.ArrayLike, sample_rate: int, cfg: FeatureConfig) -> 
         raise ValueError(f"features.deltas must be 0, 1 or 2, got {cfg.deltas}")
     if cfg.max_frames is not None and cfg.max_frames < cfg.min_frames:
         raise ValueError(f"features.max_frames {cfg.max_frames} < features.min_frames {cfg.min_frames}")
+    if cfg.top_db is not None and cfg.top_db <= 0:
+        raise ValueError(f"features.top_db must be positive or null, got {cfg.top_db}")
     y = np.asarray(audio, dtype=np.float32)
     if y.ndim != 1:
         raise ValueError(f"audio must be mono <float32>[samples], got shape {y.shape}")
@@ -72,8 +74,6 @@ def extract_mfcc(audio: npt.ArrayLike, sample_rate: int, cfg: FeatureConfig) -> 
     needed = max((cfg.min_frames - 1) * cfg.hop_length, 1)
     if y.size < needed:
         y = np.pad(y, (0, needed - y.size))
-    if cfg.top_db is not None and cfg.top_db <= 0:
-        raise ValueError(f"features.top_db must be positive or null, got {cfg.top_db}")
     mel_power = librosa.feature.melspectrogram(
         y=y, sr=sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.n_fft,
         window="hann", center=True, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
