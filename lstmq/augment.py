@@ -1,4 +1,5 @@
-"""Training-time augmentation: waveform copies (speed, pitch, shift, noise) and SpecAugment masks.
+"""Training-time augmentation: waveform copies (speed, pitch, shift, reverb, band limits, noise)
+and SpecAugment masks.
 
 Waveform augmentation makes ``augment.copies`` extra versions of every training clip
 before featurization (each copy is a Dataset of its own, so its features are cached like
@@ -34,6 +35,11 @@ def augment_clip(audio: np.ndarray, sample_rate: int, cfg: AugmentConfig,
     - pitch: shift every frequency (pitch and formants) by up to this many semitones up or
       down, keeping the duration (``librosa.effects.pitch_shift`` with a 32 ms window);
     - time_shift: up to this fraction of the clip of leading silence;
+    - reverb_rt60: convolve with a synthetic room response (``room_response``) whose
+      reverberation time is drawn uniformly up to this many seconds, keeping length and RMS;
+    - lowpass_hz / highpass_hz: a 4th-order Butterworth low-pass with its cutoff drawn in
+      [lowpass_hz, Nyquist] and a high-pass with its cutoff drawn in [0, highpass_hz]: the
+      bandwidths of other microphones and recording chains;
     - noise_snr_db: white noise at this signal-to-noise ratio (drawn uniformly up to
       noise_snr_db_max when that is set).
     """
@@ -53,6 +59,12 @@ def augment_clip(audio: np.ndarray, sample_rate: int, cfg: AugmentConfig,
     if cfg.time_shift > 0:
         lead = int(rng.uniform(0, cfg.time_shift) * len(out))
         out = np.concatenate([np.zeros(lead, np.float32), out])
+    if cfg.reverb_rt60 > 0:
+        out = reverberate(out, room_response(rng.uniform(0, cfg.reverb_rt60), sample_rate, rng))
+    if cfg.lowpass_hz is not None or cfg.highpass_hz is not None:
+        low = rng.uniform(cfg.lowpass_hz, sample_rate / 2) if cfg.lowpass_hz is not None else None
+        high = rng.uniform(0, cfg.highpass_hz) if cfg.highpass_hz is not None else None
+        out = band_limit(out, sample_rate, low, high)
     if cfg.noise_snr_db is not None:
         snr_db = cfg.noise_snr_db
         if cfg.noise_snr_db_max is not None:
@@ -63,26 +75,80 @@ def augment_clip(audio: np.ndarray, sample_rate: int, cfg: AugmentConfig,
     return np.clip(out, -1.0, 1.0)
 
 
-def check_augment_config(cfg: AugmentConfig) -> None:
-    """Raise ValueError for settings that cannot be honoured."""
+def room_response(rt60: float, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """A synthetic room impulse response ``<float32>[taps]``: the direct path (1 at tap 0)
+    followed by Gaussian noise whose energy falls 60 dB in ``rt60`` seconds (a diffuse
+    late reverberation, Polack's model), as loud in total as the direct path."""
+    taps = max(int(rt60 * sample_rate), 1)
+    t = np.arange(taps) / sample_rate
+    tail = rng.normal(0, 1, taps) * 10 ** (-3 * t / max(rt60, 1e-6))  # amplitude: -60 dB at rt60
+    tail[0] = 0.0
+    energy = float(np.sum(tail**2))
+    if energy > 0:
+        tail /= np.sqrt(energy)
+    tail[0] = 1.0
+    return tail.astype(np.float32)
+
+
+def reverberate(audio: np.ndarray, response: np.ndarray) -> np.ndarray:
+    """``audio`` convolved with ``response``, cut to the input's length and rescaled to its
+    RMS (the tail past the clip's end is dropped, as a fixed-length recording would)."""
+    from scipy.signal import fftconvolve  # pylint: disable=import-outside-toplevel
+
+    wet = fftconvolve(audio, response)[: len(audio)].astype(np.float32)
+    rms_in, rms_out = float(np.sqrt(np.mean(audio**2))), float(np.sqrt(np.mean(wet**2)))
+    return wet * (rms_in / rms_out) if rms_out > 0 else wet
+
+
+def band_limit(audio: np.ndarray, sample_rate: int, lowpass_hz: float | None,
+               highpass_hz: float | None, order: int = 4) -> np.ndarray:
+    """``audio`` through Butterworth filters (zero-phase is not needed: a microphone is
+    causal): a low-pass at ``lowpass_hz`` and a high-pass at ``highpass_hz``; a cutoff at or
+    past Nyquist (low-pass) or at or under 1 Hz (high-pass) leaves that side unfiltered."""
+    from scipy.signal import butter, sosfilt  # pylint: disable=import-outside-toplevel
+
+    out = np.asarray(audio, np.float32)
+    nyquist = sample_rate / 2
+    if lowpass_hz is not None and lowpass_hz < 0.99 * nyquist:
+        out = sosfilt(butter(order, lowpass_hz, "lowpass", fs=sample_rate, output="sos"), out)
+    if highpass_hz is not None and highpass_hz > 1.0:
+        out = sosfilt(butter(order, highpass_hz, "highpass", fs=sample_rate, output="sos"), out)
+    return np.asarray(out, np.float32)
+
+
+def check_augment_config(cfg: AugmentConfig, sample_rate: int | None = None) -> None:
+    """Raise ValueError for settings that cannot be honoured (at ``sample_rate``, if given)."""
     if cfg.noise_snr_db_max is not None and (cfg.noise_snr_db is None
                                              or cfg.noise_snr_db_max < cfg.noise_snr_db):
         raise ValueError(f"augment.noise_snr_db_max {cfg.noise_snr_db_max} needs "
                          f"augment.noise_snr_db <= it, got {cfg.noise_snr_db}")
     if not 0 <= cfg.speed < 1:
         raise ValueError(f"augment.speed must be in [0, 1), got {cfg.speed}")
+    if not 0 <= cfg.reverb_rt60 <= 2:
+        raise ValueError(f"augment.reverb_rt60 must be in [0, 2] seconds, got {cfg.reverb_rt60}")
+    if cfg.lowpass_hz is not None and not 0 < cfg.lowpass_hz:
+        raise ValueError(f"augment.lowpass_hz must be positive or null, got {cfg.lowpass_hz}")
+    if cfg.highpass_hz is not None and not 0 < cfg.highpass_hz:
+        raise ValueError(f"augment.highpass_hz must be positive or null, got {cfg.highpass_hz}")
+    for name in ("lowpass_hz", "highpass_hz"):
+        cutoff = getattr(cfg, name)
+        if sample_rate is not None and cutoff is not None and cutoff >= sample_rate / 2:
+            raise ValueError(f"augment.{name} {cutoff} Hz is not under the Nyquist frequency "
+                             f"({sample_rate / 2:g} Hz at {sample_rate} Hz)")
     if not 0 <= cfg.pitch <= 12:
         raise ValueError(f"augment.pitch must be in [0, 12] semitones, got {cfg.pitch}")
 
 
 def waveform_augmentation_enabled(cfg: AugmentConfig) -> bool:
     return cfg.copies > 0 and (cfg.speed > 0 or cfg.pitch > 0 or cfg.time_shift > 0
+                               or cfg.reverb_rt60 > 0 or cfg.lowpass_hz is not None
+                               or cfg.highpass_hz is not None
                                or cfg.noise_snr_db is not None)
 
 
 def augment_dataset(dataset: Dataset, cfg: AugmentConfig, seed: int, copy: int) -> Dataset:
     """Copy number ``copy`` of every clip, deterministic in (seed, copy, clip index)."""
-    check_augment_config(cfg)
+    check_augment_config(cfg, dataset.sample_rate)
     audio = tuple(augment_clip(a, dataset.sample_rate, cfg, np.random.default_rng([seed, copy, i]))
                   for i, a in enumerate(dataset.audio))
     spec = json.dumps({"parent": dataset.fingerprint, "augment": dataclasses.asdict(cfg),

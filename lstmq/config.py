@@ -115,6 +115,9 @@ class AugmentConfig:
     noise_snr_db: float | None = None  # additive white noise at this SNR
     noise_snr_db_max: float | None = None  # if set: SNR uniform in [noise_snr_db, this]
     time_shift: float = 0.0  # max shift as a fraction of the clip
+    reverb_rt60: float = 0.0  # max reverberation time (s) of a synthetic room response
+    lowpass_hz: float | None = None  # low-pass (another microphone's bandwidth), cutoff drawn in [this, Nyquist]
+    highpass_hz: float | None = None  # high-pass, cutoff drawn in [0, this]
     speed: float = 0.0  # max relative speed change (resampling)
     pitch: float = 0.0  # max pitch shift in semitones, duration kept (frequency warp)
     freq_mask: int = 0  # SpecAugment: max masked MFCC coefficients

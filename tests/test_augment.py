@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstmq.augment import augment_clip, augment_dataset, make_spec_augment, spec_augment
+from lstmq.augment import (augment_clip, augment_dataset, band_limit, make_spec_augment,
+                           reverberate, room_response, spec_augment)
 from lstmq.config import AugmentConfig, load_config
 from lstmq.pipeline import prepare_data
 
@@ -79,7 +80,12 @@ def test_noise_snr_range_draws_within_bounds():
                                  AugmentConfig(noise_snr_db=20.0, noise_snr_db_max=10.0, copies=1),
                                  AugmentConfig(speed=1.0, copies=1),
                                  AugmentConfig(pitch=-1.0, copies=1),
-                                 AugmentConfig(pitch=13.0, copies=1)])
+                                 AugmentConfig(pitch=13.0, copies=1),
+                                 AugmentConfig(reverb_rt60=-0.1, copies=1),
+                                 AugmentConfig(reverb_rt60=3.0, copies=1),
+                                 AugmentConfig(lowpass_hz=0.0, copies=1),
+                                 AugmentConfig(lowpass_hz=4000.0, copies=1),
+                                 AugmentConfig(highpass_hz=5000.0, copies=1)])
 def test_impossible_augmentation_is_refused(cfg, wav_folder):
     from lstmq.data import load_recordings
 
@@ -95,6 +101,63 @@ def test_time_shift_adds_leading_silence_only():
     assert 0 < lead <= len(audio) // 2
     np.testing.assert_array_equal(shifted[:lead], 0)
     np.testing.assert_array_equal(shifted[lead:], audio)
+
+
+def test_room_response_decays_60_db_in_rt60_with_tail_as_loud_as_direct_path():
+    rate, rt60 = 8000, 0.4
+    response = room_response(rt60, rate, np.random.default_rng(0))
+    assert response.shape == (int(rt60 * rate),) and response[0] == 1.0
+    tail = response[1:].astype(np.float64)
+    assert np.sum(tail**2) == pytest.approx(1.0, rel=1e-5)
+    # Energy in the first and last 10% of the response: 60 dB over rt60, so about 48 dB apart.
+    tenth = len(tail) // 10
+    drop_db = 10 * np.log10(np.mean(tail[:tenth] ** 2) / np.mean(tail[-tenth:] ** 2))
+    assert 42 < drop_db < 54
+
+
+def test_reverberation_keeps_length_and_rms_and_smears_in_time():
+    audio = np.zeros(4000, np.float32)
+    audio[1000:1200] = _tone()[:200]
+    wet = reverberate(audio, room_response(0.3, 8000, np.random.default_rng(1)))
+    assert wet.shape == audio.shape and wet.dtype == np.float32
+    assert np.sqrt(np.mean(wet**2)) == pytest.approx(np.sqrt(np.mean(audio**2)), rel=1e-4)
+    assert np.max(np.abs(wet[:1000])) < 1e-6  # causal: nothing before the sound
+    assert np.sqrt(np.mean(wet[1400:2000] ** 2)) > 1e-3  # the tail rings on after it
+
+
+def test_reverb_option_changes_the_clip_and_zero_keeps_it():
+    audio = _tone()
+    dry = augment_clip(audio, 8000, AugmentConfig(reverb_rt60=0.0, copies=1), np.random.default_rng(0))
+    np.testing.assert_array_equal(dry, audio)
+    wet = augment_clip(audio, 8000, AugmentConfig(reverb_rt60=0.5, copies=1), np.random.default_rng(0))
+    assert wet.shape == audio.shape and not np.allclose(wet, audio, atol=1e-3)
+
+
+def _tone_at(hz, seconds=0.5, rate=8000):
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def _rms(x):
+    return float(np.sqrt(np.mean(np.asarray(x, np.float64) ** 2)))
+
+
+def test_band_limit_passes_the_band_and_cuts_outside_it():
+    low, mid, high = _tone_at(60), _tone_at(1000), _tone_at(3500)
+    for audio, expected in ((mid, 1.0), (high, 0.0), (low, 0.0)):
+        out = band_limit(audio, 8000, lowpass_hz=2500, highpass_hz=200)[2000:]  # past the onset
+        assert out.dtype == np.float32
+        assert _rms(out) / _rms(audio[2000:]) == pytest.approx(expected, abs=0.1)
+    np.testing.assert_array_equal(band_limit(mid, 8000, None, None), mid)
+    np.testing.assert_array_equal(band_limit(mid, 8000, 4000, 0.5), mid)  # cutoffs out of range
+
+
+def test_lowpass_option_draws_cutoffs_between_its_floor_and_nyquist():
+    high = _tone_at(3000)
+    kept = [_rms(augment_clip(high, 8000, AugmentConfig(lowpass_hz=2000, copies=1),
+                              np.random.default_rng(seed))[2000:]) / _rms(high[2000:])
+            for seed in range(12)]
+    assert min(kept) < 0.3 and max(kept) > 0.7  # some cutoffs under 3 kHz, some over
 
 
 def test_augment_dataset_is_deterministic_and_fingerprinted(wav_folder):
