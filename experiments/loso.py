@@ -8,7 +8,7 @@ retraining (PTQ-integer), fine-tune it quantization-aware (``--qat-epochs``, eac
 its float seed), convert that to the integer model, and test all four on the held-out
 speaker, clean and with white noise at ``--noise-snr`` dB (the
 same noisy copies for every config). Reports per-speaker and 6-speaker mean accuracy (mean,
-min, max over seeds). Full run (6 speakers, 3 seeds, 40 + 15 epochs, batches of 32): 69 min
+min, max over seeds). Full run (6 speakers, 3 seeds, 40 + 15 epochs, batches of 32): 71 min
 on a 2-core CPU with ``--set train.batch_shards=2`` (2 seeds: 51 min); ``--quick`` (1 speaker,
 1 seed, 2 + 1 epochs) about 2 min.
 """
