@@ -126,13 +126,11 @@ def check_augment_config(cfg: AugmentConfig, sample_rate: int | None = None) -> 
         raise ValueError(f"augment.speed must be in [0, 1), got {cfg.speed}")
     if not 0 <= cfg.reverb_rt60 <= 2:
         raise ValueError(f"augment.reverb_rt60 must be in [0, 2] seconds, got {cfg.reverb_rt60}")
-    if cfg.lowpass_hz is not None and not 0 < cfg.lowpass_hz:
-        raise ValueError(f"augment.lowpass_hz must be positive or null, got {cfg.lowpass_hz}")
-    if cfg.highpass_hz is not None and not 0 < cfg.highpass_hz:
-        raise ValueError(f"augment.highpass_hz must be positive or null, got {cfg.highpass_hz}")
     for name in ("lowpass_hz", "highpass_hz"):
         cutoff = getattr(cfg, name)
-        if sample_rate is not None and cutoff is not None and cutoff >= sample_rate / 2:
+        if cutoff is not None and cutoff <= 0:
+            raise ValueError(f"augment.{name} must be positive or null, got {cutoff}")
+        if cutoff is not None and sample_rate is not None and cutoff >= sample_rate / 2:
             raise ValueError(f"augment.{name} {cutoff} Hz is not under the Nyquist frequency "
                              f"({sample_rate / 2:g} Hz at {sample_rate} Hz)")
     if not 0 <= cfg.pitch <= 12:
