@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +46,8 @@ from lstmq.integer import convert_params, predict_int, quantize_input, stack_mod
 from lstmq.model import LSTMClassifier
 from lstmq.pipeline import SplitArrays, prepare_data
 from lstmq.quant import QATNumerics
-from lstmq.runner import Derived, model_from_config
+from lstmq.runs import Derived, model_from_config
+from lstmq.timing import each_timed, repeat_timed
 from lstmq.train import Trainer, create_train_states
 
 # PyTorch reproduction, one epoch of 2400 clips at 36 frames, batch 64, as quoted with that
@@ -139,11 +140,11 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
 
     if inference_hidden is None:
         solution = solve_hidden_size(36864, base.model.layers, data.input_size,
-                                     base.model.num_classes, Precision(8))
+                                     len(data.classes), Precision(8))
         inference_hidden = solution.hidden
         common.say(f"inference hidden {inference_hidden} (solved for 36,864 bytes, int8)")
     inference = _time_inference(inference_hidden, base.model.layers, data.input_size,
-                                base.model.num_classes, synthetic_frames, inference_batch,
+                                len(data.classes), synthetic_frames, inference_batch,
                                 inference_repeats, latency_clips)
 
     environment["load_average_end"] = common.load_average()
@@ -174,7 +175,7 @@ def _time_training(config, split: SplitArrays, input_size: int, epochs: int) -> 
     # Only hidden and input size shape a float model; the normaliser is never used here.
     derived = Derived(hidden=config.model.hidden, input_size=input_size,
                       input_clip=SYNTHETIC_INPUT_CLIP, normalizer=None,
-                      seeds=tuple(range(seeds)))
+                      seeds=tuple(range(seeds)), classes=tuple(map(str, range(10))))
     model = model_from_config(config, derived)
     trainer = Trainer(config, model, split)
     states = create_train_states(model, trainer.tx, config.train.seed, seeds, input_size)
@@ -203,7 +204,7 @@ def _time_pytorch(hidden: int, config, input_size: int, clips: int, frames: int,
                   epochs: int) -> dict[str, Any]:
     row = pytorch_reference.time_training(
         hidden, layers=config.model.layers, features=input_size,
-        classes=config.model.num_classes, clips=clips, frames=frames,
+        classes=10, clips=clips, frames=frames,
         batch_size=config.train.batch_size, epochs=epochs)
     common.say(f"  PyTorch {row['torch']} hidden {hidden}: "
                f"{row['seconds_per_epoch']['median']:.3f} s/epoch ({row['threads']} threads)")
@@ -284,28 +285,6 @@ def _time_inference(hidden: int, layers: int, input_size: int, num_classes: int,
     return {"hidden": hidden, "layers": layers, "frames": frames, "batch": batch,
             "paths": rows,
             "quantize_input_latency_ms": common.spread([t * 1e3 for t in quantize["values"]])}
-
-
-def repeat_timed(fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
-    """Spread of ``repeats`` timed calls of ``fn`` after one untimed (compiling) call."""
-    jax.block_until_ready(fn())  # compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return common.spread(times)
-
-
-def each_timed(calls: list[Callable[[], Any]]) -> dict[str, Any]:
-    """Spread of the times of each call (the first is also run once untimed, to compile)."""
-    jax.block_until_ready(calls[0]())  # compile
-    times = []
-    for call in calls:
-        start = time.perf_counter()
-        jax.block_until_ready(call())
-        times.append(time.perf_counter() - start)
-    return common.spread(times)
 
 
 def _seconds(spread: dict[str, Any]) -> str:

@@ -23,13 +23,14 @@ import numpy as np
 
 from experiments import common
 from lstmq.budget import Precision, count_artifact_bytes, solve_hidden_size
-from lstmq.config import load_config
 from lstmq.export import stored_arrays
-from lstmq.integer import convert_run, predict_int_split
+from lstmq.paths import integer_models, predict_path
 from lstmq.pipeline import prepare_data
-from lstmq.runner import load_run, test_report
+from lstmq.recipes import float_and_qat
+from lstmq.runner import test_report
+from lstmq.runs import load_run
 
-CONFIG = common.CONFIG_DIR / "task_b_qat.yaml"
+CONFIG = "task_b_qat"
 BUDGETS = (8192, 16384, 36864, 65536)
 BITS = (8, 4)
 LAYERS = (1, 2)
@@ -39,13 +40,10 @@ MARKED_BUDGET = 36864
 def point_configs(out: Path, budget: int, bits: int, layers: int, overrides: Sequence[str],
                   qat_epochs: int):
     name = f"b{budget}_w{bits}_l{layers}"
-    base = [f"budget.bytes={budget}", f"budget.weight_bits={bits}", f"quant.weight_bits={bits}",
-            f"model.layers={layers}", "model.hidden=auto", *overrides]
+    base = [f"budget.bytes={budget}", f"quant.weight_bits={bits}", f"model.layers={layers}",
+            "model.hidden=auto", *overrides]
     float_dir = out / "runs" / name / "float"
-    float_config = load_config(CONFIG, [*base, "quant.mode=float"])
-    qat_config = load_config(CONFIG, [*base, "quant.mode=qat", f"quant.init_from={float_dir}",
-                                      f"train.epochs={qat_epochs}", "train.learning_rate=0.001",
-                                      "train.warmup_epochs=0"])
+    float_config, qat_config = float_and_qat(CONFIG, base, float_dir, qat_epochs)
     return name, float_dir, out / "runs" / name / "qat", float_config, qat_config
 
 
@@ -59,7 +57,7 @@ def run(out: str | Path, budgets: Sequence[int] = BUDGETS, bits: Sequence[int] =
     points, data = [], None
     for budget, width, depth in itertools.product(budgets, bits, layers):
         try:
-            solution = solve_hidden_size(budget, depth, 13, 10, Precision(width))
+            solution = solve_hidden_size(budget, depth, 13, 10, Precision(width))  # FSDD
         except ValueError as error:
             common.say(f"skip {budget} B, int{width}, {depth} layer(s): {error}")
             continue
@@ -70,9 +68,9 @@ def run(out: str | Path, budgets: Sequence[int] = BUDGETS, bits: Sequence[int] =
         common.train_or_resume(float_config, float_dir, data, progress)
         common.train_or_resume(qat_config, qat_dir, data, progress)
         run_ = load_run(qat_dir)
-        models = convert_run(run_)
-        logits = predict_int_split(models, data.test)
-        report = test_report(logits, data.test, run_.derived.seeds)
+        models = integer_models(run_)
+        logits = predict_path(run_, data.test, "qat-integer", models)
+        report = test_report(logits, data.test, run_.derived.seeds, run_.classes)
         counted = count_artifact_bytes(stored_arrays(models[0], width))
         points.append({
             "name": name, "budget": budget, "weight_bits": width, "layers": depth,
@@ -108,7 +106,7 @@ def format_table(result: dict[str, Any]) -> str:
              "yes" if p["name"] in front else ""] for p in result["points"]]
     return ("# Integer-model accuracy against counted bytes\n\n"
             "QAT models converted to the integer path; random split; accuracy mean (min-max) "
-            f"over seeds. Config experiments/configs/task_b_qat.yaml with overrides "
+            f"over seeds. Config lstmq/configs/task_b_qat.yaml with overrides "
             f"{result.get('overrides') or 'none'}; QAT fine-tune {result.get('qat_epochs')} "
             "epochs.\n\n" + common.markdown_table(
                 ["budget B", "weights", "layers", "hidden", "counted B", "= budget count",

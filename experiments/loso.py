@@ -23,15 +23,17 @@ import numpy as np
 
 from experiments import common
 from lstmq.augment import augment_dataset
-from lstmq.config import AugmentConfig, load_config
+from lstmq.config import AugmentConfig, config_path, load_config
 from lstmq.data import load_dataset
-from lstmq.integer import convert_run, predict_int_split
+from lstmq.folds import dataset_speakers, leave_one_speaker_out
+from lstmq.paths import integer_models, predict_path
 from lstmq.pipeline import PreparedData, SplitArrays, prepare_data, prepare_recordings
-from lstmq.runner import load_run, predict_run, test_report
+from lstmq.recipes import float_and_qat
+from lstmq.runner import test_report
+from lstmq.runs import load_run
 from lstmq.splits import make_split
 
-CONFIG = common.CONFIG_DIR / "task_b_speaker.yaml"
-SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
+CONFIG = config_path("task_b_speaker")
 PATHS = ("float", "PTQ-integer", "QAT", "integer")  # integer: the QAT run converted
 NOISE_SEED = 1234  # the noisy test copies are the same for every config
 
@@ -47,27 +49,16 @@ def noisy_test_split(config, data: PreparedData, snr_db: float) -> SplitArrays:
     return split
 
 
-def fold_configs(speaker: str, overrides: Sequence[str], qat_overrides: Sequence[str],
-                 float_dir: Path, config_path: str | Path = CONFIG):
-    """Float and QAT configs of one held-out speaker."""
-    base = ["data.split=speaker", f"data.test_speaker={speaker}", *overrides]
-    float_config = load_config(config_path, [*base, "quant.mode=float"])
-    qat_config = load_config(config_path, [*base, "quant.mode=qat",
-                                           f"quant.init_from={float_dir}",
-                                           "train.warmup_epochs=0", *qat_overrides])
-    return float_config, qat_config
-
-
-def _accuracies(logits: dict[str, np.ndarray], split: SplitArrays, seeds) -> dict[str, Any]:
-    return {path: common.accuracy_summary(list(
-        test_report(logits[path], split, seeds)["test_accuracy_per_seed"].values()))
+def _accuracies(logits: dict[str, np.ndarray], split: SplitArrays, run) -> dict[str, Any]:
+    return {path: common.accuracy_summary(list(test_report(
+        logits[path], split, run.derived.seeds, run.classes)["test_accuracy_per_seed"].values()))
         for path in PATHS}
 
 
 def _shown(path: str | Path) -> str:
     """A config path as the reader would type it (relative to the repository if inside)."""
     path = Path(path).resolve()
-    root = common.CONFIG_DIR.parent.parent
+    root = CONFIG.parent.parent.parent
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
@@ -77,14 +68,14 @@ def _speaker_means(rows: list[dict[str, Any]]) -> dict[str, Any]:
         np.mean([r[path]["values"] for r in rows], axis=0).tolist()) for path in PATHS}
 
 
-def _predict(float_run, qat_run, integer_models, split: SplitArrays) -> dict[str, np.ndarray]:
-    return {"float": predict_run(float_run, split),
-            "PTQ-integer": predict_int_split(integer_models["PTQ-integer"], split),
-            "QAT": predict_run(qat_run, split),
-            "integer": predict_int_split(integer_models["integer"], split)}
+def _predict(float_run, qat_run, models, split: SplitArrays) -> dict[str, np.ndarray]:
+    return {"float": predict_path(float_run, split, "float"),
+            "PTQ-integer": predict_path(float_run, split, "ptq-integer", models["PTQ-integer"]),
+            "QAT": predict_path(qat_run, split, "qat"),
+            "integer": predict_path(qat_run, split, "qat-integer", models["integer"])}
 
 
-def run(out: str | Path, speakers: Sequence[str] = SPEAKERS, seeds: int | None = None,
+def run(out: str | Path, speakers: Sequence[str] | None = None, seeds: int | None = None,
         epochs: int | None = None, qat_epochs: int = 15, overrides: Sequence[str] = (),
         quick: bool = False, progress: bool = True,
         noise_snr_db: float | None = 10.0, config_path: str | Path = CONFIG) -> dict[str, Any]:
@@ -93,12 +84,13 @@ def run(out: str | Path, speakers: Sequence[str] = SPEAKERS, seeds: int | None =
         seeds, epochs, qat_epochs = seeds or 1, epochs or 2, 1
     common_overrides = [*([f"train.seeds={seeds}"] if seeds else []),
                         *([f"train.epochs={epochs}"] if epochs else []), *overrides]
-    qat_overrides = [f"train.epochs={qat_epochs}", "train.learning_rate=0.001"]
+    if speakers is None:
+        speakers = dataset_speakers(load_config(config_path, common_overrides))
     rows = []
-    for speaker in speakers:
+    for speaker, fold in leave_one_speaker_out(speakers):
         float_dir = out / "runs" / speaker / "float"
-        float_config, qat_config = fold_configs(speaker, common_overrides, qat_overrides,
-                                                float_dir, config_path)
+        float_config, qat_config = float_and_qat(config_path, [*fold, *common_overrides],
+                                                 float_dir, qat_epochs)
         data = prepare_data(float_config, progress=progress)
         common.say(f"[{speaker}] {len(data.train)} train / {len(data.val)} val / "
                    f"{len(data.test)} test clips")
@@ -106,18 +98,17 @@ def run(out: str | Path, speakers: Sequence[str] = SPEAKERS, seeds: int | None =
         qat_dir = out / "runs" / speaker / "qat"
         common.train_or_resume(qat_config, qat_dir, data, progress)
         float_run, qat_run = load_run(float_dir), load_run(qat_dir)
-        integer_models = {"PTQ-integer": convert_run(float_run, post_training=True),
-                          "integer": convert_run(qat_run)}
-        logits = _predict(float_run, qat_run, integer_models, data.test)
+        models = {"PTQ-integer": integer_models(float_run, "ptq-integer"),
+                  "integer": integer_models(qat_run)}
+        logits = _predict(float_run, qat_run, models, data.test)
         row = {"speaker": speaker, "hidden": qat_run.derived.hidden,
                "seeds": list(qat_run.derived.seeds), "test_count": len(data.test),
-               **_accuracies(logits, data.test, qat_run.derived.seeds)}
+               **_accuracies(logits, data.test, qat_run)}
         row["integer_qat_agreement"] = float(np.mean(
             np.argmax(logits["integer"], -1) == np.argmax(logits["QAT"], -1)))
         if noise_snr_db is not None:
             noisy = noisy_test_split(float_config, data, noise_snr_db)
-            row["noisy"] = _accuracies(_predict(float_run, qat_run, integer_models, noisy),
-                                       noisy, qat_run.derived.seeds)
+            row["noisy"] = _accuracies(_predict(float_run, qat_run, models, noisy), noisy, qat_run)
         rows.append(row)
         common.say(f"[{speaker}] " + ", ".join(
             f"{p} {common.format_accuracy(row[p])}%" for p in PATHS))
@@ -162,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = common.script_parser(__doc__, "python -m experiments.loso", "runs/loso")
     parser.add_argument("--config", type=Path, default=CONFIG,
                         help=f"training config (default {_shown(CONFIG)})")
-    parser.add_argument("--speakers", nargs="+", default=list(SPEAKERS))
+    parser.add_argument("--speakers", nargs="+",
+                        help="held-out speakers (default: every speaker of the data)")
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--qat-epochs", type=int, default=15)
@@ -170,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also test on noisy copies at this SNR in dB (negative: skip)")
     args = parser.parse_args(argv)
     common.setup_logging()
-    speakers = args.speakers[:1] if args.quick else args.speakers
+    speakers = args.speakers
+    if args.quick:
+        speakers = (speakers or dataset_speakers(load_config(args.config, args.set)))[:1]
     result = run(args.out, speakers, args.seeds, args.epochs, args.qat_epochs, args.set,
                  args.quick, not args.quiet, None if args.noise_snr < 0 else args.noise_snr,
                  args.config)

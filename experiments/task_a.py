@@ -25,7 +25,7 @@ from typing import Any
 from experiments import common
 from lstmq.config import load_config
 
-CONFIG = common.CONFIG_DIR / "task_a.yaml"
+CONFIG = "task_a"
 
 
 def run(out: str | Path, seeds: int | None = None, epochs: int | None = None,
@@ -57,7 +57,7 @@ def run(out: str | Path, seeds: int | None = None, epochs: int | None = None,
         "experiment": "task_a",
         "command": " ".join(["python -m experiments.task_a",  # equivalent, without --quick
                              *(f"--set {s}" for s in settings)]),
-        "config_file": "experiments/configs/task_a.yaml",
+        "config_file": "lstmq/configs/task_a.yaml",
         "overrides": list(settings),
         "run_dir": "run",
         "hidden": metrics["hidden"],

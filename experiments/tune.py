@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lstmq.config import load_config
+from lstmq.folds import dataset_speakers, nested_speaker_folds
 from lstmq.io import atomic_write_json, read_json
 from lstmq.runner import train_and_evaluate
 
@@ -35,19 +36,13 @@ def _validation_summary(histories: list[list[dict]]) -> dict:
             "last5_max": float(last.max()), "best_mean": float(val.max(1).mean())}
 
 
-def speaker_folds(speakers: list[str]) -> list[list[str]]:
-    """Overrides of the nested folds: test speaker s, validation speaker after s."""
-    return [["data.split=speaker", f"data.test_speaker={test}", f"data.val_speaker={val}"]
-            for test, val in zip(speakers, speakers[1:] + speakers[:1])]
-
-
 def run(config_path: str | None, variants: dict[str, list[str]], out: str | Path,
         overrides: list[str] = (), progress: bool = False,
         speakers: list[str] | None = None) -> dict:
     out = Path(out)
     previous = out / "tune.json"
     results = read_json(previous) if previous.is_file() else {}  # earlier variants are kept
-    folds = speaker_folds(list(speakers)) if speakers else [[]]
+    folds = [fold for _, fold in nested_speaker_folds(speakers)] if speakers else [[]]
     for name, extra in variants.items():
         histories, per_speaker, seconds = [], {}, []
         for fold in folds:
@@ -80,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--out", required=True)
     parser.add_argument("--speaker-folds", nargs="*", metavar="SPEAKER",
-                        help="nested speaker folds over these speakers (none given: all six)")
+                        help="nested speaker folds over these speakers (none given: all of "
+                             "the data's)")
     args = parser.parse_args(argv)
     variants = {}
     for text in args.variant:
@@ -88,8 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         variants[name] = [item for item in rest.split(",") if item]
     speakers = args.speaker_folds
     if speakers is not None and not speakers:
-        from experiments.loso import SPEAKERS  # pylint: disable=import-outside-toplevel
-        speakers = list(SPEAKERS)
+        speakers = dataset_speakers(load_config(args.config, args.set))
     run(args.config, variants, args.out, args.set, speakers=speakers)
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from lstmq.config import BudgetConfig, ModelConfig
+from lstmq.config import BudgetConfig, ModelConfig, QuantConfig
 
 SUPPORTED_BITS = (32, 16, 8, 4)
 LAYOUTS = ("lstmq", "pytorch")
@@ -343,15 +343,18 @@ def solve_hidden_size(budget_bytes: int, layers: int, input_size: int = 13, num_
                     budget_bytes - used_bytes(report, policy))
 
 
-def hidden_from_config(model_cfg: ModelConfig, budget_cfg: BudgetConfig, input_size: int) -> int:
-    """``model_cfg.hidden`` if it is a number, else the size solved from ``budget_cfg``.
+def hidden_from_config(model_cfg: ModelConfig, budget_cfg: BudgetConfig, weight_bits: int,
+                       input_size: int, num_classes: int) -> int:
+    """``model_cfg.hidden`` if it is a number, else the size solved from ``budget_cfg`` for
+    weights stored at ``weight_bits`` (``quant.weight_bits``, the one source of the width).
 
-    A derived value: callers record it with the run's outputs, never in the config.
+    ``num_classes`` is the data's class count. A derived value: callers record it with the
+    run's outputs, never in the config.
     """
     if model_cfg.hidden != "auto":
         return _positive_int("model.hidden", model_cfg.hidden)
-    return solve_hidden_size(budget_cfg.bytes, model_cfg.layers, input_size, model_cfg.num_classes,
-                             Precision(budget_cfg.weight_bits), budget_cfg.policy,
+    return solve_hidden_size(budget_cfg.bytes, model_cfg.layers, input_size, num_classes,
+                             Precision(weight_bits), budget_cfg.policy,
                              budget_cfg.layout).hidden
 
 
@@ -379,18 +382,18 @@ def format_report(report: ByteReport) -> str:
 
 def add_budget_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Flags of ``lstmq budget``; defaults are those of BudgetConfig and ModelConfig."""
-    budget, model = BudgetConfig(), ModelConfig()
+    budget, model = BudgetConfig(), ModelConfig()  # defaults shown in --help
     parser.add_argument("--bytes", type=int, default=budget.bytes,
                         help=f"byte budget (default {budget.bytes})")
     parser.add_argument("--layers", type=int, default=model.layers, help="LSTM layers")
-    parser.add_argument("--bits", type=int, choices=SUPPORTED_BITS, default=budget.weight_bits,
+    parser.add_argument("--bits", type=int, choices=SUPPORTED_BITS, default=QuantConfig.weight_bits,
                         help="weight storage bits; 32 is a float32 model")
     parser.add_argument("--policy", choices=POLICIES, default=budget.policy,
                         help="total: everything within the budget; per-layer: each layer")
     parser.add_argument("--layout", choices=LAYOUTS, default=budget.layout,
                         help="lstmq: one bias per gate; pytorch: nn.LSTM's two")
     parser.add_argument("--input-size", type=int, default=13, help="features per frame")
-    parser.add_argument("--classes", type=int, default=model.num_classes, help="output classes")
+    parser.add_argument("--classes", type=int, default=10, help="output classes")
     parser.add_argument("--json", action="store_true", help="print the solution as JSON")
     return parser
 

@@ -1,4 +1,9 @@
-"""Command line: ``lstmq train|eval|budget|export|reproduce ...`` (also ``python -m lstmq``). Parsing only."""
+"""Command line: ``lstmq train|eval|predict|export|budget|reproduce`` (also ``python -m lstmq``).
+
+Parsing and printing only; the work is the library's. Every expected failure (bad config,
+data, run folder, artifact) is one line on stderr and exit code 2; Ctrl-C is one line and
+exit code 130, with the last epoch's checkpoint kept.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+from lstmq.config import NUMERICS_PATHS as PATHS
+
 
 def _train(args: argparse.Namespace) -> int:
     from lstmq.config import load_config
@@ -15,7 +22,8 @@ def _train(args: argparse.Namespace) -> int:
     from lstmq.runner import train_and_evaluate
 
     config = load_config(args.config, args.set)
-    result = train_and_evaluate(config, args.out, progress=not args.quiet)
+    result = train_and_evaluate(config, args.out, progress=not args.quiet,
+                                overwrite=args.overwrite)
     print(format_metrics_table(result))
     summary = result["test_accuracy_summary"]
     print(f"test accuracy over {summary['n']} seed(s): mean {summary['mean'] * 100:.2f}% "
@@ -25,57 +33,116 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from lstmq.runner import evaluate_run
+    from lstmq.inference import evaluate_run, summary_line
+    from lstmq.io import atomic_write_json
 
-    report = evaluate_run(args.run, data=args.data, integer=args.integer,
+    report = evaluate_run(args.run, data=args.data, path=args.path, integer=args.integer,
                           progress=not args.quiet)
-    print(json.dumps(report, indent=2))
+    print(summary_line(report))
+    if args.out:
+        atomic_write_json(args.out, report)
+        print(f"-> {args.out}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from lstmq.inference import (artifact_predictor, format_predictions, predict_files,
+                                 run_predictor)
+
+    target = Path(args.model)
+    if target.is_dir():
+        predictor = run_predictor(target, args.path, args.integer, args.seed_index)
+    else:
+        predictor = artifact_predictor(target)
+    rows = predict_files(predictor, args.inputs, resample=args.resample)
+    if args.json:
+        print(json.dumps({"model": predictor.description, "predictions": rows}, indent=2))
+    else:
+        print(f"# {predictor.description}")
+        print(format_predictions(rows))
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from lstmq.export import export_run
 
-    report = export_run(args.run, args.out, seed_index=args.seed_index, c_header=args.c_header)
+    report = export_run(args.run, args.out, seed_index=args.seed_index, c_header=args.c_header,
+                        path=args.path)
     print(report.summary())
     return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from lstmq.study import reproduce
+
+    reproduce(args.out, args.quick, args.set, progress=not args.quiet)
+    return 0
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from lstmq.budget import add_budget_arguments, run_budget
 
-    parser = argparse.ArgumentParser(prog="lstmq", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(prog="lstmq", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and tracebacks for errors")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train (and test) a model from a YAML config")
-    train.add_argument("--config", type=Path, help="YAML config (defaults when omitted)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set train.epochs=5")
+    train.add_argument("--config", help="YAML file or built-in config name (default: defaults)")
     train.add_argument("--out", type=Path, required=True, help="run directory")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start afresh when --out holds a run of another config or data")
+    _add_config_arguments(train)
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a trained run, optionally on new data")
     evaluate.add_argument("--run", type=Path, required=True, help="run directory")
     evaluate.add_argument("--data", type=Path,
-                          help="archive or folder of {digit}_{speaker}_{index}.wav recordings "
-                               "(default: the run's own test split)")
+                          help="labelled folder, archive or manifest (default: the run's own "
+                               "test split, from the data it was trained on)")
+    evaluate.add_argument("--path", choices=PATHS, help="numerics path (default: as trained)")
     evaluate.add_argument("--integer", action="store_true",
-                          help="evaluate the pure-integer model instead of the trained one")
+                          help="the run's integer model (qat-integer, or ptq-integer of a "
+                               "float run)")
+    evaluate.add_argument("--out", type=Path, help="write the full report as JSON")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(handler=_eval)
 
-    export = commands.add_parser("export", help="write a QAT run's integer model as one file")
-    export.add_argument("--run", type=Path, required=True, help="run directory (quant.mode=qat)")
+    predict = commands.add_parser("predict", help="label WAV files with a run or an artifact")
+    predict.add_argument("--model", "--run", dest="model", required=True,
+                         help="run directory or exported .lstmqz artifact")
+    predict.add_argument("inputs", nargs="+", help="WAV files or folders of them")
+    predict.add_argument("--path", choices=PATHS, help="numerics path of a run")
+    predict.add_argument("--integer", action="store_true", help="a run's integer model")
+    predict.add_argument("--seed-index", type=int, default=0, help="which seed of a run")
+    predict.add_argument("--resample", action="store_true",
+                         help="resample files at another rate instead of refusing them")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.set_defaults(handler=_predict)
+
+    export = commands.add_parser("export", help="write a run's integer model as one file")
+    export.add_argument("--run", type=Path, required=True, help="run directory")
     export.add_argument("--out", type=Path, required=True, help="artifact, e.g. model.lstmqz")
     export.add_argument("--seed-index", type=int, default=0, help="which seed of the run")
+    export.add_argument("--path", choices=("qat-integer", "ptq-integer"), default="qat-integer",
+                        help="ptq-integer exports a float run by post-training quantization")
     export.add_argument("--c-header", type=Path, help="also write the model as a C header")
     export.set_defaults(handler=_export)
 
-    commands.add_parser(  # dispatched in main() before parsing
-        "reproduce", help="the whole study: Task A, Task B float and int8 (PTQ, QAT, integer); "
-                          "see lstmq reproduce --help")
+    reproduce = commands.add_parser(
+        "reproduce", help="the whole study: Task A, Task B float, PTQ, QAT and the integer model")
+    reproduce.add_argument("--out", type=Path, default=Path("runs/reproduce"),
+                           help="result folder (default runs/reproduce)")
+    reproduce.add_argument("--quick", action="store_true",
+                           help="short schedules (a few minutes), same pipeline")
+    _add_config_arguments(reproduce)
+    reproduce.set_defaults(handler=_reproduce)
 
     budget = commands.add_parser("budget", help="largest hidden size under a byte budget")
     add_budget_arguments(budget)
@@ -83,21 +150,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def setup_logging(verbose: bool = False) -> None:
+    """lstmq's own messages (resumes, notes about skipped files) on stderr; other libraries'
+    only from WARNING. A handler of its own, since importing orbax configures the root."""
+    logger = logging.getLogger("lstmq")
+    if not any(getattr(h, "_lstmq", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        handler._lstmq = True  # pylint: disable=protected-access
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    for noisy in ("absl", "orbax", "jax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's input, reported as one line (never a traceback)."""
+    from lstmq.budget import BudgetError
     from lstmq.checkpoint import CheckpointError
     from lstmq.config import ConfigError
+    from lstmq.io import FolderLockedError
+    from lstmq.runner import TrainingDivergedError
 
+    return (ConfigError, CheckpointError, BudgetError, FolderLockedError, TrainingDivergedError,
+            ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
+            NotADirectoryError)
+
+
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["reproduce"]:  # its own flags, parsed by the experiment script
-        from experiments.reproduce import main as reproduce_main
-
-        return reproduce_main(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(message)s")
+    setup_logging(args.verbose)
     try:
         return args.handler(args)
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as error:
+    except KeyboardInterrupt:
+        print(f"lstmq {args.command}: interrupted; a training resumes from its last "
+              "checkpoint when run again with the same --out", file=sys.stderr)
+        return 130
+    except expected_errors() as error:
         if args.verbose:  # the traceback, for debugging
             raise
         print(f"lstmq {args.command}: error: {error}", file=sys.stderr)

@@ -8,6 +8,7 @@ computed by the library and written to a run's outputs, never back into a config
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import types
@@ -18,12 +19,27 @@ from typing import Any, Literal
 import yaml
 
 
+# Every way a trained run is evaluated (lstmq.paths): float runs have the first four.
+NUMERICS_PATHS = ("float", "ptq-dynamic", "ptq-static", "ptq-integer", "qat", "qat-integer")
+
+
 class ConfigError(ValueError):
     """A configuration file, key or value is invalid."""
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 needs a dot)."""
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 needs a dot) and refuses a
+    key given twice in one mapping (PyYAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -37,34 +53,37 @@ def _load_yaml(text: str) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where the recordings come from and how they are split."""
+    """Where the recordings come from, how they are laid out and how they are split."""
 
     source: Literal["auto", "download", "path", "tfds"] = "auto"  # auto: path, else $LSTMQ_DATA, else download
-    path: str | None = None  # archive (.tar.gz/.zip) or folder of {digit}_{speaker}_{index}.wav
+    path: str | None = None  # folder, archive (.tar.gz/.tgz/.zip) or .csv/.tsv manifest
+    format: Literal["auto", "fsdd", "folders", "manifest"] = "auto"  # layout (docs/data.md)
+    classes: tuple[str, ...] | None = None  # class order; None: sorted labels of the data
     url: str = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz"
-    sha256: str = "feb479fad3a37883c3d21ed7f982281c2dd1c18d5aefd7e8a5d50f58023392aa"
+    sha256: str | None = None  # of the download / of data.path's archive; None: known releases only
     cache_dir: str | None = None  # default: $LSTMQ_CACHE or the user cache (platformdirs via pooch)
     tfds_manual_dir: str | None = None
-    split: Literal["random", "official", "speaker"] = "random"
-    test_size: float = 0.2  # random split
-    split_seed: int = 42  # random split (the reference study's random_state)
-    test_speaker: str = "george"  # speaker split
+    split: Literal["random", "official", "speaker", "speaker_disjoint"] = "random"
+    stratify: bool = True  # random split: keep class proportions (the FSDD study configs: false)
+    test_size: float = 0.2  # random and speaker_disjoint splits: fraction of clips (speakers)
+    split_seed: int = 42  # random splits (the reference study's random_state)
+    test_speaker: str | None = None  # speaker split: the held-out speaker
     val_fraction: float = 0.1  # carved from the training clips, stratified, for model selection
     val_speaker: str | None = None  # speaker split: validate on this training speaker instead
-    sample_rate: int = 8000
+    sample_rate: int | None = None  # Hz; None: the recordings' own (one rate for all)
     resample: bool = False  # other rates: resample when true, refuse (naming the file) when false
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureConfig:
-    """MFCC extraction. Defaults: 32 ms Hann window, 16 ms hop at 8 kHz."""
+    """MFCC extraction, in milliseconds and Hz so that any sample rate works unchanged."""
 
     n_mfcc: int = 13
-    n_fft: int = 256
-    hop_length: int = 128
+    window_ms: float = 32.0  # Hann window; the FFT is the next power of two (256 at 8 kHz)
+    hop_ms: float = 16.0
     n_mels: int = 40
     fmin: float = 20.0
-    fmax: float = 4000.0
+    fmax: float | None = None  # None: the Nyquist frequency
     deltas: int = 0  # 0: MFCC only; 1: + delta; 2: + delta and delta-delta
     trim_db: float | None = None  # trim leading/trailing silence below this many dB under peak
     top_db: float | None = 80.0  # floor of the log-mel spectrum, dB under the clip's peak (None: none)
@@ -77,12 +96,12 @@ class FeatureConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Stacked LSTM classifier."""
+    """Stacked LSTM classifier (the class count comes from the data)."""
 
     hidden: int | Literal["auto"] = 128  # "auto": solved from the budget block
     layers: int = 2
     dropout: float = 0.1  # between layers and before the readout
-    num_classes: int = 10
+    num_classes: int | None = None  # None: from the data; a number must equal the data's count
     readout: Literal["last", "mean"] = "last"  # last valid state, or mean over valid frames
 
 
@@ -91,8 +110,9 @@ class QuantConfig:
     """Numerics of training: float or quantization-aware (int8 weights and activations)."""
 
     mode: Literal["float", "qat"] = "float"
+    # Storage of the deployed weights, the one source of the width (budget, QAT, export):
+    # 8 or 4 (integer model), 16 (int16 accounting only) or 32 (float32; quant.mode=float).
     weight_bits: int = 8
-    activation_bits: int = 8
     input_clip: float | None = None  # static |x| bound of the int8 input; None: calibrate on train
     input_percentile: float = 99.99  # calibration percentile of |x| over training frames
     init_from: str | None = None  # run directory of a float model to fine-tune from
@@ -102,8 +122,7 @@ class QuantConfig:
 class BudgetConfig:
     """Byte budget for the layer parameters, used when model.hidden is "auto"."""
 
-    bytes: int = 36864
-    weight_bits: int = 8
+    bytes: int = 36864  # solved for quant.weight_bits
     policy: Literal["total", "per-layer"] = "total"
     layout: Literal["lstmq", "pytorch"] = "lstmq"
 
@@ -174,6 +193,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if value in typing.get_args(annotation):
             return value
         raise ConfigError(f"{key}: {value!r} is not one of {typing.get_args(annotation)}")
+    if origin is tuple:
+        item = typing.get_args(annotation)[0]
+        if isinstance(value, (list, tuple)):
+            return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
     if annotation is type(None):
         if value is None:
             return None
@@ -216,13 +240,18 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
-    """The config as plain nested dicts (for YAML/JSON)."""
-    return dataclasses.asdict(config)
+    """The config as plain nested dicts and lists (for YAML/JSON)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
-    """Build a Config from nested dicts, rejecting unknown keys and wrong types."""
-    return _build(Config, values, "")
+    """Build a Config from nested dicts, rejecting unknown keys, wrong types and values
+    outside their rules (``lstmq.config_checks``)."""
+    from lstmq.config_checks import check_config  # pylint: disable=import-outside-toplevel
+
+    config = _build(Config, values, "")
+    check_config(config)
+    return config
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -230,11 +259,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} names an empty key; write section.key=value")
     try:
         value = _load_yaml(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
-    return key.strip(), value
+    return key, value
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -252,17 +284,31 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return merged
 
 
+BUILTIN_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def config_path(name: str | os.PathLike) -> Path:
+    """A config file: the path itself, or a built-in config by name (``task_b_qat``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    builtin = BUILTIN_CONFIGS / f"{path.name.removesuffix('.yaml')}.yaml"
+    if path.parent == Path(".") and builtin.is_file():
+        return builtin
+    known = ", ".join(sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"{name}: config file not found (built-in configs: {known})")
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
-    """Load a YAML config (or the defaults) and apply dotted overrides.
+    """Load a YAML config (a file, a built-in config's name, or the defaults) and apply
+    dotted overrides.
 
     Raises:
       ConfigError: naming the file, key or value that is wrong.
     """
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+        path = config_path(path)
         try:
             values = _load_yaml(path.read_text()) or {}
         except yaml.YAMLError as error:

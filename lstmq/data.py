@@ -1,43 +1,49 @@
-"""Free Spoken Digit Dataset: sources and file-name parsing (numpy only).
+"""Datasets of labelled clips: where they come from and how they are loaded (numpy only).
 
-Recordings come from a release archive (WAVs read straight out of its members), a folder
-of WAVs, a checksum-verified download, or TFDS ``spoken_digit``. Clips are named
-``{digit}_{speaker}_{index}.wav`` and sorted by file name, so a split (``lstmq.splits``) is
-a pure function of the file set and the config.
-
-Audio policy: integer PCM becomes float32 in [-1, 1); multi-channel files are mixed down
-to mono by averaging the channels (as ``librosa.load`` does); a clip at another sample rate
-is resampled only when asked (``data.resample``), otherwise refused naming the file and rate.
+Recordings come from a folder, an archive (.tar.gz/.tgz/.zip, verified to its end), a
+CSV/TSV manifest, a checksum-verified download (FSDD by default) or TFDS ``spoken_digit``.
+The layout (``lstmq.layouts``: fsdd, folders, manifest) gives each clip a string label, a
+speaker and the dataset's own split; clips are sorted by name, so a split
+(``lstmq.splits``) is a pure function of the file set and the config. Decoding follows
+``lstmq.audio``'s policy.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
+import logging
 import os
 import re
-import tarfile
 import urllib.parse
-import zipfile
-import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import numpy.typing as npt
-import soundfile
 
+from lstmq.audio import AudioError, conform, decode_wav
 from lstmq.config import DataConfig
+from lstmq.layouts import FSDD_CLASSES, Entry, LayoutError, parse_fsdd_name, read_entries
+from lstmq.sources import FileTree, SourceError, is_archive, open_files, open_tree
 
-NUM_CLASSES = 10
-MIN_SECONDS = 0.05  # shorter clips are refused: too few frames to classify
 TFDS_SAMPLE_RATE = 8000  # spoken_digit declares Audio(sample_rate=8000)
 ENV_DATA = "LSTMQ_DATA"
 ENV_CACHE = "LSTMQ_CACHE"
-_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
-_WAV_FORMATS = ("WAV", "WAVEX", "RF64", "W64")  # soundfile's names for RIFF-family files
-_INDEX = re.compile(r"[0-9]+")
+FSDD_URL = DataConfig.url
+# Release archives whose bytes are known: loading one by these names checks its sha256.
+KNOWN_ARCHIVES = {
+    "free-spoken-digit-dataset-1.0.10.tar.gz":
+        "feb479fad3a37883c3d21ed7f982281c2dd1c18d5aefd7e8a5d50f58023392aa",
+    "free-spoken-digit-dataset-1.0.9.tar.gz":
+        "8bc44cde129d505cbbb6b365c09f80c663f2aa77578afc634e6141a2f87100c0",
+}
+KNOWN_URLS = {
+    FSDD_URL: KNOWN_ARCHIVES["free-spoken-digit-dataset-1.0.10.tar.gz"],
+    FSDD_URL.replace("v1.0.10", "v1.0.9"): KNOWN_ARCHIVES["free-spoken-digit-dataset-1.0.9.tar.gz"],
+}
+_MANIFEST_SUFFIXES = (".csv", ".tsv")
+log = logging.getLogger("lstmq")
 
 
 class DataError(ValueError):
@@ -48,71 +54,66 @@ class MissingDependencyError(DataError, ImportError):
     """An optional dependency (TFDS) is not installed."""
 
 
+class DataUnavailableError(DataError):
+    """No local copy is configured and the download failed: says how to point at one."""
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """Clips sorted by file name; every array has one row per clip.
+    """Labelled clips sorted by name; every array has one row per clip.
 
     Attributes:
       audio: <float32>[samples] mono clips in [-1, 1] at ``sample_rate``.
-      labels: <int32>[N] spoken digit.
-      speakers: <str>[N] speaker name.
-      indices: <int32>[N] take number from the file name (0-49 in FSDD).
-      names: file names, e.g. ``7_jackson_32.wav``.
+      labels: <int32>[N] index into ``classes``.
+      classes: class names, in the order of the model's outputs.
+      speakers: <str>[N] speaker ("" where the layout does not know it).
+      partition: <str>[N] the dataset's own split: train, validation, test or "".
+      names: unique clip names (FSDD: file names; folders: paths under the root).
       sample_rate: Hz of every clip in ``audio``.
       fingerprint: sha256 identifying the content (archive checksum, or a hash of the
-        file names and bytes); a subset gets its own.
+        names and bytes); a subset gets its own.
       source: human description of where the clips came from.
+      layout: fsdd, folders, manifest (or tfds).
+      location: the folder/archive/manifest loaded (None for TFDS or built in memory).
     """
 
     audio: tuple[np.ndarray, ...]
     labels: np.ndarray
+    classes: tuple[str, ...]
     speakers: np.ndarray
-    indices: np.ndarray
+    partition: np.ndarray
     names: tuple[str, ...]
     sample_rate: int
     fingerprint: str
     source: str
+    layout: str = "fsdd"
+    location: str | None = None
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
     def subset(self, idx: npt.ArrayLike) -> Dataset:
         """The clips at ``idx`` (ints or a boolean mask), in that order."""
         idx = np.asarray(idx)
         idx = np.arange(len(self))[idx if idx.size else idx.astype(np.int64)].reshape(-1)
         digest = hashlib.sha256(self.fingerprint.encode() + idx.astype(np.int64).tobytes())
-        return Dataset(
-            audio=tuple(self.audio[i] for i in idx),
-            labels=self.labels[idx],
-            speakers=self.speakers[idx],
-            indices=self.indices[idx],
-            names=tuple(self.names[i] for i in idx),
-            sample_rate=self.sample_rate,
-            fingerprint=digest.hexdigest(),
-            source=f"{self.source}, subset of {idx.size} clips",
-        )
+        return dataclasses.replace(
+            self, audio=tuple(self.audio[i] for i in idx), labels=self.labels[idx],
+            speakers=self.speakers[idx], partition=self.partition[idx],
+            names=tuple(self.names[i] for i in idx), fingerprint=digest.hexdigest(),
+            source=f"{self.source}, subset of {idx.size} clips")
 
 
 def parse_name(name: str, where: str | None = None) -> tuple[int, str, int]:
-    """Split ``{digit}_{speaker}_{index}.wav`` into (digit, speaker, index).
-
-    Raises:
-      DataError: naming ``where`` (default: the name) and what is wrong.
-    """
-    where = where or name
-    base = PurePosixPath(name).name
-    stem, _, ext = base.rpartition(".")
-    parts = stem.split("_")
-    if ext.lower() != "wav" or len(parts) < 3:
-        raise DataError(f"{where}: file name must look like {{digit}}_{{speaker}}_{{index}}.wav")
-    digit, speaker, index = parts[0], "_".join(parts[1:-1]), parts[-1]
-    if len(digit) != 1 or digit not in "0123456789":
-        raise DataError(f"{where}: digit {digit!r} in the file name is not 0-9")
-    if not speaker:
-        raise DataError(f"{where}: empty speaker name in the file name")
-    if not _INDEX.fullmatch(index):
-        raise DataError(f"{where}: index {index!r} in the file name is not an integer")
-    return int(digit), speaker, int(index)
+    """FSDD's ``{digit}_{speaker}_{index}.wav`` as (digit, speaker, index)."""
+    try:
+        return parse_fsdd_name(name, where)
+    except LayoutError as error:
+        raise DataError(str(error)) from None
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -135,195 +136,170 @@ def default_cache_dir(override: str | os.PathLike | None = None) -> Path:
     return Path(pooch.os_cache("lstmq"))
 
 
-def _is_wav_member(name: str) -> bool:
-    path = PurePosixPath(name)
-    hidden = path.name.startswith(".") or "__MACOSX" in path.parts  # macOS resource forks
-    return path.suffix.lower() == ".wav" and not hidden
+def class_list(labels: Sequence[str], classes: Sequence[str] | None, where: str) -> tuple[str, ...]:
+    """The class order: ``classes`` as given (every label must be in it), else sorted labels.
+
+    Raises:
+      DataError: a label outside ``classes``, duplicate class names, or fewer than 2 classes.
+    """
+    if classes is not None:
+        classes = tuple(classes)
+        if len(set(classes)) != len(classes):
+            raise DataError(f"data.classes lists a class twice: {list(classes)}")
+        unknown = sorted(set(labels) - set(classes))
+        if unknown:
+            raise DataError(f"{where}: label(s) {unknown} are not in data.classes {list(classes)}")
+        return classes
+    found = tuple(sorted(set(labels)))
+    if len(found) < 2:
+        raise DataError(f"{where}: {len(found)} class ({', '.join(found)}); a classifier needs "
+                        "at least 2 (or name the classes with data.classes)")
+    return found
 
 
-def _is_archive(path: Path) -> bool:
-    return path.name.lower().endswith(_ARCHIVE_SUFFIXES)
+def _fingerprint(tree: FileTree, entries: list[Entry], blobs: dict[str, bytes]) -> str:
+    if tree.kind == "archive":
+        return file_sha256(tree.location)
+    digest = hashlib.sha256()  # names, labels and bytes: a renamed or edited clip changes it
+    for entry in entries:
+        digest.update(f"{entry.name}\0{entry.label}\0{entry.partition}\0".encode()
+                      + hashlib.sha256(blobs[entry.path]).digest())
+    return digest.hexdigest()
 
 
-def _iter_archive(path: Path) -> Iterator[tuple[str, bytes]]:
-    """(member name, bytes) of each WAV member, read without extracting."""
-    try:
-        if path.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(path) as archive:
-                for info in archive.infolist():
-                    if not info.is_dir() and _is_wav_member(info.filename):
-                        yield info.filename, archive.read(info)
-        else:
-            with tarfile.open(path, "r:*") as archive:
-                for member in archive:
-                    if member.isfile() and _is_wav_member(member.name):
-                        yield member.name, archive.extractfile(member).read()
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as error:
-        raise DataError(f"{path}: not a readable archive ({error})") from None
+def _check_archive_checksum(path: Path, sha256: str | None) -> None:
+    """A known release (by file name) or an archive with a configured sha256 must match it."""
+    expected = sha256 or KNOWN_ARCHIVES.get(path.name)
+    if expected is None:
+        return
+    actual = file_sha256(path)
+    if actual != expected.lower():
+        what = "data.sha256" if sha256 else f"the known release {path.name}"
+        raise DataError(f"{path}: checksum mismatch: {what} has sha256 {expected}, this file "
+                        f"{actual} (a corrupted or altered copy)")
 
 
-def _iter_folder(path: Path) -> Iterator[tuple[str, bytes]]:
-    for file in sorted(path.rglob("*")):
-        relative = file.relative_to(path).as_posix()
-        if file.is_file() and _is_wav_member(relative):
-            yield relative, file.read_bytes()
+def _open(path: Path, sha256: str | None) -> tuple[FileTree, str | None]:
+    """The tree at ``path`` and, for a manifest file, the manifest's path in it."""
+    if path.is_file() and path.name.lower().endswith(_MANIFEST_SUFFIXES):
+        return open_files(path.parent, [path.name]), path.name
+    if path.is_file() and is_archive(path):
+        _check_archive_checksum(path, sha256)
+    return open_tree(path), None
 
 
-def _has_wavs(path: Path) -> bool:
-    return any(f.is_file() and _is_wav_member(f.name) for f in path.rglob("*"))
+def _decode_clips(tree: FileTree, entries: list[Entry], sample_rate: int | None,
+                  resample: bool) -> tuple[list[np.ndarray], int, dict[str, bytes]]:
+    """Decoded mono clips at one rate (``sample_rate``, or the recordings' own)."""
+    blobs = {e.path: tree.read(e.path) for e in entries}
+    decoded = []
+    for entry in entries:
+        audio, rate = decode_wav(blobs[entry.path], tree.where(entry.path))
+        decoded.append((entry, audio, rate))
+    if sample_rate is None:
+        rates = sorted({rate for _, _, rate in decoded})
+        if len(rates) > 1:
+            odd = next(e for e, _, r in decoded if r != decoded[0][2])
+            raise DataError(f"{tree.where(odd.path)}: sample rate differs from the other clips "
+                            f"(rates found: {', '.join(f'{r} Hz' for r in rates)}); set "
+                            "data.sample_rate (and data.resample=true to convert)")
+        sample_rate = rates[0]
+    clips = [conform(audio, rate, sample_rate, resample, tree.where(entry.path))
+             for entry, audio, rate in decoded]
+    return clips, sample_rate, blobs
 
 
-def _convert(audio: np.ndarray, rate: int, sample_rate: int, resample: bool, where: str) -> np.ndarray:
-    """Check length, mix down to mono, match the sample rate."""
-    if audio.shape[0] == 0:
-        raise DataError(f"{where}: empty audio (no samples)")
-    if audio.shape[0] < MIN_SECONDS * rate:
-        seconds = audio.shape[0] / rate
-        raise DataError(f"{where}: too short ({audio.shape[0]} samples = {seconds:.3f} s < {MIN_SECONDS} s)")
-    if not np.isfinite(audio).all():
-        raise DataError(f"{where}: audio holds NaN or infinite samples")
-    mono = audio.mean(axis=1) if audio.ndim == 2 else audio
-    if rate != sample_rate:
-        if not resample:
-            raise DataError(
-                f"{where}: sample rate {rate} Hz, expected {sample_rate} Hz "
-                "(set data.resample=true to resample)"
-            )
-        import librosa  # pylint: disable=import-outside-toplevel
-
-        mono = librosa.resample(mono, orig_sr=rate, target_sr=sample_rate)
-    return np.ascontiguousarray(mono, dtype=np.float32)
-
-
-def _decode_wav(data: bytes, where: str, sample_rate: int, resample: bool) -> np.ndarray:
-    try:
-        with soundfile.SoundFile(io.BytesIO(data)) as file:
-            kind, rate = file.format, file.samplerate
-            audio = file.read(dtype="float32", always_2d=True)
-    except (RuntimeError, ValueError, TypeError, EOFError) as error:
-        raise DataError(f"{where}: not a readable WAV file ({error})") from None
-    if kind not in _WAV_FORMATS:
-        raise DataError(f"{where}: {kind} audio, not a WAV file")
-    return _convert(audio, rate, sample_rate, resample, where)
-
-
-def _assemble(
-    clips: Iterable[tuple[str, str, np.ndarray]],
-    sample_rate: int,
-    fingerprint: str,
-    source: str,
-    require_all_classes: bool,
-) -> Dataset:
-    """Dataset from (file name, where, audio), sorted by file name."""
-    by_name: dict[str, tuple[str, np.ndarray]] = {}
-    for name, where, audio in clips:
-        if name in by_name:
-            raise DataError(f"{where}: duplicate file name (also {by_name[name][0]})")
-        by_name[name] = (where, audio)
-    if not by_name:
-        raise DataError(f"{source}: no .wav files found")
-    names = tuple(sorted(by_name))
-    parsed = [parse_name(n, by_name[n][0]) for n in names]
-    labels = np.array([p[0] for p in parsed], dtype=np.int32)
-    missing = sorted(set(range(NUM_CLASSES)) - set(labels.tolist()))
-    if require_all_classes and missing:
-        raise DataError(f"{source}: no clips of digit(s) {missing}")
-    return Dataset(
-        audio=tuple(by_name[n][1] for n in names),
-        labels=labels,
-        speakers=np.array([p[1] for p in parsed], dtype=str),
-        indices=np.array([p[2] for p in parsed], dtype=np.int32),
-        names=names,
-        sample_rate=sample_rate,
-        fingerprint=fingerprint,
-        source=f"{source} ({len(names)} clips)",
-    )
-
-
-def load_recordings(
-    path: str | os.PathLike,
-    sample_rate: int = 8000,
-    resample: bool = False,
-    require_all_classes: bool = True,
-) -> Dataset:
-    """Load every ``{digit}_{speaker}_{index}.wav`` of an archive or (recursively) a folder.
+def load_recordings(path: str | os.PathLike, format: str = "auto",  # pylint: disable=redefined-builtin
+                    classes: Sequence[str] | None = None, sample_rate: int | None = None,
+                    resample: bool = False, sha256: str | None = None) -> Dataset:
+    """Load every labelled clip of a folder, archive or manifest.
 
     Args:
-      path: a .tar.gz/.tgz/.zip archive or a folder.
-      sample_rate: Hz the returned audio is at.
+      path: a folder, a .tar.gz/.tgz/.zip archive, or a .csv/.tsv manifest.
+      format: ``auto``, ``fsdd``, ``folders`` or ``manifest`` (``lstmq.layouts``).
+      classes: the class order; labels outside it are refused. FSDD: "0".."9".
+      sample_rate: Hz of the returned audio; None: the recordings' own (one for all).
       resample: resample clips at other rates (librosa) instead of refusing them.
-      require_all_classes: refuse a set of clips that lacks a digit.
+      sha256: the archive must have this checksum (known releases are always checked).
 
     Raises:
       DataError: naming the file (or archive member) and the problem.
     """
     path = Path(path).expanduser()
-    if path.is_dir():
-        members, kind = _iter_folder(path), "folder"
-    elif path.is_file() and _is_archive(path):
-        members, kind = _iter_archive(path), "archive"
-    elif path.exists():
-        raise DataError(f"{path}: not a folder or a .tar.gz/.tgz/.zip archive")
-    else:
-        raise DataError(f"{path}: no such file or folder")
-    raw = {}
-    for member, data in members:
-        where = f"{path}:{member}" if kind == "archive" else str(path / member)
-        name = PurePosixPath(member).name
-        if name in raw:
-            raise DataError(f"{where}: duplicate file name (also {raw[name][0]})")
-        parse_name(name, where)  # fail on a bad name before decoding anything
-        raw[name] = (where, data)
-    if kind == "archive":
-        fingerprint = file_sha256(path)
-    else:  # names and bytes, so a renamed or edited clip changes it
-        digest = hashlib.sha256()
-        for name in sorted(raw):
-            digest.update(name.encode() + b"\0" + hashlib.sha256(raw[name][1]).digest())
-        fingerprint = digest.hexdigest()
-    clips = (
-        (name, where, _decode_wav(data, where, sample_rate, resample))
-        for name, (where, data) in raw.items()
-    )
-    return _assemble(clips, sample_rate, fingerprint, f"{kind} {path}", require_all_classes)
+    try:
+        tree, manifest = _open(path, sha256)
+        layout, entries, notes = read_entries(tree, format, manifest)
+        for note in notes:
+            log.warning("%s", note)
+        if classes is None and layout == "fsdd":
+            classes = FSDD_CLASSES
+        names = class_list([e.label for e in entries], classes, str(path))
+        clips, rate, blobs = _decode_clips(tree, entries, sample_rate, resample)
+    except (SourceError, AudioError) as error:
+        raise DataError(str(error)) from None
+    index = {name: i for i, name in enumerate(names)}
+    kind = "manifest" if manifest else tree.kind
+    return Dataset(
+        audio=tuple(clips), labels=np.array([index[e.label] for e in entries], np.int32),
+        classes=names, speakers=np.array([e.speaker for e in entries], dtype=str),
+        partition=np.array([e.partition for e in entries], dtype=str),
+        names=tuple(e.name for e in entries), sample_rate=rate,
+        fingerprint=_fingerprint(tree, entries, blobs),
+        source=f"{kind} {path} ({len(entries)} clips, {layout} layout)", layout=layout,
+        location=str(path.absolute()))
 
 
-def locate_recordings(path: str | os.PathLike, sha256: str) -> Path:
-    """The archive or folder to load for a user-given path.
+def _contains_dataset(path: Path) -> bool:
+    return any(p.suffix.lower() in (".wav", *_MANIFEST_SUFFIXES) for p in path.rglob("*")
+               if p.is_file())
 
-    A folder holding release archives (top level) gives the archive whose sha256 is
-    ``sha256``; else a folder holding WAVs is itself the answer; a file is returned as is.
+
+def locate_recordings(path: str | os.PathLike, sha256: str | None = None) -> Path:
+    """The archive, folder or manifest to load for a user-given path.
+
+    A folder holding release archives at its top level and no clips gives the archive whose
+    sha256 is ``sha256`` (default: FSDD v1.0.10's), or its only archive.
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or folder (from data.path or ${ENV_DATA})")
     if path.is_file():
         return path
-    archives = sorted(p for p in path.iterdir() if p.is_file() and _is_archive(p))
-    hashes = {}
-    for archive in archives:
-        hashes[archive.name] = file_sha256(archive)
-        if hashes[archive.name] == sha256.lower():
-            return archive
-    if _has_wavs(path):
-        return path
-    if archives:
+    archives = sorted(p for p in path.iterdir() if p.is_file() and is_archive(p))
+    if archives and not _contains_dataset(path):
+        wanted = (sha256 or KNOWN_URLS[FSDD_URL]).lower()
+        hashes = {}
+        for archive in archives:
+            hashes[archive.name] = file_sha256(archive)
+            if hashes[archive.name] == wanted:
+                return archive
+        if len(archives) == 1 and sha256 is None:
+            return archives[0]
         found = ", ".join(f"{name} (sha256 {digest})" for name, digest in hashes.items())
-        raise DataError(f"{path}: no archive has the expected sha256 {sha256}; found {found}")
-    raise DataError(f"{path}: holds no .wav files and no .tar.gz/.tgz/.zip archive")
+        raise DataError(f"{path}: no archive has the expected sha256 {wanted}; found {found}")
+    if not _contains_dataset(path) and not archives:
+        raise DataError(f"{path}: holds no .wav files, manifest or .tar.gz/.tgz/.zip archive")
+    return path
 
 
-def download_archive(
-    url: str, sha256: str, cache_dir: str | os.PathLike | None = None, progress: bool = True
-) -> Path:
+def expected_sha256(cfg: DataConfig) -> str | None:
+    """The checksum a download of ``cfg.url`` must have: data.sha256, else the known one."""
+    return cfg.sha256 or KNOWN_URLS.get(cfg.url)
+
+
+def download_archive(url: str, sha256: str | None, cache_dir: str | os.PathLike | None = None,
+                     progress: bool = True) -> Path:
     """Download ``url`` into the cache (once) and verify its sha256.
 
     ``file://`` URLs and local paths are verified in place, not copied.
 
     Raises:
-      DataError: naming the URL, the expected and the actual hash; a mismatching
-        download is deleted, never left in the cache.
+      DataError: no checksum to verify against, or naming the URL, the expected and the
+        actual hash; a mismatching download is deleted, never left in the cache.
+      DataUnavailableError: the download failed (no network, HTTP error).
     """
+    if not sha256:
+        raise DataError(f"{url}: no checksum to verify the download; set data.sha256")
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "file" or len(parts.scheme) <= 1:  # a file:// URL or a path (C: is a drive)
         local_path = Path(urllib.parse.unquote(parts.path) if parts.scheme == "file" else url).expanduser()
@@ -340,15 +316,30 @@ def download_archive(
         path = pooch.retrieve(url, known_hash=f"sha256:{sha256}", path=cache, progressbar=progress)
     except ValueError as error:
         if "does not match the known hash" not in str(error):
-            raise DataError(f"{url}: cannot download ({error})") from None
+            raise DataUnavailableError(_unavailable(url, error)) from None
         actual = next((h for h in re.findall(r"\b[0-9a-f]{64}\b", str(error)) if h != sha256.lower()), "?")
         raise DataError(
             f"{url}: checksum mismatch: expected sha256 {sha256}, got {actual} "
             f"(the download was deleted from {cache})"
         ) from None
     except OSError as error:  # requests' exceptions are OSErrors
-        raise DataError(f"{url}: download failed ({error})") from None
+        _remove_partial_downloads(cache)
+        raise DataUnavailableError(_unavailable(url, error)) from None
     return Path(path)
+
+
+def _unavailable(url: str, error: Exception) -> str:
+    reason = str(error).splitlines()[0][:160]
+    return (f"cannot download {url} ({type(error).__name__}: {reason}); point lstmq at a local "
+            f"copy instead: set {ENV_DATA}=/path/to/archive-or-folder or data.path "
+            "(--set data.path=...)")
+
+
+def _remove_partial_downloads(cache: Path) -> None:
+    """pooch downloads into a temporary file beside the target; a failed one may stay."""
+    for leftover in cache.glob("tmp*") if cache.is_dir() else ():
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
 
 
 def resolve_data_path(cfg: DataConfig) -> Path:
@@ -359,12 +350,17 @@ def resolve_data_path(cfg: DataConfig) -> Path:
     if cfg.source == "tfds":
         raise DataError("data.source is 'tfds': recordings come from TFDS (load_tfds), not a path")
     if cfg.source in ("auto", "path"):
+        if cfg.path is not None and not cfg.path.strip():
+            raise DataError("data.path is empty; give a folder, archive or manifest, or null")
         given = cfg.path or os.environ.get(ENV_DATA)
         if given:
             return locate_recordings(given, cfg.sha256)
         if cfg.source == "path":
             raise DataError(f"data.source is 'path' but neither data.path nor ${ENV_DATA} is set")
-    return download_archive(cfg.url, cfg.sha256, cfg.cache_dir)
+        if cfg.format not in ("auto", "fsdd"):
+            raise DataError(f"no data: set data.path or ${ENV_DATA} to your recordings "
+                            f"(data.format is {cfg.format!r}; only FSDD is downloaded)")
+    return download_archive(cfg.url, expected_sha256(cfg), cfg.cache_dir)
 
 
 def load_tfds(cfg: DataConfig) -> Dataset:
@@ -386,30 +382,71 @@ def load_tfds(cfg: DataConfig) -> Dataset:
     builder = tfds.builder("spoken_digit", data_dir=data_dir)
     manual = tfds.download.DownloadConfig(manual_dir=cfg.tfds_manual_dir) if cfg.tfds_manual_dir else None
     builder.download_and_prepare(download_config=manual)
-    clips, digest = [], hashlib.sha256()
+    clips, digest = {}, hashlib.sha256()
+    rate = cfg.sample_rate or TFDS_SAMPLE_RATE
     for example in tfds.as_numpy(builder.as_dataset(split="train")):
         name = example["audio/filename"]
-        name = name.decode() if isinstance(name, bytes) else str(name)
+        name = PurePosixPath(name.decode() if isinstance(name, bytes) else str(name)).name
         where = f"tfds spoken_digit:{name}"
-        digit, _, _ = parse_name(name, where)
+        digit, speaker, index = parse_name(name, where)
         if int(example["label"]) != digit:
             raise DataError(f"{where}: TFDS label {int(example['label'])} disagrees with the file name")
+        if name in clips:
+            raise DataError(f"{where}: duplicate file name")
         samples = np.asarray(example["audio"])
         if np.issubdtype(samples.dtype, np.integer):  # int16 PCM, whatever container dtype
             samples = samples.astype(np.float32) / 32768.0
-        audio = _convert(samples.astype(np.float32), TFDS_SAMPLE_RATE, cfg.sample_rate, cfg.resample, where)
+        try:
+            audio = conform(samples.astype(np.float32), TFDS_SAMPLE_RATE, rate, cfg.resample, where)
+        except AudioError as error:
+            raise DataError(str(error)) from None
         digest.update(name.encode() + b"\0" + hashlib.sha256(np.asarray(example["audio"]).tobytes()).digest())
-        clips.append((name, where, audio))
-    fingerprint = hashlib.sha256(b"tfds:" + digest.digest()).hexdigest()
-    return _assemble(clips, cfg.sample_rate, fingerprint, "tfds spoken_digit", True)
+        clips[name] = (audio, digit, speaker, index)
+    if not clips:
+        raise DataError("tfds spoken_digit: no clips")
+    names = tuple(sorted(clips))
+    return Dataset(
+        audio=tuple(clips[n][0] for n in names),
+        labels=np.array([clips[n][1] for n in names], np.int32), classes=FSDD_CLASSES,
+        speakers=np.array([clips[n][2] for n in names], dtype=str),
+        partition=np.array(["test" if clips[n][3] < 5 else "train" for n in names], dtype=str),
+        names=names, sample_rate=rate,
+        fingerprint=hashlib.sha256(b"tfds:" + digest.digest()).hexdigest(),
+        source=f"tfds spoken_digit ({len(names)} clips)", layout="fsdd")
 
 
 def load_dataset(cfg: DataConfig, path: str | os.PathLike | None = None) -> Dataset:
     """Load the recordings the config names; an explicit ``path`` overrides its source."""
-    if path is not None:
-        location = locate_recordings(path, cfg.sha256)
-    elif cfg.source == "tfds":
+    if path is None and cfg.source == "tfds":
         return load_tfds(cfg)
-    else:
-        location = resolve_data_path(cfg)
-    return load_recordings(location, cfg.sample_rate, cfg.resample)
+    location = locate_recordings(path, cfg.sha256) if path is not None else resolve_data_path(cfg)
+    return load_recordings(location, cfg.format, cfg.classes, cfg.sample_rate, cfg.resample,
+                           cfg.sha256)
+
+
+def from_arrays(audio: Sequence[np.ndarray], labels: Sequence[str], sample_rate: int,
+                speakers: Sequence[str] | None = None, classes: Sequence[str] | None = None,
+                names: Sequence[str] | None = None) -> Dataset:
+    """A Dataset of in-memory mono clips ``<float32>[samples]`` with string labels."""
+    if len(audio) != len(labels):
+        raise DataError(f"{len(audio)} clips but {len(labels)} labels")
+    names = tuple(names) if names is not None else tuple(f"clip_{i:06d}" for i in range(len(audio)))
+    order = sorted(range(len(audio)), key=lambda i: names[i])
+    found = class_list([str(labels[i]) for i in order], classes, "arrays")
+    index = {name: i for i, name in enumerate(found)}
+    digest = hashlib.sha256()
+    clips = []
+    for i in order:
+        clip = np.ascontiguousarray(audio[i], np.float32)
+        try:
+            clips.append(conform(clip, sample_rate, sample_rate, False, names[i]))
+        except AudioError as error:
+            raise DataError(str(error)) from None
+        digest.update(f"{names[i]}\0{labels[i]}\0".encode() + clip.tobytes())
+    return Dataset(
+        audio=tuple(clips), labels=np.array([index[str(labels[i])] for i in order], np.int32),
+        classes=found,
+        speakers=np.array([speakers[i] if speakers is not None else "" for i in order], dtype=str),
+        partition=np.array([""] * len(order), dtype=str), names=tuple(names[i] for i in order),
+        sample_rate=int(sample_rate), fingerprint=digest.hexdigest(),
+        source=f"arrays ({len(order)} clips)", layout="arrays")

@@ -10,26 +10,34 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from lstmq.io import atomic_write_bytes
 
-CLASS_NAMES = tuple(str(d) for d in range(10))
-
-
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray,
-                           num_classes: int = 10) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1/support and the confusion matrix."""
+                           class_names: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1/support (keyed by class name) and the
+    confusion matrix (rows: true class, columns: predicted, in ``class_names`` order).
+
+    Accuracy of no clips is None (never NaN, which JSON cannot hold).
+    """
     labels = np.asarray(labels)
     predictions = np.asarray(predictions)
-    classes = list(range(num_classes))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predictions, labels=classes, zero_division=0)
+    classes = list(range(len(class_names)))
+    if len(labels) == 0:
+        zeros = np.zeros(len(classes))
+        precision = recall = f1 = support = zeros
+        confusion = np.zeros((len(classes), len(classes)), int)
+    else:
+        precision, recall, f1, support = precision_recall_fscore_support(
+            labels, predictions, labels=classes, zero_division=0)
+        confusion = confusion_matrix(labels, predictions, labels=classes)
     return {
-        "accuracy": float(np.mean(labels == predictions)) if len(labels) else float("nan"),
+        "accuracy": float(np.mean(labels == predictions)) if len(labels) else None,
         "count": int(len(labels)),
+        "classes": list(class_names),
         "per_class": {
-            str(c): {"precision": float(precision[c]), "recall": float(recall[c]),
-                     "f1": float(f1[c]), "support": int(support[c])}
-            for c in classes
+            name: {"precision": float(precision[c]), "recall": float(recall[c]),
+                   "f1": float(f1[c]), "support": int(support[c])}
+            for c, name in enumerate(class_names)
         },
-        "confusion": confusion_matrix(labels, predictions, labels=classes).tolist(),
+        "confusion": confusion.tolist(),
     }
 
 
@@ -49,16 +57,18 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 
 def format_metrics_table(metrics: dict[str, Any]) -> str:
     """Per-class precision/recall/F1 table, then accuracy."""
-    lines = [f"{'class':>5} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>7}"]
+    width = max([5, *(len(name) for name in metrics["per_class"])])
+    lines = [f"{'class':>{width}} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>7}"]
     for name, row in metrics["per_class"].items():
-        lines.append(f"{name:>5} {row['precision']:9.4f} {row['recall']:7.4f} "
+        lines.append(f"{name:>{width}} {row['precision']:9.4f} {row['recall']:7.4f} "
                      f"{row['f1']:6.4f} {row['support']:7d}")
-    if "accuracy" in metrics:
+    if metrics.get("accuracy") is not None:
         lines.append(f"accuracy {metrics['accuracy'] * 100:.2f}% of {metrics['count']} clips")
     return "\n".join(lines)
 
 
-def _save_figure(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """PNG written atomically."""
     import io
 
     buffer = io.BytesIO()
@@ -66,24 +76,29 @@ def _save_figure(fig, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_confusion(confusion: Sequence[Sequence[int]], path: Path, title: str = "") -> None:
+def plot_confusion(confusion: Sequence[Sequence[int]], path: Path, title: str = "",
+                   class_names: Sequence[str] | None = None) -> None:
+    """Confusion matrix with class names on both axes (counts in the cells)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     matrix = np.asarray(confusion)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    names = list(class_names) if class_names is not None else [str(i) for i in range(len(matrix))]
+    size = min(12.0, 3.0 + 0.35 * len(matrix))
+    fig, ax = plt.subplots(figsize=(size + 0.5, size))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), value in np.ndenumerate(matrix):
         ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
                 color="white" if value > matrix.max() / 2 else "black")
-    ax.set_xticks(range(len(matrix)), CLASS_NAMES[:len(matrix)])
-    ax.set_yticks(range(len(matrix)), CLASS_NAMES[:len(matrix)])
-    ax.set_xlabel("predicted digit")
-    ax.set_ylabel("true digit")
+    rotate = 45 if max(len(n) for n in names) > 3 else 0
+    ax.set_xticks(range(len(matrix)), names, rotation=rotate, ha="right" if rotate else "center")
+    ax.set_yticks(range(len(matrix)), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
     ax.set_title(title)
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -111,5 +126,5 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
     acc_ax.set_ylabel("accuracy")
     acc_ax.legend()
     fig.suptitle(title)
-    _save_figure(fig, path)
+    save_figure(fig, path)
     plt.close(fig)

@@ -272,55 +272,74 @@ class ExportReport:
     weight_bits: int
     tensors: int
     param_bytes: int
-    budget_bytes: int
+    budget_bytes: int  # count_bytes of the run's parameter tree
     file_bytes: int
     c_header: Path | None
     manifest: dict[str, Any]
+    budget_limit: int | None = None  # budget.bytes of the run
 
     def summary(self) -> str:
         match = "matches" if self.param_bytes == self.budget_bytes else "DIFFERS FROM"
         text = (f"{self.path}: {self.tensors} tensors, {self.param_bytes:,} parameter bytes "
                 f"(int{self.weight_bits}; {match} the budget count {self.budget_bytes:,}), "
                 f"{self.file_bytes:,} bytes on disk, seed {self.seed}")
+        if self.budget_limit is not None:
+            fits = "within" if self.param_bytes <= self.budget_limit else "OVER"
+            text += f"; {fits} the {self.budget_limit:,}-byte budget"
         return text + (f"\nC header: {self.c_header}" if self.c_header else "")
 
 
 def export_run(run_dir: str | Path, out_path: str | Path, seed_index: int = 0,
-               c_header: str | Path | None = None) -> ExportReport:
-    """Exports one seed of a trained QAT run as an integer artifact (and a C header).
+               c_header: str | Path | None = None, path: str = "qat-integer") -> ExportReport:
+    """Exports one seed of a trained run's integer model as an artifact (and a C header).
+
+    ``path``: ``qat-integer`` for a QAT run, ``ptq-integer`` to export a float run by
+    post-training quantization. A run whose hidden size was solved from the budget must fit
+    ``budget.bytes``.
 
     Raises:
-      lstmq.integer.ConversionError: the run is not QAT or does not fit the recipe.
-      ArtifactError: the artifact's bytes differ from ``count_bytes`` of the run's params.
+      lstmq.paths.PathError: the path does not fit the run.
+      lstmq.integer.ConversionError: the run does not fit the recipe.
+      ArtifactError: the artifact's bytes differ from ``count_bytes`` of the run's params,
+        or exceed the budget the run was solved for.
       ValueError: no such seed.
     """
     import jax
 
     from lstmq.config import config_to_dict
-    from lstmq.integer import convert_run
-    from lstmq.runner import load_run
+    from lstmq.integer import logit_scale
+    from lstmq.paths import integer_models
+    from lstmq.runs import load_run
 
     run = load_run(run_dir)
     seeds = run.derived.seeds
     if not 0 <= seed_index < len(seeds):
         raise ValueError(f"{run_dir}: seed index {seed_index} out of range ({len(seeds)} seeds)")
-    model = convert_run(run)[seed_index]  # raises ConversionError for a float run
+    model = integer_models(run, path)[seed_index]
     params = jax.tree_util.tree_map(lambda p: np.asarray(p[seed_index]), run.params)
     bits = run.config.quant.weight_bits
     config = config_to_dict(run.config)
-    extra = {"front_end": {"note": _FRONT_END_NOTE, "sample_rate": config["data"]["sample_rate"],
+    extra = {"classes": list(run.classes), "path": path,
+             "logit_scale": logit_scale(params, bits),
+             "front_end": {"note": _FRONT_END_NOTE, "sample_rate": run.derived.sample_rate,
                            "features": config["features"],
                            "normalizer": run.derived.normalizer.to_dict(),
                            "input_clip": run.derived.input_clip},
              "source": {"run": Path(run_dir).name, "seed": seeds[seed_index],
                         "seed_index": seed_index}}
+    stored = budget.count_artifact_bytes(stored_arrays(model, bits))
+    if run.config.model.hidden == "auto" and stored > run.config.budget.bytes:
+        raise ArtifactError(f"{run_dir}: the integer model holds {stored:,} bytes, over the "
+                            f"budget of {run.config.budget.bytes:,} its hidden size was solved "
+                            "for (budget and weight width disagree?)")
     manifest = write_artifact(model, out_path, bits, params, extra)
     if c_header is not None:
         write_c_header(model, c_header, weight_bits=bits)
     return ExportReport(Path(out_path), seed_index, seeds[seed_index], bits,
                         len(manifest["tensors"]), sum(t["bytes"] for t in manifest["tensors"]),
                         manifest["param_bytes"], Path(out_path).stat().st_size,
-                        None if c_header is None else Path(c_header), manifest)
+                        None if c_header is None else Path(c_header), manifest,
+                        run.config.budget.bytes)
 
 
 _C_TYPES = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "uint8": "uint8_t"}
@@ -342,7 +361,7 @@ def write_c_header(model: IntegerModel, path: str | Path, name: str = "lstmq_mod
     """
     from lstmq import fixedpoint as fx
     from lstmq.io import atomic_write_text
-    from lstmq.quant import CELL_FRAC_BITS, GATE_FRAC_BITS, HIDDEN_FRAC_BITS, PREACT_FRAC_BITS
+    from lstmq.recipe import CELL_FRAC_BITS, GATE_FRAC_BITS, HIDDEN_FRAC_BITS, PREACT_FRAC_BITS
 
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(f"{name!r} is not a C identifier")

@@ -1,10 +1,12 @@
 """MFCC features: extraction (librosa), on-disk cache, normalisation and padding.
 
-Defaults are chosen for 8 kHz speech: a 32 ms Hann window (``n_fft=256``) moved by a 16 ms
-hop (128 samples), 40 mel bands over 20-4000 Hz, 13 cepstral coefficients. librosa's default
-``n_fft=2048`` would be a 256 ms window at 8 kHz, longer than the shortest FSDD clip (144 ms)
-and than the formant transitions that tell digits apart. With ``center=True`` a clip of n
-samples gives ``1 + n // hop_length`` frames: 9 to 143 (median 27) on FSDD v1.0.10.
+Window and hop are given in milliseconds, the mel range in Hz, so any sample rate works
+unchanged. Defaults are chosen for speech: a 32 ms Hann window (256 samples at 8 kHz, FFT of
+the next power of two) moved by a 16 ms hop (128 samples), 40 mel bands from 20 Hz to the
+Nyquist frequency, 13 cepstral coefficients. librosa's default ``n_fft=2048`` would be a
+256 ms window at 8 kHz, longer than the shortest FSDD clip (144 ms) and than the formant
+transitions that tell digits apart. With ``center=True`` a clip of n samples gives
+``1 + n // hop`` frames: 9 to 143 (median 27) on FSDD v1.0.10.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ import numpy.typing as npt
 from tqdm.auto import tqdm
 
 from lstmq.config import FeatureConfig
-from lstmq.data import Dataset, default_cache_dir
+from lstmq.data import DataError, Dataset, default_cache_dir
 
-FEATURE_VERSION = 1  # bump when extract_mfcc changes what it computes
+FEATURE_VERSION = 2  # bump when extract_mfcc changes what it computes
 NORMALIZE_MODES = ("global", "utterance", "none")
 # A new worker spends ~3 s importing and warming up librosa, the time ~6000 FSDD clips
 # take serially (~0.5 ms each), so cfg.workers is an upper bound: one worker per this many
@@ -38,9 +40,39 @@ CLIPS_PER_WORKER = 5000
 _DELTA_WIDTH = 9
 _STD_FLOOR = 1e-6  # a constant coefficient (or a one-frame clip) is not blown up
 # Fields that change the features; workers and cache only change how they are obtained.
-_KEY_FIELDS = ("n_mfcc", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "deltas", "trim_db",
+_KEY_FIELDS = ("n_mfcc", "window_ms", "hop_ms", "n_mels", "fmin", "fmax", "deltas", "trim_db",
                "top_db", "min_frames", "max_frames")
 _log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameSizes:
+    """The STFT of a feature config at one sample rate, in samples (and Hz for fmax)."""
+
+    window: int
+    n_fft: int
+    hop: int
+    fmax: float
+
+
+def frame_sizes(cfg: FeatureConfig, sample_rate: int) -> FrameSizes:
+    """Window and hop in samples (rounded), FFT size (next power of two), mel ceiling.
+
+    Raises:
+      ValueError: naming the setting that gives an empty window or hop or a mel range
+        outside (0, Nyquist].
+    """
+    window = round(cfg.window_ms * sample_rate / 1000)
+    hop = round(cfg.hop_ms * sample_rate / 1000)
+    if window < 2 or hop < 1:
+        raise ValueError(f"features.window_ms {cfg.window_ms} / hop_ms {cfg.hop_ms} give "
+                         f"{window} / {hop} samples at {sample_rate} Hz; need >= 2 / >= 1")
+    nyquist = sample_rate / 2
+    fmax = nyquist if cfg.fmax is None else cfg.fmax
+    if not 0 <= cfg.fmin < fmax <= nyquist:
+        raise ValueError(f"features.fmin {cfg.fmin} / fmax {cfg.fmax} must satisfy "
+                         f"0 <= fmin < fmax <= {nyquist:g} Hz (Nyquist at {sample_rate} Hz)")
+    return FrameSizes(window, 1 << (window - 1).bit_length(), hop, float(fmax))
 
 
 def num_features(cfg: FeatureConfig) -> int:
@@ -68,15 +100,17 @@ def extract_mfcc(audio: npt.ArrayLike, sample_rate: int, cfg: FeatureConfig) -> 
     y = np.asarray(audio, dtype=np.float32)
     if y.ndim != 1:
         raise ValueError(f"audio must be mono <float32>[samples], got shape {y.shape}")
+    sizes = frame_sizes(cfg, sample_rate)
     if cfg.trim_db is not None and y.size:
-        y, _ = librosa.effects.trim(y, top_db=cfg.trim_db, frame_length=cfg.n_fft, hop_length=cfg.hop_length)
+        y, _ = librosa.effects.trim(y, top_db=cfg.trim_db, frame_length=sizes.n_fft,
+                                    hop_length=sizes.hop)
     # Pad silence so that 1 + len // hop >= min_frames (and never hand librosa an empty clip).
-    needed = max((cfg.min_frames - 1) * cfg.hop_length, 1)
+    needed = max((cfg.min_frames - 1) * sizes.hop, 1)
     if y.size < needed:
         y = np.pad(y, (0, needed - y.size))
     mel_power = librosa.feature.melspectrogram(
-        y=y, sr=sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.n_fft,
-        window="hann", center=True, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
+        y=y, sr=sample_rate, n_fft=sizes.n_fft, hop_length=sizes.hop, win_length=sizes.window,
+        window="hann", center=True, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=sizes.fmax,
     )
     # The floor (top_db under the clip's peak) sets where silence and background noise sit.
     log_mel = librosa.power_to_db(mel_power, top_db=cfg.top_db)
@@ -196,6 +230,10 @@ def compute_features(
     requested = cfg.workers or os.cpu_count() or 1
     workers = max(1, min(requested, len(dataset) // CLIPS_PER_WORKER))
     features = _extract_all(dataset.audio, dataset.sample_rate, cfg, workers, progress)
+    for name, clip in zip(dataset.names, features):
+        if not np.isfinite(clip).all():
+            raise DataError(f"{dataset.source}: clip {name}: its features hold NaN or infinite "
+                            "values (audio far beyond full scale?); fix or remove the clip")
     if path is not None:
         _write_cache(path, key, features, width)
     return features

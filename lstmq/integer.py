@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstmq import fixedpoint as fx
-from lstmq.quant import CELL_FRAC_BITS, GATE_FRAC_BITS, HIDDEN_FRAC_BITS, PREACT_FRAC_BITS
+from lstmq.recipe import (CELL_FRAC_BITS, GATE_FRAC_BITS, HIDDEN_FRAC_BITS, INTEGER_WEIGHT_BITS,
+                          PREACT_FRAC_BITS, RECIPE_VERSION)
 
-RECIPE_VERSION = 1
 IntegerModel = Mapping[str, np.ndarray]
 _HIDDEN_SCALE = 2.0**-HIDDEN_FRAC_BITS
 # o * tanh(c) is Q0.30; the hidden state is Q0.7.
@@ -122,6 +122,13 @@ def convert_params(params: Mapping[str, Any], input_clip: float, weight_bits: in
     return arrays
 
 
+def logit_scale(params: Mapping[str, Any], weight_bits: int = 8) -> float:
+    """Real value of one unit of the integer logits (readout scale x hidden scale): a host
+    tool multiplies by it to turn integer logits into calibrated scores."""
+    _, scale = _symmetric_quantize(params["readout"]["kernel"], weight_bits, per_channel=False)
+    return float(scale[0]) * _HIDDEN_SCALE
+
+
 def quantize_input(model: IntegerModel, x: np.ndarray) -> np.ndarray:
     """The float boundary: normalised MFCCs ``<float32>[..., F]`` to ``<int8>[..., F]``.
 
@@ -211,23 +218,6 @@ def predict_int(model: Mapping[str, jax.Array], x: jax.Array, lengths: jax.Array
 def stack_models(models: list[IntegerModel]) -> dict[str, np.ndarray]:
     """Stack one integer model per seed along a leading axis (for ``jax.vmap``)."""
     return {k: np.stack([m[k] for m in models]) for k in models[0]}
-
-
-def convert_run(run, post_training: bool = False) -> list[dict[str, np.ndarray]]:
-    """One integer model per seed of a trained run (``lstmq.runner.Run``).
-
-    A float run converts only with ``post_training=True`` (static PTQ: its calibrated input
-    clip and abs-max weight scales, no retraining).
-    """
-    if run.config.quant.mode != "qat" and not post_training:
-        raise ConversionError(f"{run.directory}: integer conversion needs a QAT run "
-                              f"(quant.mode=qat), this one is {run.config.quant.mode!r}; "
-                              "pass post_training=True for post-training quantization")
-    seeds = len(run.derived.seeds)
-    return [convert_params(jax.tree_util.tree_map(lambda p: np.asarray(p[s]), run.params),
-                           run.derived.input_clip, run.config.quant.weight_bits,
-                           run.config.model.readout)
-            for s in range(seeds)]
 
 
 def predict_int_split(models: list[IntegerModel], split, batch_size: int = 512,

@@ -31,7 +31,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, value: Any) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+    """Strict JSON: a NaN or infinity raises ValueError naming the file, never lands on disk."""
+    try:
+        text = json.dumps(value, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError as error:
+        raise ValueError(f"{path}: refusing to write a non-finite number ({error})") from None
+    atomic_write_text(path, text + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -43,3 +48,37 @@ def read_json(path: str | os.PathLike) -> Any:
         raise FileNotFoundError(f"{path}: not found") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+class FolderLockedError(RuntimeError):
+    """Another process holds the folder's lock."""
+
+
+class FolderLock:
+    """An exclusive, non-blocking lock on a folder (``<folder>/.lock``, ``fcntl.flock``).
+
+    The lock goes with the process: a killed training leaves no stale lock behind.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.path = Path(folder) / ".lock"
+        self._handle = None
+
+    def __enter__(self) -> "FolderLock":
+        import fcntl  # pylint: disable=import-outside-toplevel
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise FolderLockedError(f"{self.path.parent}: another lstmq process is using this "
+                                    "run folder; wait for it or choose another --out") from None
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing releases the flock
+            self._handle = None

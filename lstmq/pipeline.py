@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from lstmq.augment import augment_dataset, waveform_augmentation_enabled
 from lstmq.config import Config
-from lstmq.data import Dataset, load_dataset
+from lstmq.data import DataError, Dataset, class_list, load_dataset
 from lstmq.features import Normalizer, compute_features, fit_normalizer, pad_batch
 from lstmq.splits import make_split
 
@@ -29,32 +31,64 @@ class SplitArrays:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataInfo:
+    """Where a run's clips came from: enough to load the same data again and check it."""
+
+    source: str
+    fingerprint: str
+    classes: tuple[str, ...]
+    sample_rate: int | None
+    layout: str
+    location: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "classes": list(self.classes)}
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> DataInfo:
+        return cls(dataset.source, dataset.fingerprint, dataset.classes, dataset.sample_rate,
+                   dataset.layout, dataset.location)
+
+
+@dataclasses.dataclass(frozen=True)
 class PreparedData:
     train: SplitArrays
     val: SplitArrays
     test: SplitArrays
     normalizer: Normalizer
-    fingerprint: str
-    source: str
+    info: DataInfo
 
     @property
     def input_size(self) -> int:
         return int(self.train.x.shape[-1])
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.info.classes
+
+    @property
+    def fingerprint(self) -> str:
+        return self.info.fingerprint
+
+    @property
+    def source(self) -> str:
+        return self.info.source
 
 
 def _arrays(dataset: Dataset, features, idx: np.ndarray, normalizer: Normalizer,
             bucket: int) -> SplitArrays:
     feats = normalizer.apply([features[i] for i in idx])
     x, lengths = pad_batch(feats, bucket=bucket) if len(idx) else (
-        np.zeros((0, bucket, features[0].shape[-1]), np.float32), np.zeros((0,), np.int32))
+        np.zeros((0, bucket, normalizer.mean.shape[0]), np.float32), np.zeros((0,), np.int32))
     return SplitArrays(x=x, lengths=lengths, labels=dataset.labels[idx].astype(np.int32),
                        speakers=dataset.speakers[idx], names=tuple(dataset.names[i] for i in idx))
 
 
 def prepare_data(config: Config, data_path: str | Path | None = None,
-                 progress: bool = True) -> PreparedData:
-    """Load, split, featurize and normalise (statistics from the training split only)."""
-    dataset = load_dataset(config.data, data_path)
+                 progress: bool = True, dataset: Dataset | None = None) -> PreparedData:
+    """Load (or take ``dataset``), split, featurize and normalise (training statistics only)."""
+    dataset = dataset if dataset is not None else load_dataset(config.data, data_path)
+    check_class_count(config, dataset.num_classes, dataset.source)
     split = make_split(dataset, config.data)
     features = compute_features(dataset, config.features, progress=progress)
     normalizer = fit_normalizer([features[i] for i in split.train], config.features.normalize)
@@ -74,9 +108,64 @@ def prepare_data(config: Config, data_path: str | Path | None = None,
         val=_arrays(dataset, features, split.val, normalizer, bucket),
         test=_arrays(dataset, features, split.test, normalizer, bucket),
         normalizer=normalizer,
-        fingerprint=dataset.fingerprint,
-        source=dataset.source,
+        info=DataInfo.of(dataset),
     )
+
+
+def prepare_arrays(x: np.ndarray, lengths: np.ndarray, labels, config: Config,
+                   classes: tuple[str, ...] | None = None, speakers=None,
+                   partition=None) -> PreparedData:
+    """PreparedData of feature arrays ``x <float32>[N, T, F]`` with ``lengths <int32>[N]``
+    and ``labels`` (strings, or ints into ``classes``): split by ``config.data`` (``official``
+    reads ``partition``: train/validation/test per row), normalised by ``config.features``.
+    """
+    x = np.asarray(x, np.float32)
+    lengths = np.asarray(lengths, np.int32)
+    labels = np.asarray(labels)
+    if x.ndim != 3 or lengths.shape != (x.shape[0],) or labels.shape != (x.shape[0],):
+        raise DataError(f"expected x [N, T, F], lengths [N], labels [N]; got {x.shape}, "
+                        f"{lengths.shape}, {labels.shape}")
+    if lengths.min(initial=1) < 1 or lengths.max(initial=0) > x.shape[1]:
+        raise DataError(f"lengths must be in [1, {x.shape[1]}] (the time axis of x)")
+    if not np.isfinite(x).all():
+        bad = int(np.argwhere(~np.isfinite(x))[0][0])
+        raise DataError(f"x holds NaN or infinite values (first in row {bad})")
+    if labels.dtype.kind in "iu":
+        if classes is None:
+            classes = tuple(str(c) for c in range(int(labels.max()) + 1))
+        if labels.min() < 0 or labels.max() >= len(classes):
+            raise DataError(f"integer labels must be in [0, {len(classes)}), got "
+                            f"{labels.min()}..{labels.max()}")
+        names = [classes[i] for i in labels]
+    else:
+        names = [str(label) for label in labels]
+    found = class_list(names, classes, "arrays")
+    index = {name: i for i, name in enumerate(found)}
+    count = x.shape[0]
+    dataset = Dataset(
+        audio=(), labels=np.array([index[n] for n in names], np.int32), classes=found,
+        speakers=np.array(speakers if speakers is not None else [""] * count, dtype=str),
+        partition=np.array(partition if partition is not None else [""] * count, dtype=str),
+        names=tuple(f"row_{i:06d}" for i in range(count)), sample_rate=0,
+        fingerprint=hashlib.sha256(x.tobytes() + lengths.tobytes()
+                                   + "\0".join(names).encode()).hexdigest(),
+        source=f"arrays ({count} sequences)", layout="arrays")
+    check_class_count(config, dataset.num_classes, dataset.source)
+    split = make_split(dataset, config.data)
+    features = [x[i, :n] for i, n in enumerate(lengths)]
+    normalizer = fit_normalizer([features[i] for i in split.train], config.features.normalize)
+    bucket = config.train.bucket_frames
+    info = dataclasses.replace(DataInfo.of(dataset), sample_rate=None)
+    return PreparedData(*(_arrays(dataset, features, idx, normalizer, bucket)
+                          for idx in (split.train, split.val, split.test)), normalizer, info)
+
+
+def check_class_count(config: Config, count: int, source: str) -> None:
+    """``model.num_classes``, when given, must be the data's class count."""
+    given = config.model.num_classes
+    if given is not None and given != count:
+        raise DataError(f"model.num_classes is {given} but {source} has {count} classes; "
+                        "leave model.num_classes unset (null) to take the data's")
 
 
 def concatenate_splits(splits: list[SplitArrays]) -> SplitArrays:

@@ -1,4 +1,5 @@
-"""Quantization-aware training and post-training quantization (the only module that imports AQT).
+"""AQT factories of quantization-aware training and post-training quantization (the only
+module that imports AQT).
 
 QAT simulates the integer path of ``lstmq.integer`` (see docs/numerics.md):
 
@@ -29,28 +30,9 @@ from aqt.jax.v2 import config as aqt_config
 from aqt.jax.v2.flax import aqt_flax
 from aqt.jax.v2.numerics import int_numerics
 
-HIDDEN_FRAC_BITS = 7  # int8 Q0.7
-PREACT_FRAC_BITS = 12  # int16 Q3.12
-GATE_FRAC_BITS = 15  # int16 Q0.15
-CELL_FRAC_BITS = 11  # int16 Q4.11
-HIDDEN_BOUND = 127 / 2**HIDDEN_FRAC_BITS  # AQT bound that makes the hidden grid exactly Q0.7
-
-
-def fake_quant_fixed(x: jax.Array, frac_bits: int, bits: int) -> jax.Array:
-    """Round to a signed fixed-point grid (2^-frac_bits, ``bits`` wide), straight-through.
-
-    Round half up and saturate to ``[-2^(bits-1), 2^(bits-1) - 1]`` (int8 uses -127..127,
-    the symmetric range of the hidden state).
-    """
-    scale = 2.0**frac_bits
-    low = -(2 ** (bits - 1)) + (1 if bits == 8 else 0)
-    high = 2 ** (bits - 1) - 1
-    y = x * scale
-    down = jnp.floor(y)
-    # Compare the fraction instead of floor(y + 0.5): exact for every float32 y.
-    q = jnp.clip(jnp.where(y - down >= 0.5, down + 1, down), low, high) / scale
-    return q + (x - jax.lax.stop_gradient(x))  # value exactly q, gradient exactly 1
-
+from lstmq.recipe import (  # noqa: F401 - re-exported for QAT users
+    CELL_FRAC_BITS, GATE_FRAC_BITS, HIDDEN_BOUND, HIDDEN_FRAC_BITS, PREACT_FRAC_BITS,
+    calibrate_input_clip, fake_quant_fixed)
 
 def _int8_numerics() -> int_numerics.IntSymmetric:
     # preserve_max_val: the calibrated bound maps to 127 exactly (scale = bound / 127).
@@ -135,9 +117,3 @@ def aqt_weight_only_config(weight_bits: int = 8, per_tensor_rhs: bool = False):
     aqt_config.set_fwd_dequant_mode(cfg, rhs_dequant_mode=aqt_dot_general.DequantMode.THIS_INPUT)
     aqt_config.set_accumulator_dtype(cfg, fwd_dtype=None, dlhs_dtype=None, drhs_dtype=None)
     return cfg
-
-
-def calibrate_input_clip(features, percentile: float) -> float:
-    """Static int8 input bound: the ``percentile`` of |x| over all training frames."""
-    frames = np.concatenate([np.abs(f).ravel() for f in features])
-    return float(np.percentile(frames, percentile))

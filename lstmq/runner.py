@@ -4,17 +4,22 @@ Run directory layout:
 
 | file | what |
 |---|---|
-| ``run.json`` | the config and every derived value (hidden size, input clip, normalisation) |
+| ``training.json`` | the config and data of the training under way (written when it starts) |
+| ``run.json`` | the finished run: config, data, every derived value (hidden size, input clip, normalisation, classes) |
 | ``params.msgpack`` | selected parameters of every seed, stacked on a leading axis |
 | ``metrics.json`` | test metrics (mean/min/max over seeds, per class, confusion), history |
 | ``checkpoints/`` | latest full training state, for resuming an interrupted run |
 | ``confusion.png``, ``history.png`` | plots |
+
+A folder belongs to one config and one dataset: a training resumes only when both match
+(``train.epochs`` may grow, settings that only change how it runs may differ), otherwise it
+is refused unless ``overwrite``. A lock keeps two trainings out of one folder.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,62 +32,39 @@ from tqdm.auto import tqdm
 from lstmq import evaluate
 from lstmq.augment import make_spec_augment
 from lstmq.budget import hidden_from_config
-from lstmq.checkpoint import CheckpointError, TrainingCheckpoints, load_params, save_params
-from lstmq.config import Config, config_from_dict, config_to_dict
-from lstmq.features import Normalizer
-from lstmq.io import atomic_write_json, read_json
-from lstmq.model import LSTMClassifier
+from lstmq.checkpoint import CheckpointError, TrainingCheckpoints, save_params
+from lstmq.config import Config, config_to_dict
+from lstmq.io import FolderLock, atomic_write_json, read_json
 from lstmq.pipeline import PreparedData, SplitArrays, prepare_data
-from lstmq.quant import QATNumerics, calibrate_input_clip
-from lstmq.train import Trainer, create_train_states, predict_split, select_best
+from lstmq.recipe import calibrate_input_clip
+from lstmq.runs import Derived, load_run, model_from_config
+from lstmq.train import Trainer, create_train_states, select_best
 
 log = logging.getLogger("lstmq")
+# Settings that change how a run executes, not what it computes: may differ on resume.
+EXECUTION_KEYS = ("train.seed_threads", "train.log_every", "features.workers", "features.cache",
+                  "data.path", "data.source", "data.cache_dir", "data.tfds_manual_dir")
+RUN_FILES = ("run.json", "training.json", "params.msgpack", "metrics.json", "history.json",
+             "confusion.png", "history.png")
 
 
-@dataclasses.dataclass(frozen=True)
-class Derived:
-    """Values computed from a config and the training data (never written into the config)."""
-
-    hidden: int
-    input_size: int
-    input_clip: float
-    normalizer: Normalizer
-    seeds: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"hidden": self.hidden, "input_size": self.input_size,
-                "input_clip": self.input_clip, "normalizer": self.normalizer.to_dict(),
-                "seeds": list(self.seeds)}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Derived":
-        return cls(hidden=int(values["hidden"]), input_size=int(values["input_size"]),
-                   input_clip=float(values["input_clip"]),
-                   normalizer=Normalizer.from_dict(values["normalizer"]),
-                   seeds=tuple(values["seeds"]))
+class RunFolderError(CheckpointError):
+    """A run folder holds another config's or another dataset's run."""
 
 
-def model_from_config(config: Config, derived: Derived, mode: str | None = None,
-                      **numerics_options) -> LSTMClassifier:
-    """The one place where config fields become model constructor arguments."""
-    mode = mode or config.quant.mode
-    numerics = None
-    if mode == "qat":
-        numerics = QATNumerics(input_clip=derived.input_clip,
-                               weight_bits=config.quant.weight_bits, **numerics_options)
-    return LSTMClassifier(hidden=derived.hidden, layers=config.model.layers,
-                          num_classes=config.model.num_classes, dropout=config.model.dropout,
-                          numerics=numerics, readout=config.model.readout)
+class TrainingDivergedError(RuntimeError):
+    """The training loss stopped being a finite number."""
 
 
 def derive(config: Config, data: PreparedData) -> Derived:
-    train_frames = [data.train.x[i, :n] for i, n in enumerate(data.train.lengths)]
-    clip = config.quant.input_clip or calibrate_input_clip(train_frames,
-                                                           config.quant.input_percentile)
-    hidden = hidden_from_config(config.model, config.budget, data.input_size)
+    clip = config.quant.input_clip or calibrate_input_clip(
+        data.train.x, config.quant.input_percentile, data.train.lengths)
+    hidden = hidden_from_config(config.model, config.budget, config.quant.weight_bits,
+                                data.input_size, len(data.classes))
     return Derived(hidden=hidden, input_size=data.input_size, input_clip=clip,
                    normalizer=data.normalizer,
-                   seeds=tuple(config.train.seed + s for s in range(config.train.seeds)))
+                   seeds=tuple(config.train.seed + s for s in range(config.train.seeds)),
+                   classes=data.classes, sample_rate=data.info.sample_rate)
 
 
 def _initial_params(config: Config, derived: Derived) -> Any | None:
@@ -93,11 +75,14 @@ def _initial_params(config: Config, derived: Derived) -> Any | None:
     if not config.quant.init_from:
         return None
     source = load_run(config.quant.init_from)
-    if source.derived.hidden != derived.hidden or source.config.model.layers != config.model.layers:
+    mine = (derived.hidden, config.model.layers, derived.input_size, derived.classes)
+    theirs = (source.derived.hidden, source.config.model.layers, source.derived.input_size,
+              source.derived.classes)
+    if mine != theirs:
         raise CheckpointError(
-            f"{config.quant.init_from}: its model (hidden {source.derived.hidden}, "
-            f"{source.config.model.layers} layers) does not match this run's "
-            f"(hidden {derived.hidden}, {config.model.layers} layers)")
+            f"{config.quant.init_from}: its model (hidden {theirs[0]}, {theirs[1]} layers, "
+            f"{theirs[2]} inputs, classes {list(theirs[3])}) does not match this run's "
+            f"(hidden {mine[0]}, {mine[1]} layers, {mine[2]} inputs, classes {list(mine[3])})")
     seeds = len(derived.seeds)
     if len(source.derived.seeds) < seeds:
         raise CheckpointError(f"{config.quant.init_from}: has {len(source.derived.seeds)} "
@@ -105,21 +90,82 @@ def _initial_params(config: Config, derived: Derived) -> Any | None:
     return jax.tree_util.tree_map(lambda p: p[:seeds], source.params)
 
 
-def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData | None = None,
-                       progress: bool = True) -> dict[str, Any]:
-    """Train ``config.train.seeds`` seeds together, select by validation, test, write outputs."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    data = data or prepare_data(config, progress=progress)
-    derived = derive(config, data)
-    log.info("hidden size %d (%s), input clip %.3f", derived.hidden,
-             "solved from budget" if config.model.hidden == "auto" else "configured",
-             derived.input_clip)
-    run_info = {"config": config_to_dict(config), "derived": derived.to_dict(),
-                "data": {"source": data.source, "fingerprint": data.fingerprint,
-                         "train": len(data.train), "val": len(data.val), "test": len(data.test)}}
-    atomic_write_json(workdir / "run.json", run_info)
+def _flat(values: dict[str, Any]) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, fields in values.items()
+            for key, value in fields.items()}
 
+
+def config_differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Keys whose values keep ``wanted`` from resuming a run recorded with ``recorded``."""
+    old, new = _flat(recorded), _flat(wanted)
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if key in EXECUTION_KEYS or old.get(key) == new.get(key):
+            continue
+        if key == "train.epochs" and isinstance(old.get(key), int) and new[key] >= old[key]:
+            continue  # more epochs continue from the last checkpoint
+        changed.append(f"{key} ({old.get(key)!r} -> {new.get(key)!r})")
+    return changed
+
+
+def claim_folder(workdir: Path, record: dict[str, Any], overwrite: bool) -> None:
+    """Make sure ``workdir`` may hold this run; with ``overwrite``, clear an old one.
+
+    Raises:
+      RunFolderError: the folder holds a run of another config or dataset, or checkpoints
+        of unknown origin, and ``overwrite`` is false.
+    """
+    found = next((workdir / name for name in ("training.json", "run.json")
+                  if (workdir / name).is_file()), None)
+    problem = None
+    if found is not None:
+        old = read_json(found)
+        changed = config_differences(old.get("config", {}), record["config"])
+        if changed:
+            problem = f"was trained with another config (differs in {', '.join(changed)})"
+        elif old.get("data", {}).get("fingerprint") != record["data"]["fingerprint"]:
+            problem = (f"was trained on other data (fingerprint "
+                       f"{old.get('data', {}).get('fingerprint')}, now {record['data']['fingerprint']})")
+    elif (workdir / "checkpoints").exists() or (workdir / "params.msgpack").exists():
+        problem = "holds checkpoints or parameters of an unknown run"
+    if problem is None:
+        return
+    if not overwrite:
+        raise RunFolderError(f"{workdir}: {problem}; choose another --out, or pass --overwrite "
+                             "(train_and_evaluate(..., overwrite=True)) to start it afresh")
+    log.warning("%s: %s; overwriting it", workdir, problem)
+    shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+    for name in RUN_FILES:
+        (workdir / name).unlink(missing_ok=True)
+
+
+def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData | None = None,
+                       progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Train ``config.train.seeds`` seeds together, select by validation, test, write outputs.
+
+    Resumes an interrupted run of the same config and data from its last checkpoint.
+
+    Raises:
+      RunFolderError: ``workdir`` holds another run (see ``claim_folder``).
+      lstmq.io.FolderLockedError: another process trains into ``workdir``.
+      TrainingDivergedError: the loss became NaN or infinite (nothing of the epoch is kept).
+    """
+    workdir = Path(workdir)
+    with FolderLock(workdir):
+        data = data or prepare_data(config, progress=progress)
+        derived = derive(config, data)
+        record = {"config": config_to_dict(config), "derived": derived.to_dict(),
+                  "data": {**data.info.to_dict(), "train": len(data.train),
+                           "val": len(data.val), "test": len(data.test)}}
+        claim_folder(workdir, record, overwrite)
+        return _train(config, workdir, data, derived, record, progress)
+
+
+def _train(config: Config, workdir: Path, data: PreparedData, derived: Derived,
+           record: dict[str, Any], progress: bool) -> dict[str, Any]:
+    log.info("hidden size %d (%s), input clip %.3f, %d classes", derived.hidden,
+             "solved from budget" if config.model.hidden == "auto" else "configured",
+             derived.input_clip, derived.num_classes)
     model = model_from_config(config, derived)
     trainer = Trainer(config, model, data.train, augment=make_spec_augment(config.augment))
     states = create_train_states(model, trainer.tx, config.train.seed, config.train.seeds,
@@ -132,15 +178,13 @@ def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData |
     checkpoints = TrainingCheckpoints(workdir / "checkpoints")
     start_epoch = 0
     latest = checkpoints.latest_epoch()
-    if latest is not None and latest > config.train.epochs:
-        raise CheckpointError(f"{workdir}: holds a run trained for {latest} epochs, more than "
-                              f"train.epochs={config.train.epochs}; use another --out")
     if latest is not None:
         restored = checkpoints.restore(latest, {"states": states, "best": best})
         states, best = restored["states"], restored["best"]
         history = read_json(workdir / "history.json")[:latest]
         start_epoch = latest
-        log.info("resumed from epoch %d", latest)
+        log.info("%s: resumed from epoch %d of %d", workdir, latest, config.train.epochs)
+    atomic_write_json(workdir / "training.json", record)  # only once the folder is known good
 
     train_seconds = sum(row["seconds"] for row in history)
     bar = tqdm(range(start_epoch, config.train.epochs), disable=not progress,
@@ -151,6 +195,12 @@ def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData |
         states, metrics = trainer.run_epoch(states, epoch)
         jax.block_until_ready(states.params)
         seconds = time.perf_counter() - start
+        if not np.all(np.isfinite(metrics["loss"])):
+            bad = [s for s, loss in zip(derived.seeds, metrics["loss"]) if not np.isfinite(loss)]
+            raise TrainingDivergedError(
+                f"{workdir}: training loss is not finite in epoch {epoch + 1} (seed(s) {bad}); "
+                f"lower train.learning_rate ({config.train.learning_rate}) or check the data. "
+                f"The checkpoint of epoch {epoch} is kept.")
         train_seconds += seconds
         row = {"epoch": epoch + 1, "seconds": seconds,
                "train_loss": metrics["loss"].tolist(),
@@ -162,7 +212,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData |
                 else np.ones(seeds, bool)
         else:
             improved = np.ones(seeds, bool)
-            val_acc = np.full(seeds, np.nan)
+            val_acc = best["val"]
         best = {"params": select_best(best["params"], states.eval_params(), improved),
                 "val": np.where(improved, val_acc, best["val"]),
                 "epoch": np.where(improved, epoch + 1, best["epoch"])}
@@ -175,24 +225,26 @@ def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData |
     checkpoints.close()
 
     params = best["params"]
-    save_params(workdir / "params.msgpack", params)
     logits = trainer.predict(params, data.test)
-    result = test_report(logits, data.test, derived.seeds)
+    result = test_report(logits, data.test, derived.seeds, derived.classes)
     result.update({
         "params": int(sum(x[0].size for x in jax.tree_util.tree_leaves(params))),
         "hidden": derived.hidden,
         "epochs": config.train.epochs,
         "selected_epoch": best["epoch"].tolist(),
-        "val_accuracy": best["val"].tolist(),
+        "val_accuracy": [float(v) if v >= 0 else None for v in best["val"]],
         "train_seconds": train_seconds,
         # the first epoch compiles every batch shape; later epochs show the throughput
         "first_epoch_seconds": history[0]["seconds"] if history else 0.0,
         "seconds_per_epoch": float(np.median([r["seconds"] for r in history[1:]]))
         if len(history) > 1 else train_seconds / max(1, len(history)),
         "history": history,
-        "config": config_to_dict(config),
-        "derived": derived.to_dict(),
+        "config": record["config"],
+        "derived": record["derived"],
+        "data": record["data"],
     })
+    save_params(workdir / "params.msgpack", params)
+    atomic_write_json(workdir / "run.json", record)
     write_run_outputs(workdir, result)
     return result
 
@@ -201,17 +253,23 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.mean(np.argmax(logits, -1) == labels[None, :], axis=-1)
 
 
-def test_report(logits: np.ndarray, split: SplitArrays, seeds: tuple[int, ...]) -> dict[str, Any]:
+def test_report(logits: np.ndarray, split: SplitArrays, seeds: tuple[int, ...],
+                classes: tuple[str, ...]) -> dict[str, Any]:
     """Metrics of ``<seeds, n, classes>`` logits: per seed, pooled over seeds, per speaker."""
+    if logits.shape[-1] != len(classes):
+        raise ValueError(f"logits have {logits.shape[-1]} classes, the run has {len(classes)}")
+    if len(split) == 0:
+        raise ValueError("no clips to evaluate")
     predictions = np.argmax(logits, -1)
-    per_seed = [evaluate.classification_metrics(split.labels, p) for p in predictions]
+    per_seed = [evaluate.classification_metrics(split.labels, p, classes) for p in predictions]
     pooled = evaluate.classification_metrics(np.tile(split.labels, len(predictions)),
-                                             predictions.reshape(-1))
+                                             predictions.reshape(-1), classes)
     accuracies = [m["accuracy"] for m in per_seed]
     return {
         "test_accuracy": float(np.mean(accuracies)),
         "test_accuracy_summary": evaluate.summarize(accuracies),
         "test_accuracy_per_seed": dict(zip(map(str, seeds), accuracies)),
+        "classes": list(classes),
         "per_class": pooled["per_class"],  # pooled over seeds
         "confusion": pooled["confusion"],
         "per_speaker": evaluate.per_group_accuracy(
@@ -224,80 +282,7 @@ def test_report(logits: np.ndarray, split: SplitArrays, seeds: tuple[int, ...]) 
 def write_run_outputs(workdir: Path, result: dict[str, Any]) -> None:
     atomic_write_json(workdir / "metrics.json", result)
     evaluate.plot_confusion(result["confusion"], workdir / "confusion.png",
-                            f"test accuracy {result['test_accuracy'] * 100:.2f}%")
+                            f"test accuracy {result['test_accuracy'] * 100:.2f}%",
+                            result["classes"])
     if result.get("history"):
         evaluate.plot_history(result["history"], workdir / "history.png")
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """A trained run loaded from disk."""
-
-    directory: Path
-    config: Config
-    derived: Derived
-    params: Any  # stacked over seeds
-
-    def model(self, mode: str | None = None, **numerics_options) -> LSTMClassifier:
-        return model_from_config(self.config, self.derived, mode, **numerics_options)
-
-
-def load_run(directory: str | Path) -> Run:
-    """Load ``run.json`` and ``params.msgpack``; mismatches raise CheckpointError."""
-    directory = Path(directory)
-    if not (directory / "run.json").is_file():
-        raise CheckpointError(f"{directory}: not a run directory (no run.json)")
-    info = read_json(directory / "run.json")
-    config = config_from_dict(info["config"])
-    derived = Derived.from_dict(info["derived"])
-    model = model_from_config(config, derived)
-    like = jax.eval_shape(lambda: create_train_states(
-        model, _dummy_tx(), 0, len(derived.seeds), derived.input_size).params)
-    params = load_params(directory / "params.msgpack", like)
-    return Run(directory, config, derived, params)
-
-
-def _dummy_tx():
-    import optax
-
-    return optax.identity()
-
-
-def predict_run(run: Run, split: SplitArrays, mode: str | None = None,
-                **numerics_options) -> np.ndarray:
-    """Logits ``<seeds, n, classes>`` of a loaded run on any prepared split.
-
-    ``mode="qat"`` on a float run is post-training quantization: static int8 (the default)
-    or weight-only with ``activations=False``.
-    """
-    model = model_from_config(run.config, run.derived, mode, **numerics_options)
-    predict = jax.jit(jax.vmap(lambda p, x, l: model.apply({"params": p}, x, l),
-                               in_axes=(0, None, None)))
-    return predict_split(predict, run.params, split, 512, run.config.train.bucket_frames)
-
-
-def evaluate_run(directory: str | Path, data: str | Path | None = None, integer: bool = False,
-                 progress: bool = True) -> dict[str, Any]:
-    """Re-evaluate a trained run on its own test split or on any folder/archive of WAVs."""
-    from lstmq.data import load_recordings
-    from lstmq.pipeline import prepare_recordings
-
-    run = load_run(directory)
-    if data is None:
-        prepared = prepare_data(run.config, progress=progress)
-        split, source = prepared.test, f"{prepared.source} ({run.config.data.split} test split)"
-    else:
-        dataset = load_recordings(data, sample_rate=run.config.data.sample_rate,
-                                  resample=True, require_all_classes=False)
-        split = prepare_recordings(dataset, run.config, run.derived.normalizer, progress)
-        source = dataset.source
-    if integer:
-        from lstmq.integer import convert_run, predict_int_split
-
-        logits = predict_int_split(convert_run(run), split)
-        path = "integer"
-    else:
-        logits = predict_run(run, split)
-        path = run.config.quant.mode
-    report = test_report(logits, split, run.derived.seeds)
-    return {"run": str(directory), "data": source, "path": path, **report}

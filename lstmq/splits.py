@@ -1,5 +1,15 @@
-"""Train/validation/test splits of a Dataset: random (the reference study's), official
-(takes 0-4 test) and by speaker, with validation carved from the training side only."""
+"""Train/validation/test splits of any Dataset, with validation always kept apart from test.
+
+| ``data.split`` | test | validation |
+|---|---|---|
+| ``random`` | ``test_size`` of the clips (stratified by class when ``data.stratify``) | carved from train |
+| ``official`` | the dataset's own test clips (FSDD: takes 0-4; lists; manifest column) | the dataset's own, else carved from train |
+| ``speaker`` | every clip of ``test_speaker`` (one fold of leave-one-speaker-out) | carved from train, or ``val_speaker`` |
+| ``speaker_disjoint`` | ``test_size`` of the speakers, drawn at random | other speakers, ``val_fraction`` of them |
+
+"Carved" is ``val_fraction`` of the training clips, stratified by class. The training side
+must hold every class; no speaker of a speaker split is on two sides.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +18,7 @@ import dataclasses
 import numpy as np
 
 from lstmq.config import DataConfig
-from lstmq.data import NUM_CLASSES, DataError, Dataset
+from lstmq.data import DataError, Dataset
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -20,11 +30,20 @@ class Split:
     test: np.ndarray
 
 
+def speakers_of(dataset: Dataset) -> list[str]:
+    """The dataset's speakers, sorted; refuses a dataset whose layout names none."""
+    known = sorted(set(dataset.speakers.tolist()) - {""})
+    if not known:
+        raise DataError(f"{dataset.source}: no speaker is known for these clips (FSDD names, "
+                        "'<speaker>_nohash_' file names or a manifest's speaker column give one)")
+    return known
+
+
 def _hold_out_speaker(dataset: Dataset, train: np.ndarray,
                       cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     """(train, val): every training clip of ``cfg.val_speaker`` becomes validation."""
-    if cfg.split != "speaker":
-        raise DataError(f"data.val_speaker needs data.split=speaker, got {cfg.split!r}")
+    if cfg.split not in ("speaker", "speaker_disjoint"):
+        raise DataError(f"data.val_speaker needs a speaker split, got data.split={cfg.split!r}")
     if cfg.val_speaker == cfg.test_speaker:
         raise DataError(f"data.val_speaker {cfg.val_speaker!r} is also the test speaker")
     is_val = dataset.speakers[train] == cfg.val_speaker
@@ -35,58 +54,105 @@ def _hold_out_speaker(dataset: Dataset, train: np.ndarray,
     return train[~is_val], train[is_val]
 
 
-def make_split(dataset: Dataset, cfg: DataConfig) -> Split:
-    """Train/val/test indices; val is carved from train only (stratified), never from test.
+def _by_speaker(dataset: Dataset, idx: np.ndarray, fraction: float, seed: int,
+                what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, held): about ``fraction`` of the speakers of ``idx`` (at least one) held out."""
+    speakers = sorted(set(dataset.speakers[idx].tolist()))
+    if "" in speakers:
+        raise DataError(f"{dataset.source}: a speaker-disjoint split needs every clip's speaker")
+    if len(speakers) < 2:
+        raise DataError(f"{dataset.source}: {len(speakers)} speaker(s) cannot be split into "
+                        f"{what} and training speakers")
+    count = min(len(speakers) - 1, max(1, round(fraction * len(speakers))))
+    chosen = set(np.random.default_rng(seed).permutation(speakers)[:count].tolist())
+    held = np.isin(dataset.speakers[idx], list(chosen))
+    return idx[~held], idx[held]
 
-    ``random`` reproduces the reference study exactly: ``train_test_split(arange(N),
-    test_size, random_state=split_seed)`` over clips in file-name order. ``official``:
-    takes 0-4 are test. ``speaker``: one speaker's clips are test, and with ``val_speaker``
-    another speaker's clips are validation (a voice unheard in training, to pick settings
-    for new voices).
 
-    Raises:
-      DataError: bad fractions, unknown test speaker, an empty test set, or a training set
-        that lacks a digit.
-    """
+def _carve(dataset: Dataset, train: np.ndarray, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split  # pylint: disable=import-outside-toplevel
+
+    try:
+        return tuple(train_test_split(train, test_size=cfg.val_fraction,
+                                      random_state=cfg.split_seed,
+                                      stratify=dataset.labels[train]))
+    except ValueError as error:
+        raise DataError(
+            f"cannot carve a stratified validation set ({cfg.val_fraction} of {train.size} "
+            f"training clips): {error}; change data.val_fraction (0 disables it)"
+        ) from None
+
+
+def _test_side(dataset: Dataset, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(train, test, the dataset's own validation clips or None)."""
     from sklearn.model_selection import train_test_split  # pylint: disable=import-outside-toplevel
 
     everything = np.arange(len(dataset))
     if cfg.split == "random":
         if not 0.0 < cfg.test_size < 1.0:
             raise DataError(f"data.test_size must be in (0, 1), got {cfg.test_size}")
-        train, test = train_test_split(everything, test_size=cfg.test_size, random_state=cfg.split_seed)
-    elif cfg.split == "official":
-        is_test = dataset.indices <= 4
-        train, test = everything[~is_test], everything[is_test]
-    elif cfg.split == "speaker":
-        known = sorted(set(dataset.speakers.tolist()))
+        try:
+            train, test = train_test_split(everything, test_size=cfg.test_size,
+                                           random_state=cfg.split_seed,
+                                           stratify=dataset.labels if cfg.stratify else None)
+        except ValueError as error:
+            raise DataError(f"cannot draw a stratified test set ({cfg.test_size} of "
+                            f"{len(dataset)} clips): {error}") from None
+        return train, test, None
+    if cfg.split == "official":
+        own = dataset.partition
+        if not (own != "").any():
+            raise DataError(f"{dataset.source}: the {dataset.layout} layout defines no split of "
+                            "its own (lists, a split column); use data.split=random")
+        own_val = everything[own == "validation"]
+        return everything[own == "train"], everything[own == "test"], own_val if own_val.size else None
+    if cfg.split == "speaker":
+        known = speakers_of(dataset)
+        if cfg.test_speaker is None:
+            raise DataError(f"data.split=speaker needs data.test_speaker, one of {', '.join(known)}")
         if cfg.test_speaker not in known:
-            raise DataError(
-                f"data.test_speaker {cfg.test_speaker!r} is not among the speakers of "
-                f"{dataset.source}: {', '.join(known)}"
-            )
+            raise DataError(f"data.test_speaker {cfg.test_speaker!r} is not among the speakers "
+                            f"of {dataset.source}: {', '.join(known)}")
         is_test = dataset.speakers == cfg.test_speaker
-        train, test = everything[~is_test], everything[is_test]
-    else:
-        raise DataError(f"data.split {cfg.split!r} is not one of random, official, speaker")
-    if test.size == 0:
-        raise DataError(f"{cfg.split} split of {dataset.source} leaves no test clips")
+        return everything[~is_test], everything[is_test], None
+    if cfg.split == "speaker_disjoint":
+        if not 0.0 < cfg.test_size < 1.0:
+            raise DataError(f"data.test_size must be in (0, 1), got {cfg.test_size}")
+        train, test = _by_speaker(dataset, everything, cfg.test_size, cfg.split_seed, "test")
+        return train, test, None
+    raise DataError(f"data.split {cfg.split!r} is not one of random, official, speaker, "
+                    "speaker_disjoint")
+
+
+def make_split(dataset: Dataset, cfg: DataConfig) -> Split:
+    """Train/val/test indices; validation comes from the training side only, never test.
+
+    ``random`` with ``stratify: false`` reproduces the reference study exactly:
+    ``train_test_split(arange(N), test_size, random_state=split_seed)`` over clips in name
+    order.
+
+    Raises:
+      DataError: bad fractions, unknown speakers, an empty side, or a training set that
+        lacks a class.
+    """
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise DataError(f"data.val_fraction must be in [0, 1), got {cfg.val_fraction}")
-    val = np.zeros(0, dtype=np.int64)
+    train, test, val = _test_side(dataset, cfg)
+    if test.size == 0:
+        raise DataError(f"{cfg.split} split of {dataset.source} leaves no test clips")
     if cfg.val_speaker is not None:
         train, val = _hold_out_speaker(dataset, train, cfg)
-    elif cfg.val_fraction > 0:
-        try:
-            train, val = train_test_split(
-                train, test_size=cfg.val_fraction, random_state=cfg.split_seed, stratify=dataset.labels[train]
-            )
-        except ValueError as error:
-            raise DataError(
-                f"cannot carve a stratified validation set ({cfg.val_fraction} of {train.size} "
-                f"training clips): {error}; change data.val_fraction (0 disables it)"
-            ) from None
-    missing = sorted(set(range(NUM_CLASSES)) - set(dataset.labels[train].tolist()))
+    elif val is None and cfg.val_fraction > 0:
+        if cfg.split == "speaker_disjoint":
+            train, val = _by_speaker(dataset, train, cfg.val_fraction, cfg.split_seed + 1,
+                                     "validation")
+        else:
+            train, val = _carve(dataset, train, cfg)
+    if val is None:
+        val = np.zeros(0, dtype=np.int64)
+    missing = [dataset.classes[c] for c in
+               sorted(set(range(dataset.num_classes)) - set(dataset.labels[train].tolist()))]
     if missing:
-        raise DataError(f"{cfg.split} split of {dataset.source}: training clips lack digit(s) {missing}")
+        raise DataError(f"{cfg.split} split of {dataset.source}: training clips lack "
+                        f"class(es) {missing}")
     return Split(*(np.sort(part).astype(np.int64) for part in (train, val, test)))

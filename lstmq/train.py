@@ -68,6 +68,15 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
     return optax.chain(*parts)
 
 
+def init_params(model: nn.Module, seed: int, seeds: int, input_size: int) -> Any:
+    """Freshly initialised parameters of ``seeds`` seeds, stacked along a leading axis
+    (seed ``s`` from ``PRNGKey(seed + s)``, as ``create_train_states`` draws them)."""
+    x = jnp.zeros((1, 2, input_size), jnp.float32)
+    lengths = jnp.ones((1,), jnp.int32)
+    keys = jnp.stack([jax.random.split(jax.random.PRNGKey(seed + s))[0] for s in range(seeds)])
+    return jax.vmap(lambda key: model.init(key, x, lengths)["params"])(keys)
+
+
 def create_train_states(model: nn.Module, tx: optax.GradientTransformation, seed: int,
                         seeds: int, input_size: int, init_params: Any | None = None,
                         ema: bool = False) -> TrainState:

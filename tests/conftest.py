@@ -78,3 +78,68 @@ def fsdd_dataset(fsdd_archive: Path):
     dataset = load_recordings(fsdd_archive)
     assert len(dataset) == 3000, f"{fsdd_archive} is not FSDD v1.0.10"
     return dataset
+
+
+def tone_clip(label_index: int, speaker: int, take: int, sample_rate: int = SAMPLE_RATE,
+              seconds: float = 0.2) -> np.ndarray:
+    """<int16>[samples]: a chirp whose pitch and sweep depend on the class, plus noise."""
+    rng = np.random.default_rng([label_index, speaker, take, sample_rate])
+    t = np.arange(int(sample_rate * (seconds + 0.01 * take))) / sample_rate
+    base = 250.0 + 170.0 * label_index + 15.0 * speaker
+    wave = 0.4 * np.sin(2 * np.pi * (base + 300.0 * (label_index % 3) * t) * t)
+    wave += 0.03 * rng.standard_normal(t.size)
+    return np.round(np.clip(wave, -1, 1) * 32767).astype(np.int16)
+
+
+def _write(path: Path, samples: np.ndarray, sample_rate: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, samples, sample_rate)
+
+
+@pytest.fixture
+def make_folders_dataset(tmp_path: Path) -> Callable[..., Path]:
+    """``make(classes, speakers=("ann", "bob", "cid"), takes=4, sample_rate=8000, lists=False)``:
+    a Speech-Commands-style tree ``root/<label>/<speaker>_nohash_<take>.wav``; with ``lists``,
+    the last speaker's clips are listed in testing_list.txt and the second's take 0 in
+    validation_list.txt."""
+
+    def make(classes, speakers=("ann", "bob", "cid"), takes=4, sample_rate=SAMPLE_RATE,
+             lists=False, name="folders") -> Path:
+        root = tmp_path / name
+        for c, label in enumerate(classes):
+            for s, speaker in enumerate(speakers):
+                for take in range(takes):
+                    _write(root / label / f"{speaker}_nohash_{take}.wav",
+                           tone_clip(c, s, take, sample_rate), sample_rate)
+        if lists:
+            test = [f"{label}/{speakers[-1]}_nohash_{t}.wav" for label in classes
+                    for t in range(takes)]
+            val = [f"{label}/{speakers[1]}_nohash_0.wav" for label in classes]
+            (root / "testing_list.txt").write_text("\n".join(test) + "\n")
+            (root / "validation_list.txt").write_text("\n".join(val) + "\n")
+        return root
+
+    return make
+
+
+@pytest.fixture
+def make_manifest_dataset(tmp_path: Path) -> Callable[..., Path]:
+    """``make(classes, speakers=..., takes=4, sample_rate=8000, delimiter=",")``: clips under
+    ``audio/`` and a manifest (path,label,speaker,split) beside them; the last speaker is test."""
+
+    def make(classes, speakers=("ann", "bob", "cid"), takes=4, sample_rate=SAMPLE_RATE,
+             delimiter=",", name="manifest") -> Path:
+        root = tmp_path / name
+        rows = ["path,label,speaker,split".replace(",", delimiter)]
+        for c, label in enumerate(classes):
+            for s, speaker in enumerate(speakers):
+                for take in range(takes):
+                    relative = f"audio/{speaker}/{label}-{take}.wav"
+                    _write(root / relative, tone_clip(c, s, take, sample_rate), sample_rate)
+                    split = "test" if s == len(speakers) - 1 else "train"
+                    rows.append(delimiter.join([relative, label, speaker, split]))
+        manifest = root / ("manifest.tsv" if delimiter == "\t" else "manifest.csv")
+        manifest.write_text("\n".join(rows) + "\n")
+        return manifest
+
+    return make

@@ -266,11 +266,14 @@ def test_cli_impossible_budget_exits_2_without_traceback(capsys):
 
 def test_hidden_from_config_is_derived_not_written_back():
     fixed = ModelConfig(hidden=32)
-    assert budget.hidden_from_config(fixed, BudgetConfig(), 13) == 32
-    auto = ModelConfig(hidden="auto", layers=2, num_classes=10)
-    cfg = BudgetConfig(bytes=36864, weight_bits=4, policy="per-layer", layout="lstmq")
+    assert budget.hidden_from_config(fixed, BudgetConfig(), 8, 13, 10) == 32
+    auto = ModelConfig(hidden="auto", layers=2)
+    cfg = BudgetConfig(bytes=36864, policy="per-layer", layout="lstmq")
     expected = budget.solve_hidden_size(36864, 2, 13, 10, 4, "per-layer", "lstmq").hidden
-    assert budget.hidden_from_config(auto, cfg, 13) == expected
+    assert budget.hidden_from_config(auto, cfg, 4, 13, 10) == expected
+    # the class count is the data's: 3 classes leave room for a larger hidden size
+    three = budget.solve_hidden_size(36864, 2, 13, 3, 4, "per-layer", "lstmq").hidden
+    assert budget.hidden_from_config(auto, cfg, 4, 13, 3) == three >= expected
     assert auto.hidden == "auto"
     with pytest.raises(BudgetError):
-        budget.hidden_from_config(auto, BudgetConfig(bytes=64), 13)
+        budget.hidden_from_config(auto, BudgetConfig(bytes=64), 8, 13, 10)

@@ -54,7 +54,7 @@ def test_dict_round_trip_of_non_defaults():
     ("quant.input_clip=3", "quant", "input_clip", 3.0),
     ("model.hidden=auto", "model", "hidden", "auto"),
     ("model.hidden=48", "model", "hidden", 48),
-    ("data.split=speaker", "data", "split", "speaker"),
+    ("data.split=official", "data", "split", "official"),
     ("features.cache=false", "features", "cache", False),
     ("features.max_frames=null", "features", "max_frames", None),
 ])

@@ -16,8 +16,10 @@ from lstmq.cli import main
 from lstmq.config import ConfigError, load_config
 from lstmq.io import read_json
 from lstmq.pipeline import prepare_data
-from lstmq.quant import calibrate_input_clip
-from lstmq.runner import load_run, predict_run, train_and_evaluate
+from lstmq.paths import predict_path
+from lstmq.recipe import calibrate_input_clip
+from lstmq.runner import train_and_evaluate
+from lstmq.runs import load_run
 from lstmq.train import Trainer, create_train_states
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -26,10 +28,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
 PREDICTIONS = np.array([0, 0, 1, 1, 2, 2, 2, 2, 0, 1])
+FOUR = ("0", "1", "2", "3")
+DIGITS = tuple(str(d) for d in range(10))
 
 
 def test_classification_metrics_by_hand():
-    m = evaluate.classification_metrics(LABELS, PREDICTIONS, num_classes=4)
+    m = evaluate.classification_metrics(LABELS, PREDICTIONS, FOUR)
     assert m["accuracy"] == 0.6 and m["count"] == 10
     assert m["confusion"] == [[2, 1, 0, 0],
                               [0, 1, 1, 0],
@@ -52,7 +56,7 @@ def test_classification_metrics_against_sklearn():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 200)
     predictions = np.where(rng.random(200) < 0.7, labels, rng.integers(0, 10, 200))
-    m = evaluate.classification_metrics(labels, predictions)
+    m = evaluate.classification_metrics(labels, predictions, DIGITS)
     assert m["accuracy"] == pytest.approx(accuracy_score(labels, predictions))
     np.testing.assert_array_equal(m["confusion"], confusion_matrix(labels, predictions))
     f1 = f1_score(labels, predictions, average=None)
@@ -61,10 +65,22 @@ def test_classification_metrics_against_sklearn():
 
 
 def test_classes_absent_from_the_data_still_get_rows():
-    m = evaluate.classification_metrics(np.array([1, 1]), np.array([1, 1]))
+    m = evaluate.classification_metrics(np.array([1, 1]), np.array([1, 1]), DIGITS)
     assert list(m["per_class"]) == [str(c) for c in range(10)]
     assert np.asarray(m["confusion"]).shape == (10, 10)
     assert m["per_class"]["0"]["support"] == 0 and m["per_class"]["1"]["recall"] == 1.0
+
+
+def test_metrics_are_keyed_by_class_name_and_empty_sets_give_no_nan():
+    names = ("yes", "no", "maybe")
+    m = evaluate.classification_metrics(np.array([0, 2, 2]), np.array([0, 2, 1]), names)
+    assert list(m["per_class"]) == list(names) and m["classes"] == list(names)
+    assert m["per_class"]["maybe"]["recall"] == 0.5
+    empty = evaluate.classification_metrics(np.zeros(0, int), np.zeros(0, int), names)
+    assert empty["accuracy"] is None
+    json.dumps(empty, allow_nan=False)
+    table = evaluate.format_metrics_table(m)
+    assert all(name in table for name in names)
 
 
 def test_per_group_accuracy():
@@ -83,14 +99,14 @@ def test_summarize_uses_sample_std():
 
 
 def test_metrics_table_lists_every_class():
-    m = evaluate.classification_metrics(LABELS, PREDICTIONS, num_classes=4)
+    m = evaluate.classification_metrics(LABELS, PREDICTIONS, FOUR)
     lines = evaluate.format_metrics_table(m).splitlines()
     assert len(lines) == 1 + 4 + 1
     assert lines[-1] == "accuracy 60.00% of 10 clips"
 
 
 def test_plots_write_png_files(tmp_path):
-    m = evaluate.classification_metrics(LABELS, PREDICTIONS, num_classes=4)
+    m = evaluate.classification_metrics(LABELS, PREDICTIONS, FOUR)
     evaluate.plot_confusion(m["confusion"], tmp_path / "confusion.png", "title")
     history = [{"epoch": e, "train_loss": [1.0 / e, 1.1 / e], "train_accuracy": [0.5, 0.6],
                 "val_accuracy": [0.4, 0.5]} for e in (1, 2, 3)]
@@ -175,7 +191,10 @@ def test_train_and_evaluate_end_to_end(wav_folder, tmp_path):
     assert metrics["test_accuracy"] == pytest.approx(
         np.mean(list(metrics["test_accuracy_per_seed"].values())))
     assert metrics["train_seconds"] > 0
-    for name in ("params.msgpack", "run.json", "history.json", "confusion.png", "history.png"):
+    assert metrics["classes"] == [str(d) for d in range(10)]
+    assert list(metrics["per_class"]) == metrics["classes"]
+    for name in ("params.msgpack", "run.json", "training.json", "history.json", "confusion.png",
+                 "history.png"):
         assert (workdir / name).is_file(), name
     for name in ("confusion.png", "history.png"):
         assert (workdir / name).read_bytes().startswith(PNG_MAGIC)
@@ -188,7 +207,7 @@ def test_train_and_evaluate_end_to_end(wav_folder, tmp_path):
     loaded = load_run(workdir)
     assert loaded.config == config
     test = prepare_data(loaded.config, progress=False).test
-    logits = predict_run(loaded, test)
+    logits = predict_path(loaded, test)
     assert logits.shape == (2, 40, 10)
     accuracy = np.mean(np.argmax(logits, -1) == test.labels[None], axis=-1)
     assert accuracy.tolist() == list(metrics["test_accuracy_per_seed"].values())
@@ -255,9 +274,11 @@ def test_qat_run_with_solved_hidden_size_fine_tunes_a_float_run(wav_folder, tmp_
     assert metrics["config"]["quant"]["mode"] == "qat"
     frames = [x[:n] for x, n in zip(data.train.x, data.train.lengths)]  # calibrated on train
     assert metrics["derived"]["input_clip"] == calibrate_input_clip(frames, 99.99)
+    assert calibrate_input_clip(data.train.x, 99.99, data.train.lengths) == \
+        calibrate_input_clip(frames, 99.99)  # padding is not counted
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_count"] == 40
     loaded = load_run(workdir)
-    assert loaded.model().numerics is not None
+    assert loaded.config.quant.mode == "qat"
     assert loaded.derived.hidden == 8
     # It started from the float run's first seed, not from a random init.
     assert len(starts) == 1
@@ -313,8 +334,11 @@ def test_cli_train_then_eval(wav_folder, tmp_path, capsys):
     assert "test accuracy over 2 seed(s)" in out
     metrics = read_json(workdir / "metrics.json")
 
-    assert main(["eval", "--run", str(workdir), "--quiet"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    report_path = tmp_path / "eval.json"
+    assert main(["eval", "--run", str(workdir), "--quiet", "--out", str(report_path)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("float: accuracy ") and "40 clips" in line and "official" in line
+    report = read_json(report_path)
     assert report["test_accuracy"] == metrics["test_accuracy"]
     assert report["confusion"] == metrics["confusion"]
     assert report["path"] == "float" and report["test_count"] == 40

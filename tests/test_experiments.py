@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from experiments import benchmark, ptq_vs_qat, task_a
+from lstmq import comparison
+from lstmq.runner import RunFolderError
 
 # aqtp 0.9.0 (aqt_dot_general.py) passes an array as a dtype, which jax 0.10 deprecates.
 pytestmark = pytest.mark.filterwarnings(
@@ -47,7 +49,7 @@ def test_task_a_writes_summary_and_reuses_its_run(tmp_path: Path, tiny: list[str
 
     again = task_a.run(tmp_path, seeds=1, epochs=1, overrides=overrides, progress=False)
     assert again["train_seconds"] == result["train_seconds"]  # read back, not retrained
-    with pytest.raises(task_a.common.ResumeError, match="model.hidden"):
+    with pytest.raises(RunFolderError, match="model.hidden"):
         task_a.run(tmp_path, seeds=1, epochs=1, overrides=[*tiny, "model.hidden=5"],
                    progress=False)
 
@@ -121,7 +123,7 @@ def test_ptq_vs_qat_writes_table_plot_and_audit(tmp_path: Path, tiny: list[str])
     assert saved["budget"]["int8"]["hidden"] > saved["budget"]["float32"]["hidden"]
     rows = saved["rows"]
     assert [(r["split"], r["method"]) for r in rows] == [
-        ("random", method) for method in ptq_vs_qat.METHODS]
+        ("random", method) for method in comparison.METHODS]
     for row in rows:
         assert set(row["test_accuracy"]) >= {"mean", "min", "max", "n"}
         assert row["float_free"] == row["method"].endswith("-integer")

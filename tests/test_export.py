@@ -308,8 +308,9 @@ def test_c_header_compiles_and_holds_the_values(tmp_path, bits):
 def test_cli_export_of_a_trained_qat_run(wav_folder, tmp_path, capsys):
     from lstmq.cli import main
     from lstmq.config import load_config
-    from lstmq.integer import convert_run
-    from lstmq.runner import load_run, train_and_evaluate
+    from lstmq.paths import integer_models
+    from lstmq.runner import train_and_evaluate
+    from lstmq.runs import load_run
 
     config = load_config(None, [f"data.path={wav_folder}", "features.cache=false",
                                 "train.epochs=1", "model.hidden=8", "train.seeds=1",
@@ -327,11 +328,12 @@ def test_cli_export_of_a_trained_qat_run(wav_folder, tmp_path, capsys):
     assert str(out) in printed and "18 tensors" in printed
     assert f"{total:,} parameter bytes" in printed and "matches the budget count" in printed
     loaded, manifest = load_artifact(out)
-    expected = convert_run(run)[0]
+    expected = integer_models(run)[0]
     assert all(np.array_equal(loaded[k], expected[k]) for k in expected) and len(loaded) == 18
     assert manifest["front_end"]["normalizer"] == run.derived.normalizer.to_dict()
     assert manifest["front_end"]["features"]["n_mfcc"] == FEATURES
     assert manifest["source"] == {"run": "run", "seed": 0, "seed_index": 0}
+    assert manifest["classes"] == [str(d) for d in range(10)] and manifest["path"] == "qat-integer"
     assert "lstmq_model_readout_kernel" in header.read_text()
     assert main(["export", "--run", str(tmp_path / "run"), "--out", str(out),
                  "--seed-index", "1"]) == 2

@@ -29,8 +29,9 @@ def tone(seconds: float, freq: float = 440.0, seed: int = 0) -> np.ndarray:
 def toy_dataset(clips: list[np.ndarray], fingerprint: str = "toy") -> Dataset:
     n = len(clips)
     return Dataset(
-        audio=tuple(clips), labels=np.arange(n, dtype=np.int32) % 10, speakers=np.array(["s"] * n),
-        indices=np.arange(n, dtype=np.int32), names=tuple(f"{i % 10}_s_{i}.wav" for i in range(n)),
+        audio=tuple(clips), labels=np.arange(n, dtype=np.int32) % 10,
+        classes=tuple(str(d) for d in range(10)), speakers=np.array(["s"] * n),
+        partition=np.array([""] * n), names=tuple(f"{i % 10}_s_{i}.wav" for i in range(n)),
         sample_rate=SR, fingerprint=fingerprint, source="toy",
     )
 

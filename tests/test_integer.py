@@ -19,7 +19,7 @@ import pytest
 from lstmq import budget
 from lstmq.audit import FloatFoundError, audit_float_free
 from lstmq.budget import Precision
-from lstmq.integer import MEAN_READOUT, ConversionError, convert_params, convert_run, predict_int, quantize_input
+from lstmq.integer import MEAN_READOUT, ConversionError, convert_params, predict_int, quantize_input
 from lstmq.integer_reference import predict_int_reference
 from lstmq.model import LSTMClassifier
 from lstmq.quant import QATNumerics
@@ -295,22 +295,29 @@ def tiny_run_config(folder, mode: str):
 
 
 def test_convert_run_and_integer_evaluation(wav_folder, tmp_path):
+    from lstmq.inference import evaluate_run
+    from lstmq.paths import PathError, integer_models
     from lstmq.pipeline import prepare_data
-    from lstmq.runner import evaluate_run, load_run, train_and_evaluate
+    from lstmq.runner import train_and_evaluate
+    from lstmq.runs import load_run
 
     with jax.numpy_dtype_promotion("standard"):
         data = prepare_data(tiny_run_config(wav_folder, "qat"), progress=False)  # both runs'
         train_and_evaluate(tiny_run_config(wav_folder, "float"), tmp_path / "float", data,
                            progress=False)
-        with pytest.raises(ConversionError, match="QAT"):
-            convert_run(load_run(tmp_path / "float"))
+        float_run = load_run(tmp_path / "float")
+        with pytest.raises(PathError, match="needs a qat run"):
+            integer_models(float_run, "qat-integer")  # never a PTQ model labelled QAT
+        assert len(integer_models(float_run, "ptq-integer")) == 1
 
         train_and_evaluate(tiny_run_config(wav_folder, "qat"), tmp_path / "qat", data,
                            progress=False)
-        models = convert_run(load_run(tmp_path / "qat"))
-        # evaluate_run(integer=True) is convert_run + predict_int_split on the test split.
+        models = integer_models(load_run(tmp_path / "qat"))
+        with pytest.raises(PathError, match="needs a float run"):
+            integer_models(load_run(tmp_path / "qat"), "ptq-integer")
+        # evaluate_run(integer=True) is integer_models + predict_int_split on the test split.
         report = evaluate_run(tmp_path / "qat", integer=True, progress=False)
-    assert len(models) == 1 and report["path"] == "integer"
+    assert len(models) == 1 and report["path"] == "qat-integer"
     assert report["test_count"] == len(data.test) == 40
     # Its accuracy is that of the NumPy reference on the same MFCC clips.
     split = data.test

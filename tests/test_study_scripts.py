@@ -1,5 +1,5 @@
-"""Smoke tests of the study scripts (reproduce, leave-one-speaker-out, budget sweep, tune)
-on the tiny synthetic WAV folder: each ``run()`` finishes and writes what its report needs."""
+"""Smoke tests of the studies (``lstmq reproduce``, leave-one-speaker-out, budget sweep,
+tune) on the tiny synthetic WAV folder: each finishes and writes what its report needs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments import budget_sweep, loso, reproduce, tune
+from experiments import budget_sweep, loso, tune
+from lstmq.folds import leave_one_speaker_out, nested_speaker_folds
+from lstmq.study import reproduce
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Implicit conversion of an array to a dtype:DeprecationWarning")
@@ -22,8 +24,8 @@ def tiny(wav_folder: Path) -> list[str]:
 
 
 def test_reproduce_quick_writes_report_with_every_path(tmp_path: Path, tiny: list[str]):
-    result = reproduce.run(tmp_path, quick=True, overrides=[*tiny, "data.split=random"],
-                           progress=False)
+    result = reproduce(tmp_path, quick=True, overrides=[*tiny, "data.split=random"],
+                       progress=False)
     methods = [row["method"] for row in result["rows"]]
     assert methods[0] == "Task A float" and {"PTQ-static", "QAT", "QAT-integer"} <= set(methods)
     integer = next(r for r in result["rows"] if r["method"] == "QAT-integer")
@@ -76,10 +78,16 @@ def test_tune_reports_validation_only(tmp_path: Path, tiny: list[str]):
 
 
 def test_speaker_folds_validate_each_speaker_once_never_on_its_test_speaker():
-    folds = tune.speaker_folds(["a", "b", "c"])
-    pairs = [(f[1].split("=")[1], f[2].split("=")[1]) for f in folds]
+    folds = nested_speaker_folds(["a", "b", "c"])
+    pairs = [(f[1].split("=")[1], f[2].split("=")[1]) for _, f in folds]
     assert pairs == [("a", "b"), ("b", "c"), ("c", "a")]
+    assert [val for val, _ in folds] == ["b", "c", "a"]
     assert all(test != val for test, val in pairs)
+    with pytest.raises(ValueError, match="at least 3"):
+        nested_speaker_folds(["a", "b"])
+    assert leave_one_speaker_out(["a", "b"]) == [
+        ("a", ["data.split=speaker", "data.test_speaker=a"]),
+        ("b", ["data.split=speaker", "data.test_speaker=b"])]
 
 
 def test_tune_on_speaker_folds_scores_validation_speakers(tmp_path: Path, tiny: list[str],

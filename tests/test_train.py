@@ -431,9 +431,8 @@ def test_batch_shards_draw_their_own_dropout_masks():
 
 @pytest.mark.parametrize("shards", [0, 3])
 def test_batch_shards_must_divide_the_batch(shards):
-    config = trainer_config(batch_size=8, batch_shards=shards)
     with pytest.raises(ValueError, match="batch_shards"):
-        Trainer(config, MODEL, synthetic_split(16))
+        trainer_config(batch_size=8, batch_shards=shards)  # refused with the config
 
 
 def test_select_best_picks_per_seed():

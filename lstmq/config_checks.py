@@ -1,0 +1,151 @@
+"""Value rules of every config field, checked when a config is built (``check_config``).
+
+Types are checked by ``lstmq.config``; these rules catch values of the right type that
+would train silently wrong, waste a run or crash later (a negative dropout, zero epochs,
+int3 weights, a hop of 0 ms). Every message names the key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from lstmq.config import Config, ConfigError
+
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _positive(v) -> bool:
+    return v > 0
+
+
+def _non_negative(v) -> bool:
+    return v >= 0
+
+
+def _fraction(v) -> bool:  # [0, 1)
+    return 0 <= v < 1
+
+
+def _open_fraction(v) -> bool:  # (0, 1)
+    return 0 < v < 1
+
+
+def _optional(rule: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or rule(v)
+
+
+# key -> (rule, what it must be)
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.path": (lambda v: v is None or v.strip() != "", "a non-empty path or null"),
+    "data.classes": (lambda v: v is None or (len(v) >= 2 and len(set(v)) == len(v)
+                                            and all(c.strip() for c in v)),
+                     "null or a list of at least 2 distinct, non-empty class names"),
+    "data.sha256": (lambda v: v is None or bool(_SHA256.fullmatch(v)),
+                    "null or 64 hexadecimal digits"),
+    "data.test_size": (_open_fraction, "in (0, 1)"),
+    "data.val_fraction": (_fraction, "in [0, 1)"),
+    "data.sample_rate": (_optional(_positive), "a positive number of Hz or null"),
+    "data.test_speaker": (lambda v: v is None or v.strip() != "", "a speaker name or null"),
+    "data.val_speaker": (lambda v: v is None or v.strip() != "", "a speaker name or null"),
+    "features.n_mfcc": (_positive, "at least 1"),
+    "features.window_ms": (_positive, "positive"),
+    "features.hop_ms": (_positive, "positive"),
+    "features.n_mels": (_positive, "at least 1"),
+    "features.fmin": (_non_negative, "0 or more"),
+    "features.fmax": (_optional(_positive), "positive or null (Nyquist)"),
+    "features.deltas": (lambda v: v in (0, 1, 2), "0, 1 or 2"),
+    "features.trim_db": (_optional(_positive), "positive or null"),
+    "features.top_db": (_optional(_positive), "positive or null"),
+    "features.min_frames": (_positive, "at least 1"),
+    "features.max_frames": (_optional(_positive), "at least 1 or null"),
+    "features.workers": (_non_negative, "0 (one per core) or more"),
+    "model.hidden": (lambda v: v == "auto" or v >= 1, "at least 1 or 'auto'"),
+    "model.layers": (_positive, "at least 1"),
+    "model.dropout": (_fraction, "in [0, 1)"),
+    "model.num_classes": (lambda v: v is None or v >= 2, "at least 2 or null (from the data)"),
+    "quant.weight_bits": (lambda v: v in (32, 16, 8, 4), "32, 16, 8 or 4"),
+    "quant.input_clip": (_optional(_positive), "positive or null (calibrated)"),
+    "quant.input_percentile": (lambda v: 0 < v <= 100, "in (0, 100]"),
+    "quant.init_from": (lambda v: v is None or v.strip() != "", "a run folder or null"),
+    "budget.bytes": (_positive, "at least 1"),
+    "augment.time_shift": (_fraction, "in [0, 1)"),
+    "augment.reverb_rt60": (_non_negative, "0 (off) or more seconds"),
+    "augment.lowpass_hz": (_optional(_positive), "positive or null"),
+    "augment.highpass_hz": (_optional(_positive), "positive or null"),
+    "augment.speed": (_fraction, "in [0, 1)"),
+    "augment.pitch": (lambda v: 0 <= v <= 12, "in [0, 12] semitones"),
+    "augment.freq_mask": (_non_negative, "0 (off) or more"),
+    "augment.time_mask": (_non_negative, "0 (off) or more"),
+    "augment.copies": (_non_negative, "0 (off) or more"),
+    "train.epochs": (_positive, "at least 1"),
+    "train.batch_size": (_positive, "at least 1"),
+    "train.learning_rate": (_positive, "positive"),
+    "train.weight_decay": (_non_negative, "0 or more"),
+    "train.warmup_epochs": (_non_negative, "0 or more"),
+    "train.grad_clip": (_non_negative, "0 (off) or more"),
+    "train.label_smoothing": (_fraction, "in [0, 1)"),
+    "train.ema_decay": (_fraction, "in [0, 1) (0: off)"),
+    "train.seeds": (_positive, "at least 1"),
+    "train.seed_threads": (_non_negative, "0 (one per seed) or more"),
+    "train.batch_shards": (_positive, "at least 1"),
+    "train.bucket_frames": (_positive, "at least 1"),
+    "train.log_every": (_positive, "at least 1"),
+}
+
+
+def _value(config: Config, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return True
+
+
+def check_config(config: Config) -> None:
+    """Raise ConfigError naming the first key whose value breaks its rule."""
+    for section in ("data", "features", "model", "quant", "budget", "augment", "train"):
+        for name, value in vars(getattr(config, section)).items():
+            if not _finite(value):
+                raise ConfigError(f"{section}.{name}: must be a finite number, got {value!r}")
+    for key, (rule, what) in RULES.items():
+        value = _value(config, key)
+        if not rule(value):
+            raise ConfigError(f"{key}: must be {what}, got {value!r}")
+    _check_combinations(config)
+
+
+def _check_combinations(config: Config) -> None:
+    f, q, a, t, d = config.features, config.quant, config.augment, config.train, config.data
+    if f.n_mfcc > f.n_mels:
+        raise ConfigError(f"features.n_mfcc ({f.n_mfcc}) cannot exceed features.n_mels ({f.n_mels})")
+    if f.max_frames is not None and f.max_frames < f.min_frames:
+        raise ConfigError(f"features.max_frames ({f.max_frames}) is below features.min_frames "
+                          f"({f.min_frames})")
+    if f.fmax is not None and f.fmax <= f.fmin:
+        raise ConfigError(f"features.fmax ({f.fmax}) must exceed features.fmin ({f.fmin})")
+    if q.mode == "qat" and q.weight_bits not in (8, 4):
+        raise ConfigError(f"quant.weight_bits: a QAT model stores int8 or int4 weights (8 or 4), "
+                          f"got {q.weight_bits}")
+    if a.noise_snr_db_max is not None and (a.noise_snr_db is None
+                                           or a.noise_snr_db_max < a.noise_snr_db):
+        raise ConfigError("augment.noise_snr_db_max needs augment.noise_snr_db at or below it, "
+                          f"got {a.noise_snr_db} and {a.noise_snr_db_max}")
+    if t.batch_size % t.batch_shards:
+        raise ConfigError(f"train.batch_shards ({t.batch_shards}) must divide train.batch_size "
+                          f"({t.batch_size})")
+    if t.warmup_epochs > t.epochs:
+        raise ConfigError(f"train.warmup_epochs ({t.warmup_epochs}) exceeds train.epochs "
+                          f"({t.epochs})")
+    if d.val_speaker is not None and d.split not in ("speaker", "speaker_disjoint"):
+        raise ConfigError(f"data.val_speaker needs data.split=speaker (or speaker_disjoint), "
+                          f"got {d.split!r}")
+    if d.split == "speaker" and d.test_speaker is None:
+        raise ConfigError("data.split=speaker needs data.test_speaker (the held-out speaker)")
+    if d.val_speaker is not None and d.val_speaker == d.test_speaker:
+        raise ConfigError(f"data.val_speaker {d.val_speaker!r} is also data.test_speaker")

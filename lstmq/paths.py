@@ -1,0 +1,120 @@
+"""Numerics paths: one name for each way a trained run can be evaluated.
+
+| path | run | what computes the logits |
+|---|---|---|
+| ``float`` | float | the trained float model |
+| ``ptq-dynamic`` | float | post-training int8 (or int4) weights, float activations |
+| ``ptq-static`` | float | post-training int8 weights + static int8/int16 activations (fake quant) |
+| ``ptq-integer`` | float | the float run converted to the integer model (``predict_int``) |
+| ``qat`` | qat | the trained quantization-aware model (fake quant) |
+| ``qat-integer`` | qat | the QAT run converted to the integer model (``predict_int``) |
+
+Every path gives ``<seeds, n, classes>`` logits for the same evaluator. A path that does
+not belong to the run's ``quant.mode`` is refused, so a PTQ result is never reported as
+QAT (or the reverse).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from lstmq.config import NUMERICS_PATHS
+from lstmq.integer import IntegerModel, convert_params, predict_int_split
+from lstmq.pipeline import SplitArrays
+from lstmq.runs import Run, model_from_config
+
+PATHS = NUMERICS_PATHS
+_RUN_MODE = {"float": "float", "ptq-dynamic": "float", "ptq-static": "float",
+             "ptq-integer": "float", "qat": "qat", "qat-integer": "qat"}
+INTEGER_PATHS = ("ptq-integer", "qat-integer")
+SIMULATED_BY = {"ptq-integer": "ptq-static", "qat-integer": "qat"}  # fake quant of each
+
+
+class PathError(ValueError):
+    """A numerics path that does not exist or does not fit the run."""
+
+
+def check_path(run: Run, path: str) -> None:
+    """Raise PathError unless ``path`` is a path of ``run``'s training mode."""
+    if path not in PATHS:
+        raise PathError(f"unknown numerics path {path!r}; one of {', '.join(PATHS)}")
+    mode = run.config.quant.mode
+    if _RUN_MODE[path] != mode:
+        own = ", ".join(p for p in PATHS if _RUN_MODE[p] == mode)
+        raise PathError(f"{run.directory}: path {path!r} needs a {_RUN_MODE[path]} run, this "
+                        f"one is {mode} (its paths: {own})")
+
+
+def trained_path(run: Run) -> str:
+    """The path of the model as trained: ``float`` or ``qat``."""
+    return run.config.quant.mode
+
+
+def integer_path(run: Run) -> str:
+    """The run's integer path: ``ptq-integer`` for a float run, ``qat-integer`` for QAT."""
+    return "ptq-integer" if run.config.quant.mode == "float" else "qat-integer"
+
+
+def numerics_for(run: Run, path: str) -> Any:
+    """The numerics object a (non-integer) path injects into the model (None: float)."""
+    check_path(run, path)
+    if path == "float":
+        return None
+    from lstmq.quant import QATNumerics  # pylint: disable=import-outside-toplevel
+
+    return QATNumerics(input_clip=run.derived.input_clip,
+                       weight_bits=run.config.quant.weight_bits,
+                       activations=path != "ptq-dynamic")
+
+
+def integer_models(run: Run, path: str | None = None) -> list[dict[str, np.ndarray]]:
+    """One integer model per seed: ``qat-integer`` of a QAT run, ``ptq-integer`` of a float
+    run (static PTQ: its calibrated input clip and abs-max weight scales, no retraining).
+    ``path`` defaults to the run's own integer path."""
+    path = path or integer_path(run)
+    check_path(run, path)
+    if path not in INTEGER_PATHS:
+        raise PathError(f"{path!r} is not an integer path ({', '.join(INTEGER_PATHS)})")
+    return [convert_params(jax.tree_util.tree_map(lambda p, s=s: np.asarray(p[s]), run.params),
+                           run.derived.input_clip, run.config.quant.weight_bits,
+                           run.config.model.readout)
+            for s in range(len(run.derived.seeds))]
+
+
+def predict_path(run: Run, split: SplitArrays, path: str | None = None,
+                 models: list[IntegerModel] | None = None, batch_size: int = 512) -> np.ndarray:
+    """Logits ``<seeds, n, classes>`` of a run on a prepared split along ``path``
+    (default: as trained). Integer paths return int32 logits; ``models`` reuses a
+    conversion."""
+    from lstmq.train import predict_split  # pylint: disable=import-outside-toplevel
+
+    path = path or trained_path(run)
+    check_path(run, path)
+    bucket = run.config.train.bucket_frames
+    if path in INTEGER_PATHS:
+        return predict_int_split(models or integer_models(run, path), split, batch_size, bucket)
+    model = model_from_config(run.config, run.derived, numerics_for(run, path))
+    predict = jax.jit(jax.vmap(lambda p, x, l: model.apply({"params": p}, x, l),
+                               in_axes=(0, None, None)))
+    return predict_split(predict, run.params, split, batch_size, bucket)
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of (seed, clip) predictions two paths share."""
+    return float(np.mean(np.argmax(a, -1) == np.argmax(b, -1)))
+
+
+def predict_every_path(runs: dict[str, Run], split: SplitArrays) -> dict[str, np.ndarray]:
+    """Logits of every path each run has: ``runs`` maps ``float``/``qat`` to a run."""
+    logits = {}
+    for mode, run in runs.items():
+        if run.config.quant.mode != mode:
+            raise PathError(f"{run.directory}: given as the {mode} run, it is "
+                            f"{run.config.quant.mode}")
+        for path in PATHS:
+            if _RUN_MODE[path] == mode:
+                logits[path] = predict_path(run, split, path)
+    return logits

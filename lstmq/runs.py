@@ -1,0 +1,103 @@
+"""A run on disk: its config, the values derived from its data, and its parameters.
+
+``model_from_config`` is the one place where config fields become model constructor
+arguments; ``load_run`` reads a run folder back (``run.json`` + ``params.msgpack``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from lstmq.checkpoint import CheckpointError, load_params
+from lstmq.config import Config, ConfigError, config_from_dict
+from lstmq.features import Normalizer
+from lstmq.io import read_json
+from lstmq.model import LSTMClassifier
+
+
+@dataclasses.dataclass(frozen=True)
+class Derived:
+    """Values computed from a config and the training data (never written into the config)."""
+
+    hidden: int
+    input_size: int
+    input_clip: float
+    normalizer: Normalizer
+    seeds: tuple[int, ...]
+    classes: tuple[str, ...]
+    sample_rate: int | None = None  # of the training clips (None: features given as arrays)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hidden": self.hidden, "input_size": self.input_size,
+                "input_clip": self.input_clip, "normalizer": self.normalizer.to_dict(),
+                "seeds": list(self.seeds), "classes": list(self.classes),
+                "sample_rate": self.sample_rate}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Derived:
+        return cls(hidden=int(values["hidden"]), input_size=int(values["input_size"]),
+                   input_clip=float(values["input_clip"]),
+                   normalizer=Normalizer.from_dict(values["normalizer"]),
+                   seeds=tuple(int(s) for s in values["seeds"]),
+                   classes=tuple(str(c) for c in values["classes"]),
+                   sample_rate=values.get("sample_rate"))
+
+
+def model_from_config(config: Config, derived: Derived, numerics: Any = None) -> LSTMClassifier:
+    """The classifier a config and its derived values describe, with ``numerics`` injected
+    (None: float; see ``lstmq.paths`` for the numerics of each path)."""
+    return LSTMClassifier(hidden=derived.hidden, layers=config.model.layers,
+                          num_classes=derived.num_classes, dropout=config.model.dropout,
+                          numerics=numerics, readout=config.model.readout)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A trained run loaded from disk; ``params`` are stacked over seeds."""
+
+    directory: Path
+    config: Config
+    derived: Derived
+    params: Any
+    data: dict[str, Any]  # run.json's record of the data (source, fingerprint, location, ...)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.derived.classes
+
+
+def _param_shapes(config: Config, derived: Derived) -> Any:
+    from lstmq.train import init_params  # pylint: disable=import-outside-toplevel
+
+    model = model_from_config(config, derived)
+    return jax.eval_shape(lambda: init_params(model, 0, len(derived.seeds), derived.input_size))
+
+
+def load_run(directory: str | Path) -> Run:
+    """Load ``run.json`` and ``params.msgpack``.
+
+    Raises:
+      CheckpointError: not a run folder, an unreadable or mismatching file (naming it).
+    """
+    directory = Path(directory)
+    if not (directory / "run.json").is_file():
+        raise CheckpointError(f"{directory}: not a run directory (no run.json)")
+    info = read_json(directory / "run.json")
+    try:
+        config = config_from_dict(info["config"])
+        derived = Derived.from_dict(info["derived"])
+    except ConfigError as error:
+        raise CheckpointError(f"{directory / 'run.json'}: {error}") from None
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{directory / 'run.json'}: not a run record of this lstmq "
+                              f"(missing or invalid {error})") from None
+    params = load_params(directory / "params.msgpack", _param_shapes(config, derived))
+    return Run(directory, config, derived, params, info.get("data", {}))

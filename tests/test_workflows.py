@@ -1,0 +1,116 @@
+"""A user's own data end to end, through the CLI and through the Python API: train, QAT,
+integer conversion, export, eval and predict, with the data's class names in every output.
+
+Models are tiny (one layer of hidden 8, 1 seed, 1-2 epochs): these tests check the plumbing
+and the names, not accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import lstmq
+from lstmq.cli import main
+from lstmq.io import read_json
+
+THREE = ("down", "left", "up")
+TWELVE = tuple(f"w{i:02d}" for i in range(12))
+TINY = ["features.cache=false", "model.hidden=8", "model.layers=1", "train.seeds=1",
+        "train.batch_size=8", "train.epochs=2"]
+
+
+def _cli(*args: str) -> int:
+    return main([*args])
+
+
+def _train_args(out, data_path, *extra) -> list[str]:
+    args = ["train", "--out", str(out), "--quiet", "--set", f"data.path={data_path}"]
+    for override in [*TINY, *extra]:
+        args += ["--set", override]
+    return args
+
+
+def test_cli_on_a_speech_commands_tree_at_16_khz(make_folders_dataset, tmp_path, capsys):
+    root = make_folders_dataset(THREE, sample_rate=16000, lists=True)
+    float_dir, qat_dir = tmp_path / "float", tmp_path / "qat"
+    assert _cli(*_train_args(float_dir, root, "data.split=official")) == 0
+    table = capsys.readouterr().out
+    assert all(name in table for name in THREE)
+    metrics = read_json(float_dir / "metrics.json")
+    assert metrics["classes"] == list(THREE) and list(metrics["per_class"]) == list(THREE)
+    assert np.asarray(metrics["confusion"]).shape == (3, 3)
+    assert metrics["test_count"] == 12  # cid's clips, from testing_list.txt
+    assert metrics["data"]["layout"] == "folders" and metrics["data"]["sample_rate"] == 16000
+    assert (float_dir / "confusion.png").is_file()
+
+    assert _cli(*_train_args(qat_dir, root, "data.split=official", "quant.mode=qat",
+                             f"quant.init_from={float_dir}", "train.epochs=1")) == 0
+    capsys.readouterr()
+    artifact = tmp_path / "model.lstmqz"
+    assert _cli("export", "--run", str(qat_dir), "--out", str(artifact)) == 0
+    assert "within the 36,864-byte budget" in capsys.readouterr().out
+
+    report_file = tmp_path / "eval.json"
+    assert _cli("eval", "--run", str(qat_dir), "--integer", "--quiet",
+                "--out", str(report_file)) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("qat-integer: accuracy") and "12 clips" in line
+    report = read_json(report_file)
+    assert report["classes"] == list(THREE) and set(report["per_class"]) == set(THREE)
+
+    assert _cli("predict", "--model", str(qat_dir), "--integer", str(root / "up")) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].split() == ["file", "label", "score"] and len(printed) == 2 + 12
+    assert all(row.split()[1] in THREE for row in printed[2:])
+    assert _cli("predict", "--model", str(artifact), "--json", str(root / "left")) == 0
+    predictions = json.loads(capsys.readouterr().out)["predictions"]
+    assert len(predictions) == 12 and {p["label"] for p in predictions} <= set(THREE)
+    assert all(0.0 < p["score"] <= 1.0 and len(p["logits"]) == 3 for p in predictions)
+    # The artifact and the run's integer path are the same model.
+    assert _cli("predict", "--model", str(qat_dir), "--integer", "--json",
+                str(root / "left")) == 0
+    from_run = json.loads(capsys.readouterr().out)["predictions"]
+    assert [p["logits"] for p in from_run] == [p["logits"] for p in predictions]
+
+
+def test_cli_refuses_a_class_count_that_differs_and_changed_data(make_folders_dataset,
+                                                                 tmp_path, capsys):
+    root = make_folders_dataset(THREE)
+    assert _cli(*_train_args(tmp_path / "x", root, "model.num_classes=10")) == 2
+    assert "model.num_classes is 10 but" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "run.json").exists()
+
+
+def test_api_on_a_twelve_class_manifest(make_manifest_dataset, tmp_path):
+    manifest = make_manifest_dataset(TWELVE, speakers=("ann", "bob", "cid"), takes=2)
+    config = lstmq.load_config(overrides=[f"data.path={manifest}", "data.split=official",
+                                          "data.val_fraction=0.25", *TINY])
+    data = lstmq.prepare_data(config, progress=False)
+    assert data.classes == TWELVE and len(data.test) == 24
+    metrics = lstmq.train_and_evaluate(config, tmp_path / "float", data, progress=False)
+    assert list(metrics["per_class"]) == list(TWELVE)
+    qat_config = lstmq.load_config(overrides=[
+        f"data.path={manifest}", "data.split=official", "data.val_fraction=0.25", *TINY,
+        *lstmq.finetune_overrides(tmp_path / "float", epochs=1)])
+    lstmq.train_and_evaluate(qat_config, tmp_path / "qat", data, progress=False)
+    run = lstmq.load_run(tmp_path / "qat")
+    assert run.classes == TWELVE
+    models = lstmq.integer_models(run)
+    logits = lstmq.predict_path(run, data.test, "qat-integer", models)
+    assert logits.shape == (1, 24, 12) and logits.dtype == np.int32
+    simulated = lstmq.predict_path(run, data.test, "qat")
+    assert np.mean(np.argmax(logits, -1) == np.argmax(simulated, -1)) >= 0.9
+    x = lstmq.quantize_input(models[0], data.test.x[:2, :16])
+    lstmq.audit_float_free(lstmq.predict_int, models[0], x,
+                           np.minimum(data.test.lengths[:2], 16).astype(np.int32))
+    report = lstmq.evaluate_run(tmp_path / "qat", integer=True, progress=False)
+    assert report["classes"] == list(TWELVE) and report["test_count"] == 24
+
+    # The recorded data is checked: an edited clip changes the fingerprint.
+    clip = manifest.parent / "audio" / "ann" / "w00-0.wav"
+    clip.write_bytes(clip.read_bytes()[:-2] + b"\x01\x00")
+    with pytest.raises(lstmq.DataError, match="fingerprint .* differs from the data"):
+        lstmq.evaluate_run(tmp_path / "qat", progress=False)
