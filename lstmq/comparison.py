@@ -87,8 +87,6 @@ def compare_paths(split_name: str, runs: dict[str, Run], test: SplitArrays) -> l
 
 def audit_paths(qat_run: Run, float_run: Run, test: SplitArrays) -> dict[str, Any]:
     """Float-free audit of the integer path (passes) and of the float/QAT applies (fail)."""
-    from lstmq.paths import numerics_for  # pylint: disable=import-outside-toplevel
-
     model = integer_models(qat_run)[0]
     x = test.x[:4, :32]
     lengths = np.minimum(test.lengths[:4], 32).astype(np.int32)
@@ -96,7 +94,7 @@ def audit_paths(qat_run: Run, float_run: Run, test: SplitArrays) -> dict[str, An
     result = {"integer": {"function": "lstmq.integer.predict_int", "float_free": True,
                           "equations": report.num_equations, "dtypes": sorted(report.dtypes)}}
     for name, run in (("float", float_run), ("qat", qat_run)):
-        module = model_from_config(run.config, run.derived, numerics_for(run, name))
+        module = model_from_config(run.config, run.derived, name)
         params = jax.tree_util.tree_map(lambda p: p[0], run.params)
         try:
             audit_float_free(lambda p, x_, l, m=module: m.apply({"params": p}, x_, l),

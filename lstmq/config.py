@@ -178,8 +178,22 @@ class Config:
     train: TrainConfig = TrainConfig()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Override:
+    """A ``--set`` value: parsed as YAML, and its text, for string fields (``0123`` stays
+    ``"0123"``, not the integer 123)."""
+
+    value: Any
+    text: str
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against a field annotation, converting only lossless cases."""
+    if isinstance(value, _Override):
+        if _admits_str(annotation) and not isinstance(value.value, (bool, type(None), list)) \
+                and not (value.value is None or isinstance(value.value, str)):
+            return _coerce(value.text, annotation, key)
+        return _coerce(value.value, annotation, key)
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         errors = []
@@ -219,6 +233,14 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     raise ConfigError(f"{key}: unsupported annotation {annotation}")
+
+
+def _admits_str(annotation: Any) -> bool:
+    if annotation is str:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(option is str for option in typing.get_args(annotation))
+    return False
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
@@ -269,8 +291,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of nested ``values`` with dotted overrides applied."""
+def apply_overrides(values: dict[str, Any], overrides: list[str],
+                    keep_text: bool = False) -> dict[str, Any]:
+    """Return a copy of nested ``values`` with dotted overrides applied (``keep_text``: as
+    ``_Override`` values that remember their text, for string fields)."""
     merged = yaml.safe_load(yaml.safe_dump(values)) or {}
     for text in overrides:
         key, value = parse_override(text)
@@ -280,7 +304,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key}: {part} is not a section")
-        node[parts[-1]] = value
+        node[parts[-1]] = _Override(value, text.split("=", 1)[1]) if keep_text else value
     return merged
 
 
@@ -317,7 +341,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         values = {k: v for k, v in values.items() if k != "about"}  # free-text run notes
     try:
-        return config_from_dict(apply_overrides(values, list(overrides)))
+        return config_from_dict(apply_overrides(values, list(overrides), keep_text=True))
     except ConfigError as error:
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{error}") from None

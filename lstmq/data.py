@@ -312,6 +312,7 @@ def download_archive(url: str, sha256: str | None, cache_dir: str | os.PathLike 
     import pooch  # pylint: disable=import-outside-toplevel
 
     cache = default_cache_dir(cache_dir)
+    pooch.get_logger().setLevel(logging.WARNING)  # its "Downloading ..." line: the bar says it
     try:
         path = pooch.retrieve(url, known_hash=f"sha256:{sha256}", path=cache, progressbar=progress)
     except ValueError as error:

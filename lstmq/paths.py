@@ -24,7 +24,7 @@ import numpy as np
 from lstmq.config import NUMERICS_PATHS
 from lstmq.integer import IntegerModel, convert_params, predict_int_split
 from lstmq.pipeline import SplitArrays
-from lstmq.runs import Run, model_from_config
+from lstmq.runs import Run, model_from_config, path_numerics
 
 PATHS = NUMERICS_PATHS
 _RUN_MODE = {"float": "float", "ptq-dynamic": "float", "ptq-static": "float",
@@ -61,13 +61,7 @@ def integer_path(run: Run) -> str:
 def numerics_for(run: Run, path: str) -> Any:
     """The numerics object a (non-integer) path injects into the model (None: float)."""
     check_path(run, path)
-    if path == "float":
-        return None
-    from lstmq.quant import QATNumerics  # pylint: disable=import-outside-toplevel
-
-    return QATNumerics(input_clip=run.derived.input_clip,
-                       weight_bits=run.config.quant.weight_bits,
-                       activations=path != "ptq-dynamic")
+    return path_numerics(run.config, run.derived, path)
 
 
 def integer_models(run: Run, path: str | None = None) -> list[dict[str, np.ndarray]]:
@@ -96,7 +90,8 @@ def predict_path(run: Run, split: SplitArrays, path: str | None = None,
     bucket = run.config.train.bucket_frames
     if path in INTEGER_PATHS:
         return predict_int_split(models or integer_models(run, path), split, batch_size, bucket)
-    model = model_from_config(run.config, run.derived, numerics_for(run, path))
+    check_path(run, path)
+    model = model_from_config(run.config, run.derived, path)
     predict = jax.jit(jax.vmap(lambda p, x, l: model.apply({"params": p}, x, l),
                                in_axes=(0, None, None)))
     return predict_split(predict, run.params, split, batch_size, bucket)

@@ -51,12 +51,24 @@ class Derived:
                    sample_rate=values.get("sample_rate"))
 
 
-def model_from_config(config: Config, derived: Derived, numerics: Any = None) -> LSTMClassifier:
-    """The classifier a config and its derived values describe, with ``numerics`` injected
-    (None: float; see ``lstmq.paths`` for the numerics of each path)."""
+def path_numerics(config: Config, derived: Derived, path: str) -> Any:
+    """The numerics a (non-integer) path injects: None for ``float``; AQT fake quant for
+    ``qat`` and ``ptq-static``; weight-only fake quant for ``ptq-dynamic``."""
+    if path == "float":
+        return None
+    from lstmq.quant import QATNumerics  # pylint: disable=import-outside-toplevel
+
+    return QATNumerics(input_clip=derived.input_clip, weight_bits=config.quant.weight_bits,
+                       activations=path != "ptq-dynamic")
+
+
+def model_from_config(config: Config, derived: Derived, path: str | None = None) -> LSTMClassifier:
+    """The classifier a config and its derived values describe, with the numerics of
+    ``path`` injected (default: as the config trains, ``quant.mode``; see ``lstmq.paths``)."""
     return LSTMClassifier(hidden=derived.hidden, layers=config.model.layers,
                           num_classes=derived.num_classes, dropout=config.model.dropout,
-                          numerics=numerics, readout=config.model.readout)
+                          numerics=path_numerics(config, derived, path or config.quant.mode),
+                          readout=config.model.readout)
 
 
 @dataclasses.dataclass(frozen=True)

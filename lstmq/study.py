@@ -25,7 +25,7 @@ from lstmq import comparison
 from lstmq.config import Config, load_config
 from lstmq.integer import predict_int, quantize_input
 from lstmq.io import atomic_write_json, atomic_write_text
-from lstmq.paths import integer_models, numerics_for, predict_path, trained_path
+from lstmq.paths import integer_models, predict_path
 from lstmq.pipeline import prepare_data
 from lstmq.recipes import ptq_qat_configs, train_or_reuse
 from lstmq.reports import (accuracy_summary, environment, format_accuracy, jsonable,
@@ -108,7 +108,7 @@ def time_paths(runs: dict[str, Any], test, batch: int = 256, latency_clips: int 
     for name, run_name in (("Task A float", "task_a"), ("float32 parity", "float32_budget"),
                            ("float", "float_int8_budget"), ("QAT", "qat")):
         run = runs[run_name]
-        model = model_from_config(run.config, run.derived, numerics_for(run, trained_path(run)))
+        model = model_from_config(run.config, run.derived)
         params = jax.tree_util.tree_map(lambda p: p[0], run.params)
         paths[name] = (jax.jit(lambda p, x_, l, m=model: m.apply({"params": p}, x_, l)),
                        params, False)

@@ -1,7 +1,9 @@
-"""Shared fixtures: synthetic WAV folders written per test, and the real FSDD archive.
+"""Shared fixtures: synthetic datasets written per test (FSDD names, class folders,
+manifests), and the real FSDD archive.
 
-Real-data tests take the archive from ``$LSTMQ_DATA`` (an archive, a folder of WAVs, or a
-folder holding the release archives) and are marked ``fsdd``; without it they skip.
+Real-data tests (marked ``fsdd``) take the archive from ``$LSTMQ_DATA`` (an archive, a folder
+of WAVs, or a folder holding the release archives), else download it once (checksummed) into
+the user cache; with neither they skip and say why.
 """
 
 from __future__ import annotations
@@ -60,14 +62,19 @@ def wav_folder(tmp_path: Path, write_wav) -> Path:
 
 @pytest.fixture(scope="session")
 def fsdd_archive() -> Path:
-    """The FSDD v1.0.10 recordings named by $LSTMQ_DATA (skips when unset)."""
-    given = os.environ.get("LSTMQ_DATA")
-    if not given:
-        pytest.skip("set LSTMQ_DATA to the FSDD v1.0.10 archive or the folder holding it")
+    """The FSDD v1.0.10 recordings: $LSTMQ_DATA when set, else the checksummed download into
+    the user cache (skips, saying why, when neither is available)."""
     from lstmq.config import DataConfig  # pylint: disable=import-outside-toplevel
-    from lstmq.data import locate_recordings  # pylint: disable=import-outside-toplevel
+    from lstmq.data import (  # pylint: disable=import-outside-toplevel
+        DataUnavailableError, download_archive, expected_sha256, locate_recordings)
 
-    return locate_recordings(given, DataConfig().sha256)
+    given = os.environ.get("LSTMQ_DATA")
+    if given:
+        return locate_recordings(given)
+    try:
+        return download_archive(DataConfig.url, expected_sha256(DataConfig()), progress=False)
+    except DataUnavailableError as error:
+        pytest.skip(f"FSDD is not available: {error}")
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,8 @@ def test_dict_round_trip_of_non_defaults():
     ("train.learning_rate=0.5e-3", "train", "learning_rate", 5e-4),
     ("data.path=null", "data", "path", None),
     ("data.path=some/folder", "data", "path", "some/folder"),
+    ("data.path=3", "data", "path", "3"),  # a string field keeps the text as typed
+    ("data.test_speaker=007", "data", "test_speaker", "007"),
     ("quant.input_clip=3", "quant", "input_clip", 3.0),
     ("model.hidden=auto", "model", "hidden", "auto"),
     ("model.hidden=48", "model", "hidden", 48),
@@ -93,7 +95,7 @@ def test_later_override_wins_and_file_values_are_kept(tmp_path):
     ("model.hidden=null", "model.hidden"),
     ("data.split=sideways", "data.split"),
     ("features.cache=1", "features.cache"),
-    ("data.path=3", "data.path"),
+    ("data.path=[3]", "data.path"),
     ("train=5", "train"),  # a section given a scalar
 ])
 def test_bad_override_names_the_key(override, named):

@@ -19,7 +19,7 @@ from lstmq.pipeline import prepare_data
 from lstmq.paths import predict_path
 from lstmq.recipe import calibrate_input_clip
 from lstmq.runner import train_and_evaluate
-from lstmq.runs import load_run
+from lstmq.runs import load_run, model_from_config
 from lstmq.train import Trainer, create_train_states
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -278,7 +278,7 @@ def test_qat_run_with_solved_hidden_size_fine_tunes_a_float_run(wav_folder, tmp_
         calibrate_input_clip(frames, 99.99)  # padding is not counted
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_count"] == 40
     loaded = load_run(workdir)
-    assert loaded.config.quant.mode == "qat"
+    assert model_from_config(loaded.config, loaded.derived).numerics is not None
     assert loaded.derived.hidden == 8
     # It started from the float run's first seed, not from a random init.
     assert len(starts) == 1
@@ -287,6 +287,12 @@ def test_qat_run_with_solved_hidden_size_fine_tunes_a_float_run(wav_folder, tmp_
     for start, source in zip(jax.tree_util.tree_leaves(starts[0]),
                              jax.tree_util.tree_leaves(float_params)):
         np.testing.assert_array_equal(start, source)
+
+    # It trained through the fake quantization: the same fine-tuning in float ends elsewhere.
+    run(wav_folder, tmp_path / "float_tuned", data, **{
+        "model.hidden": "auto", "budget.bytes": budget, "quant.mode": "float",
+        "quant.init_from": str(tmp_path / "float"), "train.epochs": 1, "train.seeds": 1})
+    assert not tree_equal(load_run(tmp_path / "float_tuned").params, loaded.params)
 
     # A float run of another hidden size cannot seed this one.
     with pytest.raises(CheckpointError, match="hidden"):

@@ -114,3 +114,19 @@ def test_api_on_a_twelve_class_manifest(make_manifest_dataset, tmp_path):
     clip.write_bytes(clip.read_bytes()[:-2] + b"\x01\x00")
     with pytest.raises(lstmq.DataError, match="fingerprint .* differs from the data"):
         lstmq.evaluate_run(tmp_path / "qat", progress=False)
+
+
+def test_missing_data_is_one_line_that_says_how_to_point_at_a_copy(tmp_path, monkeypatch,
+                                                                   capsys):
+    monkeypatch.delenv("LSTMQ_DATA", raising=False)
+    monkeypatch.setenv("LSTMQ_CACHE", str(tmp_path / "cache"))
+    unreachable = ["--set", "data.url=http://127.0.0.1:9/fsdd.tar.gz",  # nothing listens
+                   "--set", f"data.sha256={'0' * 64}"]
+    for command in (["train", "--out", str(tmp_path / "run")],
+                    ["reproduce", "--quick", "--out", str(tmp_path / "study")]):
+        assert main([*command, *unreachable]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert "cannot download" in err[0] and "LSTMQ_DATA" in err[0]
+    assert main(["train", "--out", str(tmp_path / "run"), "--set", "data.format=folders"]) == 2
+    assert "set data.path or $LSTMQ_DATA" in capsys.readouterr().err
