@@ -162,7 +162,6 @@ class TrainConfig:
     batch_shards: int = 1  # threads each batch is split over (gradients summed); divides batch_size
     bucket_frames: int = 16  # pad each batch to a multiple of this many frames
     select: Literal["last", "best_val"] = "best_val"  # which epoch's parameters are kept
-    log_every: int = 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -92,7 +92,6 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.seed_threads": (_non_negative, "0 (one per seed) or more"),
     "train.batch_shards": (_positive, "at least 1"),
     "train.bucket_frames": (_positive, "at least 1"),
-    "train.log_every": (_positive, "at least 1"),
 }
 
 

@@ -42,7 +42,7 @@ from lstmq.train import Trainer, create_train_states, select_best
 
 log = logging.getLogger("lstmq")
 # Settings that change how a run executes, not what it computes: may differ on resume.
-EXECUTION_KEYS = ("train.seed_threads", "train.log_every", "features.workers", "features.cache",
+EXECUTION_KEYS = ("train.seed_threads", "features.workers", "features.cache",
                   "data.path", "data.source", "data.cache_dir", "data.tfds_manual_dir")
 RUN_FILES = ("run.json", "training.json", "params.msgpack", "metrics.json", "history.json",
              "confusion.png", "history.png")
