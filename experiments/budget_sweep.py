@@ -23,7 +23,7 @@ import numpy as np
 
 from experiments import common
 from lstmq.budget import Precision, count_artifact_bytes, solve_hidden_size
-from lstmq.export import stored_arrays
+from lstmq.artifact import stored_arrays
 from lstmq.paths import integer_models, predict_path
 from lstmq.pipeline import prepare_data
 from lstmq.recipes import float_and_qat

@@ -39,7 +39,8 @@ _EXPORTS = {
     "lstmq.evaluate": ("classification_metrics",),
     "lstmq.audit": ("audit_float_free",),
     "lstmq.budget": ("solve_hidden_size", "count_bytes", "model_bytes", "Precision"),
-    "lstmq.export": ("export_run", "write_artifact", "load_artifact", "write_c_header"),
+    "lstmq.export": ("export_run", "write_c_header"),
+    "lstmq.artifact": ("write_artifact", "load_artifact"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

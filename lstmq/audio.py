@@ -10,6 +10,7 @@ is refused naming the file.
 from __future__ import annotations
 
 import io
+import re
 import struct
 
 import numpy as np
@@ -53,7 +54,9 @@ def decode_wav(data: bytes, where: str) -> tuple[np.ndarray, int]:
             kind, rate = file.format, file.samplerate
             audio = file.read(dtype="float32", always_2d=True)
     except (RuntimeError, ValueError, TypeError, EOFError, soundfile.LibsndfileError) as error:
-        raise AudioError(f"{where}: not a readable WAV file ({error})") from None
+        reason = re.sub(r"Error opening <_io\.BytesIO object at 0x[0-9a-f]+>: ?", "",
+                        str(error)).strip()
+        raise AudioError(f"{where}: not a readable WAV file ({reason})") from None
     if kind not in WAV_FORMATS:
         raise AudioError(f"{where}: {kind} audio, not a WAV file")
     missing = riff_data_shortfall(data)

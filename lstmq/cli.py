@@ -150,12 +150,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted."""
+
+    @property
+    def stream(self):  # noqa: D401 - logging's attribute
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
     """lstmq's own messages (resumes, notes about skipped files) on stderr; other libraries'
     only from WARNING. A handler of its own, since importing orbax configures the root."""
     logger = logging.getLogger("lstmq")
     if not any(getattr(h, "_lstmq", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
         handler._lstmq = True  # pylint: disable=protected-access
         logger.addHandler(handler)

@@ -15,7 +15,7 @@ import numpy as np
 
 from lstmq.audit import FloatFoundError, audit_float_free
 from lstmq.budget import Precision, count_artifact_bytes, model_bytes
-from lstmq.export import stored_arrays
+from lstmq.artifact import stored_arrays
 from lstmq.integer import predict_int, quantize_input
 from lstmq.paths import INTEGER_PATHS, SIMULATED_BY, agreement, integer_models, predict_path
 from lstmq.pipeline import SplitArrays

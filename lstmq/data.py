@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from lstmq.audio import AudioError, conform, decode_wav
 from lstmq.config import DataConfig
+from lstmq.io import FolderLock
 from lstmq.layouts import FSDD_CLASSES, Entry, LayoutError, parse_fsdd_name, read_entries
 from lstmq.sources import FileTree, SourceError, is_archive, open_files, open_tree
 
@@ -314,7 +315,10 @@ def download_archive(url: str, sha256: str | None, cache_dir: str | os.PathLike 
     cache = default_cache_dir(cache_dir)
     pooch.get_logger().setLevel(logging.WARNING)  # its "Downloading ..." line: the bar says it
     try:
-        path = pooch.retrieve(url, known_hash=f"sha256:{sha256}", path=cache, progressbar=progress)
+        with FolderLock(cache):  # one download at a time; leftovers of a killed one go
+            _remove_partial_downloads(cache)
+            path = pooch.retrieve(url, known_hash=f"sha256:{sha256}", path=cache,
+                                  progressbar=progress)
     except ValueError as error:
         if "does not match the known hash" not in str(error):
             raise DataUnavailableError(_unavailable(url, error)) from None
@@ -324,7 +328,6 @@ def download_archive(url: str, sha256: str | None, cache_dir: str | os.PathLike 
             f"(the download was deleted from {cache})"
         ) from None
     except OSError as error:  # requests' exceptions are OSErrors
-        _remove_partial_downloads(cache)
         raise DataUnavailableError(_unavailable(url, error)) from None
     return Path(path)
 
@@ -337,9 +340,11 @@ def _unavailable(url: str, error: Exception) -> str:
 
 
 def _remove_partial_downloads(cache: Path) -> None:
-    """pooch downloads into a temporary file beside the target; a failed one may stay."""
+    """pooch downloads into a ``tmp*`` file beside the target; a killed download leaves it
+    (called under the cache's lock, so no download is under way)."""
     for leftover in cache.glob("tmp*") if cache.is_dir() else ():
         if leftover.is_file():
+            log.info("removing %s, left by an interrupted download", leftover)
             leftover.unlink(missing_ok=True)
 
 

@@ -163,7 +163,7 @@ def run_predictor(directory: str | Path, path: str | None = None, integer: bool 
 
 def artifact_predictor(artifact: str | Path) -> Predictor:
     """A predictor of an exported integer artifact (its front end from the manifest)."""
-    from lstmq.export import ArtifactError, load_artifact
+    from lstmq.artifact import ArtifactError, load_artifact
     from lstmq.integer import predict_int_split
 
     model, manifest = load_artifact(artifact)

@@ -22,7 +22,7 @@ import numpy as np
 
 from lstmq import fixedpoint as fx
 from lstmq.recipe import (CELL_FRAC_BITS, GATE_FRAC_BITS, HIDDEN_FRAC_BITS, INTEGER_WEIGHT_BITS,
-                          PREACT_FRAC_BITS, RECIPE_VERSION)
+                          PREACT_FRAC_BITS)
 
 IntegerModel = Mapping[str, np.ndarray]
 _HIDDEN_SCALE = 2.0**-HIDDEN_FRAC_BITS
@@ -71,7 +71,7 @@ def convert_params(params: Mapping[str, Any], input_clip: float, weight_bits: in
     """
     if readout not in READOUTS:
         raise ConversionError(f"model.readout must be one of {READOUTS}, got {readout!r}")
-    if weight_bits not in (4, 8):
+    if weight_bits not in INTEGER_WEIGHT_BITS:
         raise ConversionError(f"integer weights must be 4 or 8 bits (int8 matmuls), got {weight_bits}")
     layers = sorted((k for k in params if re.fullmatch(r"lstm_\d+", k)), key=lambda k: int(k[5:]))
     arrays: dict[str, np.ndarray] = {}

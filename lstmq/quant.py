@@ -21,10 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
 from aqt.jax.v2 import aqt_dot_general, calibration
 from aqt.jax.v2 import config as aqt_config
 from aqt.jax.v2.flax import aqt_flax

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lstmq.evaluate import save_figure, summarize  # noqa: F401 - one figure writer
+from lstmq.evaluate import save_figure, summarize  # noqa: F401 - save_figure: for studies
 from lstmq.io import atomic_write_json, atomic_write_text
 
 SHARED_MACHINE_NOTE = ("Timings come from a shared machine: other jobs may have been running "

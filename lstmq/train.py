@@ -289,7 +289,6 @@ def predict_split(predict: Callable, params: Any, split: SplitArrays, batch_size
     """Run a jitted ``predict(params, x, lengths)`` over a split in length-sorted chunks."""
     order = np.argsort(split.lengths, kind="stable")
     batch_size = max(1, min(batch_size, len(order)))  # small splits: no padding to a full batch
-    outputs = [None] * len(order)
     chunks = []
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]

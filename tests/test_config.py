@@ -184,8 +184,16 @@ def test_configs_are_frozen():
 
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "experiments"
-                                         / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_experiment_config_loads(path):
+BUILTIN = sorted((Path(__file__).resolve().parents[1] / "lstmq" / "configs").glob("*.yaml"))
+
+
+def test_the_builtin_configs_are_found():
+    assert [p.stem for p in BUILTIN] == ["task_a", "task_b_float", "task_b_qat", "task_b_speaker"]
+
+
+@pytest.mark.parametrize("path", BUILTIN, ids=lambda p: p.name)
+def test_every_builtin_config_loads_by_path_and_by_name(path):
     config = load_config(path)
     assert config.model.layers >= 1 and config.train.epochs >= 1
+    assert load_config(path.stem) == config
+    assert "Run:" in path.read_text() and "Result:" in path.read_text()  # a short header

@@ -17,9 +17,11 @@ import pytest
 
 from lstmq import budget
 from lstmq.budget import Precision
-from lstmq.export import (ArtifactError, load_artifact, pack_int4, stored_arrays, unpack_int4,
-                          write_artifact, write_c_header)
-from lstmq.integer import MEAN_READOUT, RECIPE_VERSION, convert_params, predict_int, quantize_input
+from lstmq.artifact import (ArtifactError, load_artifact, pack_int4, stored_arrays, unpack_int4,
+                            write_artifact)
+from lstmq.export import write_c_header
+from lstmq.integer import MEAN_READOUT, convert_params, predict_int, quantize_input
+from lstmq.recipe import RECIPE_VERSION
 from lstmq.model import LSTMClassifier
 from lstmq.quant import QATNumerics
 
@@ -155,8 +157,11 @@ def test_export_refuses_bytes_that_differ_from_the_budget(tmp_path):
 # --- errors -----------------------------------------------------------------------------
 
 
-def rewrite(src: Path, dst: Path, members=None, manifest=None) -> Path:
-    """Copies an artifact, replacing (bytes) or dropping (None) members, editing the manifest."""
+def rewrite(src: Path, dst: Path, members=None, manifest=None, resign: bool = True) -> Path:
+    """Copies an artifact, replacing (bytes) or dropping (None) members, editing the manifest
+    (and, with ``resign``, recomputing its checksum, so that the deeper checks must fire)."""
+    from lstmq.artifact import manifest_checksum
+
     members = members or {}
     with zipfile.ZipFile(src) as old, zipfile.ZipFile(dst, "w") as new:
         for info in old.infolist():
@@ -164,6 +169,8 @@ def rewrite(src: Path, dst: Path, members=None, manifest=None) -> Path:
             if info.filename == "manifest.json" and manifest is not None:
                 values = json.loads(data)
                 manifest(values)
+                if resign:
+                    values["manifest_sha256"] = manifest_checksum(values)
                 data = json.dumps(values).encode()
             if data is not None:
                 new.writestr(info.filename, data)

@@ -1,0 +1,485 @@
+"""No silent wrong answer: each case a hostile user tried becomes a clear error (naming the
+file or key, exit code 2 on the command line) or a correct result.
+
+Numbered as in docs/reliability.md. Trainings here are tiny (one layer of hidden 4, one
+seed, one epoch) on the synthetic FSDD-named folder.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import logging
+import os
+import struct
+import subprocess
+import sys
+import tarfile
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from lstmq import data
+from lstmq.artifact import ArtifactError, load_artifact, manifest_checksum
+from lstmq.checkpoint import CheckpointError
+from lstmq.cli import main
+from lstmq.config import ConfigError, load_config
+from lstmq.data import DataError
+from lstmq.io import FolderLock, FolderLockedError, atomic_write_json, read_json
+from lstmq.pipeline import prepare_data
+from lstmq.runner import RunFolderError, TrainingDivergedError, train_and_evaluate
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Implicit conversion of an array to a dtype:DeprecationWarning")
+
+
+def tiny(folder, *extra) -> list[str]:
+    return [f"data.path={folder}", "data.split=official", "data.val_fraction=0",
+            "features.cache=false", "model.hidden=4", "model.layers=1", "train.seeds=1",
+            "train.batch_size=8", "train.epochs=1", *extra]
+
+
+def train(folder, out, *extra, **options):
+    return train_and_evaluate(load_config(overrides=tiny(folder, *extra)), out, progress=False,
+                              **options)
+
+
+def make_tar(folder: Path, target: Path) -> Path:
+    with tarfile.open(target, "w:gz") as archive:
+        for wav in sorted(folder.iterdir()):
+            archive.add(wav, arcname=f"release/recordings/{wav.name}")
+    return target
+
+
+def flipped(path: Path, target: Path, positions, mask: int = 0xFF) -> Path:
+    raw = bytearray(path.read_bytes())
+    for p in positions:
+        raw[p] ^= mask
+    target.write_bytes(bytes(raw))
+    return target
+
+
+# 1. corrupted archives -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["middle", "end", "one bit"])
+def test_1_a_corrupted_tar_gz_is_refused(wav_folder, tmp_path, where):
+    archive = make_tar(wav_folder, tmp_path / "good.tar.gz")
+    size = archive.stat().st_size
+    positions, mask = {"middle": (range(size // 2, size // 2 + 16), 0xFF),
+                       "end": (range(size - 40, size - 24), 0xFF),
+                       "one bit": ([size // 3], 0x04)}[where]
+    bad = flipped(archive, tmp_path / "bad.tar.gz", positions, mask)
+    with pytest.raises(DataError, match="corrupted or unreadable archive") as error:
+        data.load_recordings(bad)
+    assert str(bad) in str(error.value)
+
+
+def test_1_a_corrupted_zip_member_is_refused(wav_folder, tmp_path):
+    target = tmp_path / "good.zip"
+    with zipfile.ZipFile(target, "w") as archive:  # stored: the flipped byte is audio data
+        for wav in sorted(wav_folder.iterdir()):
+            archive.write(wav, arcname=f"recordings/{wav.name}")
+    bad = flipped(target, tmp_path / "bad.zip", [target.stat().st_size // 2])
+    with pytest.raises(DataError, match="CRC|corrupted"):
+        data.load_recordings(bad)
+
+
+def test_1_a_known_release_name_or_a_configured_sha256_must_match(wav_folder, tmp_path):
+    fake = make_tar(wav_folder, tmp_path / "free-spoken-digit-dataset-1.0.10.tar.gz")
+    with pytest.raises(DataError, match="checksum mismatch: the known release"):
+        data.load_recordings(fake)
+    other = make_tar(wav_folder, tmp_path / "mine.tar.gz")
+    assert len(data.load_recordings(other)) == 100  # unknown name, no sha256: CRC only
+    with pytest.raises(DataError, match="checksum mismatch: data.sha256"):
+        data.load_recordings(other, sha256="0" * 64)
+    config = load_config(overrides=[f"data.path={other}", f"data.sha256={'1' * 64}"])
+    with pytest.raises(DataError, match="checksum mismatch"):
+        data.load_dataset(config.data)
+
+
+# 2, 3, 5. run folders ----------------------------------------------------------------------
+
+
+def test_2_a_folder_of_another_config_is_refused_unless_overwritten(wav_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(wav_folder, out)
+    before = (out / "metrics.json").read_bytes()
+    with pytest.raises(RunFolderError, match=r"data.split \('official' -> 'random'\)"):
+        train(wav_folder, out, "data.split=random")
+    assert (out / "metrics.json").read_bytes() == before
+    args = ["train", "--out", str(out), "--quiet"]
+    for override in tiny(wav_folder, "data.split=random"):
+        args += ["--set", override]
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    assert read_json(out / "run.json")["config"]["data"]["split"] == "random"
+    assert read_json(out / "metrics.json")["data"]["fingerprint"]
+
+
+def test_2_other_data_in_the_same_folder_is_refused(wav_folder, tmp_path, write_wav):
+    out = tmp_path / "run"
+    train(wav_folder, out)
+    write_wav(wav_folder / "3_alice_9.wav", np.zeros(800, np.int16))  # the data changed
+    with pytest.raises(RunFolderError, match="trained on other data"):
+        train(wav_folder, out, "train.epochs=2")
+
+
+def test_3_a_locked_folder_is_refused_in_and_across_processes(wav_folder, tmp_path):
+    out = tmp_path / "run"
+    with FolderLock(out), pytest.raises(FolderLockedError, match="another lstmq process"):
+        train(wav_folder, out)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from lstmq.io import FolderLock
+        with FolderLock({str(out)!r}):
+            print("locked", flush=True)
+            time.sleep(30)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FolderLockedError):
+            train(wav_folder, out)
+    finally:
+        holder.kill()
+        holder.wait()
+    train(wav_folder, out)  # the lock died with its process
+
+
+def test_5_a_failed_rerun_leaves_the_finished_run_intact(wav_folder, tmp_path):
+    out = tmp_path / "run"
+    train(wav_folder, out)
+    saved = {name: (out / name).read_bytes() for name in ("run.json", "params.msgpack",
+                                                          "metrics.json")}
+    for path in (out / "checkpoints").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    with pytest.raises((CheckpointError, ValueError, OSError)):
+        train(wav_folder, out, "train.epochs=2")
+    assert {name: (out / name).read_bytes() for name in saved} == saved
+    from lstmq.inference import evaluate_run
+
+    assert evaluate_run(out, progress=False)["test_count"] == 40
+
+
+# 4. non-finite values --------------------------------------------------------------------
+
+
+def test_4_huge_samples_are_refused_naming_the_clip(wav_folder, write_wav):
+    huge = np.full(1600, 1e30, np.float32) * np.sign(np.sin(np.arange(1600)))
+    write_wav(wav_folder / "3_alice_9.wav", huge, subtype="FLOAT")
+    with pytest.raises(DataError, match="3_alice_9.wav: its features hold NaN or infinite"):
+        prepare_data(load_config(overrides=tiny(wav_folder)), progress=False)
+
+
+def test_4_a_diverging_training_stops_and_writes_no_nan(wav_folder, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match="not finite in epoch 1"):
+        train(wav_folder, out, "train.learning_rate=1e30", "train.grad_clip=0",
+              "train.epochs=3", "train.warmup_epochs=0")
+    assert not (out / "metrics.json").exists() and not (out / "run.json").exists()
+    for path in out.rglob("*.json"):
+        json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in {path}"))
+
+
+def test_4_nan_settings_and_nan_results_never_pass(tmp_path):
+    with pytest.raises(ConfigError, match="train.learning_rate: must be a finite number"):
+        load_config(overrides=["train.learning_rate=.nan"])
+    with pytest.raises(ValueError, match="non-finite"):
+        atomic_write_json(tmp_path / "x.json", {"accuracy": float("nan")})
+    assert not (tmp_path / "x.json").exists()
+
+
+# 6. the byte budget at export --------------------------------------------------------------
+
+
+def test_6_one_weight_width_and_the_budget_enforced_at_export(wav_folder, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="budget.weight_bits"):
+        load_config(overrides=["budget.weight_bits=4"])  # one source: quant.weight_bits
+    out = tmp_path / "run"
+    train(wav_folder, out, "quant.mode=qat", "model.hidden=auto", "budget.bytes=4096")
+    assert main(["export", "--run", str(out), "--out", str(tmp_path / "m.lstmqz")]) == 0
+    assert "within the 4,096-byte budget" in capsys.readouterr().out
+    record = read_json(out / "run.json")
+    record["config"]["budget"]["bytes"] = 1000  # a run whose model no longer fits its budget
+    atomic_write_json(out / "run.json", record)
+    assert main(["export", "--run", str(out), "--out", str(tmp_path / "n.lstmqz")]) == 2
+    assert "over the budget of 1,000" in capsys.readouterr().err
+    assert not (tmp_path / "n.lstmqz").exists()
+
+
+# 7. config values ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override, key", [
+    ("quant.weight_bits=3", "quant.weight_bits"),
+    ("quant.activation_bits=8", "quant.activation_bits"),
+    ("model.dropout=-0.1", "model.dropout"),
+    ("model.dropout=1.0", "model.dropout"),
+    ("train.learning_rate=0", "train.learning_rate"),
+    ("train.learning_rate=-0.001", "train.learning_rate"),
+    ("train.grad_clip=-1", "train.grad_clip"),
+    ("train.warmup_epochs=-1", "train.warmup_epochs"),
+    ("augment.copies=-2", "augment.copies"),
+    ("train.epochs=0", "train.epochs"),
+    ("train.epochs=-3", "train.epochs"),
+    ("quant.input_clip=0", "quant.input_clip"),
+    ("model.layers=0", "model.layers"),
+    ("features.hop_ms=0", "features.hop_ms"),
+    ("features.n_mfcc=0", "features.n_mfcc"),
+    ("data.path=", "data.path"),
+    ("model.num_classes=1", "model.num_classes"),
+    ("train.batch_shards=3", "train.batch_shards"),
+    ("=3", "empty key"),
+])
+def test_7_bad_values_are_refused_naming_the_key(override, key, capsys, tmp_path):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(overrides=[override])
+    assert main(["train", "--out", str(tmp_path / "x"), "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert key in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_7_duplicate_yaml_keys_are_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 3\n  epochs: 5\n")
+    with pytest.raises(ConfigError, match="duplicate key 'epochs'") as error:
+        load_config(path)
+    assert str(path) in str(error.value)
+
+
+# 8. artifacts ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    from lstmq.artifact import write_artifact
+    from lstmq.integer import convert_params
+    from lstmq.model import LSTMClassifier
+
+    import jax
+    import jax.numpy as jnp
+
+    model = LSTMClassifier(hidden=6, layers=1, num_classes=3)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 5)), jnp.ones((1,), jnp.int32))
+    integer = convert_params(jax.tree_util.tree_map(np.asarray, params["params"]), 3.0)
+    path = tmp_path_factory.mktemp("artifact") / "model.lstmqz"
+    write_artifact(integer, path, 8)
+    return path
+
+
+def _edit(src: Path, dst: Path, tensor: str | None = None, array=None, manifest=None,
+          resign: bool = True) -> Path:
+    """A tampered copy: one tensor replaced (its sha256 updated), the manifest edited."""
+    with zipfile.ZipFile(src) as old:
+        members = {i.filename: old.read(i) for i in old.infolist()}
+    values = json.loads(members["manifest.json"])
+    if tensor is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        members[f"tensors/{tensor}.npy"] = buffer.getvalue()
+        entry = next(t for t in values["tensors"] if t["name"] == tensor)
+        entry["sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    if manifest is not None:
+        manifest(values)
+    if resign:
+        values["manifest_sha256"] = manifest_checksum(values)
+    members["manifest.json"] = json.dumps(values).encode()
+    with zipfile.ZipFile(dst, "w") as new:
+        for name, blob in members.items():
+            new.writestr(name, blob)
+    return dst
+
+
+def test_8_shifts_and_multipliers_out_of_range_are_refused(artifact, tmp_path):
+    model, _ = load_artifact(artifact)
+    shift = model["lstm_0/input/requant_shift"].copy()
+    shift[0] = 100
+    with pytest.raises(ArtifactError, match=r"requant_shift holds 100, outside \[-31, 31\]"):
+        load_artifact(_edit(artifact, tmp_path / "a.lstmqz", "lstm_0/input/requant_shift", shift))
+    multiplier = model["lstm_0/cell/recurrent/requant_multiplier"].copy()
+    multiplier[1] = -5
+    with pytest.raises(ArtifactError, match="requant_multiplier holds -5"):
+        load_artifact(_edit(artifact, tmp_path / "b.lstmqz",
+                            "lstm_0/cell/recurrent/requant_multiplier", multiplier))
+
+
+def test_8_a_member_declaring_gigabytes_is_refused_before_it_is_read(artifact, tmp_path):
+    raw = bytearray(artifact.read_bytes())
+    name = b"tensors/lstm_0/input/kernel.npy"
+    central = raw.rfind(b"PK\x01\x02", 0, raw.rfind(name))  # its central directory entry
+    struct.pack_into("<I", raw, central + 24, 2**31)  # uncompressed size: 2 GiB
+    bad = tmp_path / "big.lstmqz"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError, match="declares 2,147,483,648 bytes"):
+        load_artifact(bad)
+
+
+def test_8_a_missing_shape_or_an_absurd_npy_header_is_an_artifact_error(artifact, tmp_path):
+    def drop_shape(values):
+        del values["tensors"][0]["shape"]
+
+    with pytest.raises(ArtifactError, match="malformed tensor list"):
+        load_artifact(_edit(artifact, tmp_path / "a.lstmqz", manifest=drop_shape))
+    header = b"\x93NUMPY\x01\x00v\x00{'descr': '|i1', 'fortran_order': False, 'shape': (1000000000000,), }"
+    header = header.ljust(10 + 0x76 - 1) + b"\n"
+    name = "lstm_0/input/kernel"
+
+    def resign_blob(values):
+        entry = next(t for t in values["tensors"] if t["name"] == name)
+        entry["sha256"] = hashlib.sha256(header).hexdigest()
+
+    with zipfile.ZipFile(artifact) as old:
+        members = {i.filename: old.read(i) for i in old.infolist()}
+    members[f"tensors/{name}.npy"] = header
+    values = json.loads(members["manifest.json"])
+    resign_blob(values)
+    values["manifest_sha256"] = manifest_checksum(values)
+    members["manifest.json"] = json.dumps(values).encode()
+    bad = tmp_path / "npy.lstmqz"
+    with zipfile.ZipFile(bad, "w") as new:
+        for member, blob in members.items():
+            new.writestr(member, blob)
+    with pytest.raises(ArtifactError, match="1000000000000"):
+        load_artifact(bad)
+
+
+def test_8_the_manifest_protects_its_own_fields(artifact, tmp_path):
+    def to_mean(values):
+        values["readout"] = "mean"
+
+    with pytest.raises(ArtifactError, match="fails its checksum"):
+        load_artifact(_edit(artifact, tmp_path / "a.lstmqz", manifest=to_mean, resign=False))
+
+
+# 9, 10. tracebacks and silent losses -------------------------------------------------------
+
+
+def test_9_an_unreadable_wav_is_a_data_error(wav_folder, monkeypatch):
+    real = Path.read_bytes
+    target = wav_folder / "3_bob_5.wav"
+
+    def read_bytes(self):
+        if self == target:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(DataError, match="3_bob_5.wav: cannot be read \\(Permission denied\\)"):
+        data.load_recordings(wav_folder)
+
+
+def test_9_export_to_a_folder_and_ctrl_c_are_one_line(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert main(["export", "--run", str(tmp_path), "--out", str(folder)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+    import lstmq.runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lstmq.runner, "train_and_evaluate", interrupted)
+    assert main(["train", "--out", str(tmp_path / "r")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0]
+
+
+def test_10_dangling_links_and_unreadable_folders_are_reported(wav_folder, tmp_path,
+                                                               monkeypatch, caplog):
+    (wav_folder / "9_bob_8.wav").symlink_to(tmp_path / "gone.wav")
+    real_walk = os.walk
+
+    def walk(top, onerror=None, **kwargs):
+        onerror(PermissionError(13, "Permission denied", str(wav_folder / "locked")))
+        yield from real_walk(top, onerror=onerror, **kwargs)
+
+    monkeypatch.setattr(os, "walk", walk)
+    with caplog.at_level(logging.WARNING, logger="lstmq"):
+        dataset = data.load_recordings(wav_folder)
+    assert len(dataset) == 100
+    assert "9_bob_8.wav: dangling link; skipped" in caplog.text
+    assert "locked: folder cannot be read (Permission denied); skipped" in caplog.text
+
+
+def test_10_a_truncated_wav_is_refused(wav_folder):
+    path = wav_folder / "3_bob_5.wav"
+    path.write_bytes(path.read_bytes()[:-200])  # the header still declares the full length
+    with pytest.raises(DataError, match="3_bob_5.wav: truncated WAV file .*200 more bytes"):
+        data.load_recordings(wav_folder)
+
+
+# 11, 12. logging and smaller cases -------------------------------------------------------
+
+
+def test_11_a_resumed_run_says_so(wav_folder, tmp_path, capsys):
+    args = ["train", "--out", str(tmp_path / "run"), "--quiet"]
+    for override in tiny(wav_folder):
+        args += ["--set", override]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--set", "train.epochs=2"]) == 0
+    assert "resumed from epoch 1 of 2" in capsys.readouterr().err
+
+
+def test_12_a_killed_downloads_leftover_is_removed(tmp_path, wav_folder):
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = make_tar(wav_folder, served / "v.tar.gz")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "tmpk1ll3d").write_bytes(b"half a download")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v.tar.gz"
+        os.environ.setdefault("NO_PROXY", "127.0.0.1")
+        path = data.download_archive(url, data.file_sha256(archive), cache, progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert path.is_file() and not (cache / "tmpk1ll3d").exists()
+
+
+def test_12_eval_follows_the_runs_resampling_rule_and_names_files(wav_folder, tmp_path,
+                                                                 write_wav, synthetic_clip):
+    out = tmp_path / "run"
+    train(wav_folder, out)
+    other = tmp_path / "rate"
+    write_wav(other / "3_bob_5.wav", synthetic_clip(3, 1, 5, sample_rate=16000), 16000)
+    from lstmq.inference import evaluate_run
+
+    with pytest.raises(DataError, match="3_bob_5.wav: sample rate 16000 Hz, expected 8000"):
+        evaluate_run(out, data=other, progress=False)
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "3_bob_5.wav").write_bytes(b"RIFF not really audio" * 10)
+    with pytest.raises(DataError, match="not a readable WAV") as error:
+        data.load_recordings(corrupt)
+    assert "BytesIO" not in str(error.value)
+
+
+def test_12_an_unknown_key_in_run_json_names_the_file(wav_folder, tmp_path):
+    from lstmq.runs import load_run
+
+    out = tmp_path / "run"
+    train(wav_folder, out)
+    record = read_json(out / "run.json")
+    record["config"]["train"]["turbo"] = True
+    atomic_write_json(out / "run.json", record)
+    with pytest.raises(CheckpointError, match="run.json: unknown config key.*train.turbo"):
+        load_run(out)
