@@ -194,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    if args.command != "budget":
+        from lstmq.compilation import enable_persistent_cache
+
+        enable_persistent_cache()
     try:
         return args.handler(args)
     except KeyboardInterrupt:

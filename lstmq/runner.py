@@ -33,6 +33,7 @@ from lstmq import evaluate
 from lstmq.augment import make_spec_augment
 from lstmq.budget import hidden_from_config
 from lstmq.checkpoint import CheckpointError, TrainingCheckpoints, save_params
+from lstmq.compilation import enable_persistent_cache
 from lstmq.config import Config, config_to_dict
 from lstmq.io import FolderLock, atomic_write_json, read_json
 from lstmq.pipeline import PreparedData, SplitArrays, prepare_data
@@ -151,6 +152,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData |
       TrainingDivergedError: the loss became NaN or infinite (nothing of the epoch is kept).
     """
     workdir = Path(workdir)
+    enable_persistent_cache()
     with FolderLock(workdir):
         data = data or prepare_data(config, progress=progress)
         derived = derive(config, data)

@@ -150,3 +150,12 @@ def make_manifest_dataset(tmp_path: Path) -> Callable[..., Path]:
         return manifest
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache_of_the_session(tmp_path_factory):
+    """Trainings share one persistent XLA cache in a folder of this session (unless the
+    caller chose one with $LSTMQ_JAX_CACHE): the tiny models of many tests compile once."""
+    if not os.environ.get("LSTMQ_JAX_CACHE"):
+        os.environ["LSTMQ_JAX_CACHE"] = str(tmp_path_factory.mktemp("xla_cache"))
+    yield

@@ -7,7 +7,6 @@ import json
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from lstmq import evaluate, runner
 from lstmq.budget import Precision, model_bytes, solve_hidden_size
@@ -120,27 +119,10 @@ def test_plots_write_png_files(tmp_path):
 # whole runs ------------------------------------------------------------------------------
 #
 # Every run below trains the same small float model (one layer of hidden 8, 2 seeds, 2 epochs)
-# unless it says otherwise, so a persistent compilation cache (per test session) lets later
-# runs reuse the first run's XLA executables instead of compiling them again. One layer
-# halves the compile time of each new program; stacking is covered in test_model.py.
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache_for_runs(tmp_path_factory):
-    if jax.config.jax_compilation_cache_dir:  # the caller configured one: leave it
-        yield
-        return
-    saved = (jax.config.jax_persistent_cache_min_compile_time_secs,
-             jax.config.jax_persistent_cache_min_entry_size_bytes)
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    compilation_cache.reset_cache()
-    yield
-    jax.config.update("jax_compilation_cache_dir", None)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[0])
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", saved[1])
-    compilation_cache.reset_cache()
+# unless it says otherwise, so the persistent compilation cache (lstmq.compilation, on in
+# every training) lets later runs reuse the first run's XLA executables instead of compiling
+# them again. One layer halves the compile time of each new program; stacking is covered in
+# test_model.py.
 
 
 def tree_equal(a, b) -> bool:
