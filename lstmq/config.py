@@ -78,6 +78,7 @@ class DataConfig:
 class FeatureConfig:
     """MFCC extraction, in milliseconds and Hz so that any sample rate works unchanged."""
 
+    frontend: Literal["float", "integer"] = "float"  # librosa in float, or lstmq.frontend
     n_mfcc: int = 13
     window_ms: float = 32.0  # Hann window; the FFT is the next power of two (256 at 8 kHz)
     hop_ms: float = 16.0

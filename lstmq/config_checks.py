@@ -126,6 +126,9 @@ def _check_combinations(config: Config) -> None:
     if f.max_frames is not None and f.max_frames < f.min_frames:
         raise ConfigError(f"features.max_frames ({f.max_frames}) is below features.min_frames "
                           f"({f.min_frames})")
+    if f.frontend == "integer" and (f.deltas or f.trim_db is not None):
+        raise ConfigError("features.frontend=integer computes no deltas and trims no silence: "
+                          "set features.deltas=0 and features.trim_db=null")
     if f.fmax is not None and f.fmax <= f.fmin:
         raise ConfigError(f"features.fmax ({f.fmax}) must exceed features.fmin ({f.fmin})")
     if q.mode == "qat" and q.weight_bits not in (8, 4):

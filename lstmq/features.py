@@ -32,15 +32,13 @@ from lstmq.config import FeatureConfig
 from lstmq.data import DataError, Dataset, default_cache_dir
 
 FEATURE_VERSION = 2  # bump when extract_mfcc changes what it computes
-NORMALIZE_MODES = ("global", "utterance", "none")
 # A new worker spends ~3 s importing and warming up librosa, the time ~6000 FSDD clips
 # take serially (~0.5 ms each), so cfg.workers is an upper bound: one worker per this many
 # clips. FSDD itself (3000 clips) is featurized in-process.
 CLIPS_PER_WORKER = 5000
 _DELTA_WIDTH = 9
-_STD_FLOOR = 1e-6  # a constant coefficient (or a one-frame clip) is not blown up
 # Fields that change the features; workers and cache only change how they are obtained.
-_KEY_FIELDS = ("n_mfcc", "window_ms", "hop_ms", "n_mels", "fmin", "fmax", "deltas", "trim_db",
+_KEY_FIELDS = ("frontend", "n_mfcc", "window_ms", "hop_ms", "n_mels", "fmin", "fmax", "deltas", "trim_db",
                "top_db", "min_frames", "max_frames")
 _log = logging.getLogger(__name__)
 
@@ -157,6 +155,10 @@ def _extract_all(
 def feature_cache_key(dataset: Dataset, cfg: FeatureConfig) -> str:
     """sha256 of everything that determines the features of ``dataset``."""
     fields = {name: getattr(cfg, name) for name in _KEY_FIELDS}
+    if cfg.frontend == "integer":
+        from lstmq.frontend import FRONTEND_VERSION  # pylint: disable=import-outside-toplevel
+
+        fields["frontend_version"] = FRONTEND_VERSION
     spec = dict(fields, version=FEATURE_VERSION, librosa=librosa.__version__, clips=len(dataset),
                 sample_rate=dataset.sample_rate, fingerprint=dataset.fingerprint)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
@@ -172,6 +174,7 @@ def _read_cache(path: Path, key: str, count: int, width: int) -> tuple[np.ndarra
         valid = (
             stored_key == key and offsets.shape == (count + 1,) and offsets[0] == 0
             and np.all(np.diff(offsets) >= 0) and frames.ndim == 2 and frames.shape == (offsets[-1], width)
+            and frames.dtype in (np.float32, np.int32)
         )
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         _log.warning("feature cache %s is unreadable (%s); recomputing", path, error)
@@ -179,12 +182,13 @@ def _read_cache(path: Path, key: str, count: int, width: int) -> tuple[np.ndarra
     if not valid:
         _log.warning("feature cache %s does not match its key; recomputing", path)
         return None
-    return tuple(np.split(frames.astype(np.float32, copy=False), offsets[1:-1]))
+    return tuple(np.split(frames, offsets[1:-1]))
 
 
 def _write_cache(path: Path, key: str, features: Sequence[np.ndarray], width: int) -> None:
     """Write atomically (temporary file in the same folder, then rename)."""
     frames = np.concatenate(features) if features else np.zeros((0, width), np.float32)
+    # float32 MFCCs, or the integer front end's int32 values, stored as they are
     offsets = np.concatenate([[0], np.cumsum([len(f) for f in features])]).astype(np.int64)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,7 +218,8 @@ def compute_features(
     or the user cache. A corrupt or stale file is recomputed and replaced.
 
     Returns:
-      One <float32>[frames, F] array per clip, in dataset order.
+      One <float32>[frames, F] array per clip, in dataset order; with the integer front end
+      (``features.frontend: integer``) its <int32> values (``lstmq.frontend``).
     """
     width = num_features(cfg)
     if len(dataset) == 0:
@@ -227,9 +232,14 @@ def compute_features(
         cached = _read_cache(path, key, len(dataset), width)
         if cached is not None:
             return cached
-    requested = cfg.workers or os.cpu_count() or 1
-    workers = max(1, min(requested, len(dataset) // CLIPS_PER_WORKER))
-    features = _extract_all(dataset.audio, dataset.sample_rate, cfg, workers, progress)
+    if cfg.frontend == "integer":
+        from lstmq.frontend import dataset_features  # pylint: disable=import-outside-toplevel
+
+        features = dataset_features(dataset, cfg, progress)
+    else:
+        requested = cfg.workers or os.cpu_count() or 1
+        workers = max(1, min(requested, len(dataset) // CLIPS_PER_WORKER))
+        features = _extract_all(dataset.audio, dataset.sample_rate, cfg, workers, progress)
     for name, clip in zip(dataset.names, features):
         if not np.isfinite(clip).all():
             raise DataError(f"{dataset.source}: clip {name}: its features hold NaN or infinite "
@@ -237,76 +247,6 @@ def compute_features(
     if path is not None:
         _write_cache(path, key, features, width)
     return features
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Normalizer:
-    """Per-coefficient standardisation fitted on training clips only.
-
-    ``global``: (x - mean) / std with stats over all training frames. ``utterance``: each
-    clip is first standardised over its own frames (CMVN), then by global stats of the
-    CMVN'd training frames. ``none``: identity.
-    """
-
-    mean: np.ndarray  # <float32>[F]
-    std: np.ndarray  # <float32>[F]
-    mode: str = "global"
-
-    def apply(self, features: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
-        """<float32>[frames, F] arrays, normalised."""
-        out = []
-        for clip in features:
-            clip = np.asarray(clip, dtype=np.float32)
-            if clip.ndim != 2 or clip.shape[1] != self.mean.shape[0]:
-                raise ValueError(f"expected [frames, {self.mean.shape[0]}] features, got {clip.shape}")
-            if self.mode == "utterance":
-                clip = _cmvn(clip)
-            if self.mode != "none":
-                clip = ((clip - self.mean) / self.std).astype(np.float32)
-            out.append(clip)
-        return tuple(out)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return {"mode": self.mode, "mean": self.mean.tolist(), "std": self.std.tolist()}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Normalizer:
-        """Inverse of to_dict."""
-        mean = np.asarray(values["mean"], dtype=np.float32)
-        std = np.asarray(values["std"], dtype=np.float32)
-        if values["mode"] not in NORMALIZE_MODES or mean.ndim != 1 or mean.shape != std.shape:
-            raise ValueError(f"not a normalizer: mode {values['mode']!r}, shapes {mean.shape} {std.shape}")
-        return cls(mean=mean, std=std, mode=values["mode"])
-
-
-def _cmvn(clip: np.ndarray) -> np.ndarray:
-    clip = np.asarray(clip, dtype=np.float64)
-    std = np.maximum(clip.std(axis=0), _STD_FLOOR)
-    return ((clip - clip.mean(axis=0)) / std).astype(np.float32)
-
-
-def fit_normalizer(features: Sequence[np.ndarray], mode: str = "global") -> Normalizer:
-    """Fit normalisation statistics; pass the TRAINING clips' features only.
-
-    Args:
-      features: <float32>[frames, F] arrays.
-      mode: "global", "utterance" or "none".
-    """
-    if mode not in NORMALIZE_MODES:
-        raise ValueError(f"normalize mode {mode!r} is not one of {NORMALIZE_MODES}")
-    if len(features) == 0:
-        raise ValueError("cannot fit a normalizer on no clips")
-    widths = {np.shape(f)[-1] for f in features}
-    if len(widths) != 1:
-        raise ValueError(f"clips have different feature counts {sorted(widths)}")
-    width = widths.pop()
-    if mode == "none":
-        return Normalizer(np.zeros(width, np.float32), np.ones(width, np.float32), mode)
-    clips = [_cmvn(f) if mode == "utterance" else f for f in features]
-    frames = np.concatenate(clips).astype(np.float64)
-    std = np.maximum(frames.std(axis=0), _STD_FLOOR)
-    return Normalizer(frames.mean(axis=0).astype(np.float32), std.astype(np.float32), mode)
 
 
 def pad_batch(

@@ -19,7 +19,7 @@ import numpy as np
 from lstmq.audio import AudioError, conform, decode_wav
 from lstmq.config import Config, FeatureConfig
 from lstmq.data import DataError, Dataset, load_dataset, load_recordings
-from lstmq.features import Normalizer
+from lstmq.normalization import Normalizer
 from lstmq.pipeline import SplitArrays, prepare_recordings
 from lstmq.runner import test_report
 from lstmq.runs import Run, load_run

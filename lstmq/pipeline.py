@@ -12,7 +12,9 @@ import numpy as np
 from lstmq.augment import augment_dataset, waveform_augmentation_enabled
 from lstmq.config import Config
 from lstmq.data import DataError, Dataset, class_list, load_dataset
-from lstmq.features import Normalizer, compute_features, fit_normalizer, pad_batch
+from lstmq.features import compute_features, pad_batch
+from lstmq.normalization import Normalizer, fit_normalizer
+from lstmq.recipe import calibrate_input_clip
 from lstmq.splits import make_split
 
 
@@ -91,18 +93,24 @@ def prepare_data(config: Config, data_path: str | Path | None = None,
     check_class_count(config, dataset.num_classes, dataset.source)
     split = make_split(dataset, config.data)
     features = compute_features(dataset, config.features, progress=progress)
-    normalizer = fit_normalizer([features[i] for i in split.train], config.features.normalize)
-    bucket = config.train.bucket_frames
-    train = _arrays(dataset, features, split.train, normalizer, bucket)
+    copies = []  # (dataset, features) of each augmented copy of the training clips
     if waveform_augmentation_enabled(config.augment):
         originals = dataset.subset(split.train)
-        copies = [train]
         for copy in range(config.augment.copies):
             augmented = augment_dataset(originals, config.augment, config.train.seed, copy)
-            extra = compute_features(augmented, config.features, progress=progress)
-            copies.append(_arrays(augmented, extra, np.arange(len(augmented)), normalizer,
-                                  bucket))
-        train = concatenate_splits(copies)
+            copies.append((augmented, compute_features(augmented, config.features,
+                                                       progress=progress)))
+    train_features = [features[i] for i in split.train]
+    if config.features.frontend == "integer":
+        normalizer = _integer_normalizer(config, train_features,
+                                         [f for _, extra in copies for f in extra])
+    else:
+        normalizer = fit_normalizer(train_features, config.features.normalize)
+    bucket = config.train.bucket_frames
+    train = concatenate_splits([
+        _arrays(dataset, features, split.train, normalizer, bucket),
+        *(_arrays(augmented, extra, np.arange(len(augmented)), normalizer, bucket)
+          for augmented, extra in copies)])
     return PreparedData(
         train=train,
         val=_arrays(dataset, features, split.val, normalizer, bucket),
@@ -158,6 +166,20 @@ def prepare_arrays(x: np.ndarray, lengths: np.ndarray, labels, config: Config,
     info = dataclasses.replace(DataInfo.of(dataset), sample_rate=None)
     return PreparedData(*(_arrays(dataset, features, idx, normalizer, bucket)
                           for idx in (split.train, split.val, split.test)), normalizer, info)
+
+
+def _integer_normalizer(config: Config, train: list[np.ndarray],
+                        copies: list[np.ndarray]) -> Normalizer:
+    """Training statistics of the integer front end's values, and the int8 input clip: given
+    (``quant.input_clip``) or calibrated on the standardised training frames (copies too)."""
+    from lstmq.frontend import value_scale  # pylint: disable=import-outside-toplevel
+
+    scale = value_scale(config.features)
+    mode = "none" if config.features.normalize == "none" else "global"
+    normalizer = fit_normalizer(train, mode, value_scale=scale)
+    clip = config.quant.input_clip or calibrate_input_clip(
+        [normalizer.standardize(f) for f in (*train, *copies)], config.quant.input_percentile)
+    return normalizer.with_quantizer(clip, scale)
 
 
 def check_class_count(config: Config, count: int, source: str) -> None:

@@ -58,14 +58,21 @@ class TrainingDivergedError(RuntimeError):
 
 
 def derive(config: Config, data: PreparedData) -> Derived:
-    clip = config.quant.input_clip or calibrate_input_clip(
+    clip = data.normalizer.input_clip or config.quant.input_clip or calibrate_input_clip(
         data.train.x, config.quant.input_percentile, data.train.lengths)
     hidden = hidden_from_config(config.model, config.budget, config.quant.weight_bits,
                                 data.input_size, len(data.classes))
+    digest = None
+    if config.features.frontend == "integer":
+        from lstmq.device import tables_digest  # pylint: disable=import-outside-toplevel
+        from lstmq.frontend import make_tables  # pylint: disable=import-outside-toplevel
+
+        digest = tables_digest(make_tables(config.features, data.info.sample_rate))
     return Derived(hidden=hidden, input_size=data.input_size, input_clip=clip,
                    normalizer=data.normalizer,
                    seeds=tuple(config.train.seed + s for s in range(config.train.seeds)),
-                   classes=data.classes, sample_rate=data.info.sample_rate)
+                   classes=data.classes, sample_rate=data.info.sample_rate,
+                   frontend_digest=digest)
 
 
 def _initial_params(config: Config, derived: Derived) -> Any | None:

@@ -14,7 +14,7 @@ import jax
 
 from lstmq.checkpoint import CheckpointError, load_params
 from lstmq.config import Config, ConfigError, config_from_dict
-from lstmq.features import Normalizer
+from lstmq.normalization import Normalizer
 from lstmq.io import read_json
 from lstmq.model import LSTMClassifier
 
@@ -30,6 +30,7 @@ class Derived:
     seeds: tuple[int, ...]
     classes: tuple[str, ...]
     sample_rate: int | None = None  # of the training clips (None: features given as arrays)
+    frontend_digest: str | None = None  # integer front end: sha256 of its tables
 
     @property
     def num_classes(self) -> int:
@@ -39,7 +40,7 @@ class Derived:
         return {"hidden": self.hidden, "input_size": self.input_size,
                 "input_clip": self.input_clip, "normalizer": self.normalizer.to_dict(),
                 "seeds": list(self.seeds), "classes": list(self.classes),
-                "sample_rate": self.sample_rate}
+                "sample_rate": self.sample_rate, "frontend_digest": self.frontend_digest}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Derived:
@@ -48,7 +49,8 @@ class Derived:
                    normalizer=Normalizer.from_dict(values["normalizer"]),
                    seeds=tuple(int(s) for s in values["seeds"]),
                    classes=tuple(str(c) for c in values["classes"]),
-                   sample_rate=values.get("sample_rate"))
+                   sample_rate=values.get("sample_rate"),
+                   frontend_digest=values.get("frontend_digest"))
 
 
 def path_numerics(config: Config, derived: Derived, path: str) -> Any:

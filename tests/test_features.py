@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lstmq import features
+from lstmq import features, normalization
 from lstmq.config import DataConfig, FeatureConfig
 from lstmq.data import Dataset
 from lstmq.splits import make_split
@@ -187,7 +187,7 @@ def clips_with_mean(mean: float, count: int, seed: int) -> list[np.ndarray]:
 
 def test_global_normalizer_uses_training_frames_only():
     train, test = clips_with_mean(0.0, 40, seed=0), clips_with_mean(100.0, 10, seed=1)
-    normalizer = features.fit_normalizer(train, "global")
+    normalizer = normalization.fit_normalizer(train, "global")
     frames = np.concatenate(train).astype(np.float64)
     np.testing.assert_allclose(normalizer.mean, frames.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(normalizer.std, frames.std(0), rtol=1e-5)
@@ -196,13 +196,13 @@ def test_global_normalizer_uses_training_frames_only():
     np.testing.assert_allclose(normalized_train.std(0), 1, atol=1e-5)
     normalized_test = np.concatenate(normalizer.apply(test))
     assert np.all(normalized_test.mean(0) > 20)  # test's own mean (100) was not used
-    refit = features.fit_normalizer(train, "global")
+    refit = normalization.fit_normalizer(train, "global")
     np.testing.assert_array_equal(refit.mean, normalizer.mean)
 
 
 def test_utterance_normalizer_standardises_each_clip():
     train = clips_with_mean(5.0, 20, seed=2)
-    normalizer = features.fit_normalizer(train, "utterance")
+    normalizer = normalization.fit_normalizer(train, "utterance")
     shifted = [clip + 50 for clip in train]  # a per-clip offset is removed by CMVN
     for a, b in zip(normalizer.apply(train), normalizer.apply(shifted)):
         np.testing.assert_allclose(a, b, atol=1e-4)
@@ -213,16 +213,16 @@ def test_utterance_normalizer_standardises_each_clip():
 
 def test_none_normalizer_is_identity_and_dict_round_trips():
     train = clips_with_mean(3.0, 5, seed=3)
-    identity = features.fit_normalizer(train, "none")
+    identity = normalization.fit_normalizer(train, "none")
     for a, b in zip(identity.apply(train), train):
         np.testing.assert_array_equal(a, b)
-    normalizer = features.fit_normalizer(train, "global")
-    restored = features.Normalizer.from_dict(json.loads(json.dumps(normalizer.to_dict())))
+    normalizer = normalization.fit_normalizer(train, "global")
+    restored = normalization.Normalizer.from_dict(json.loads(json.dumps(normalizer.to_dict())))
     assert restored.mode == "global" and restored.mean.dtype == np.float32
     for a, b in zip(restored.apply(train), normalizer.apply(train)):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="normalize mode"):
-        features.fit_normalizer(train, "max")
+        normalization.fit_normalizer(train, "max")
     with pytest.raises(ValueError, match=r"\[frames, 4\]"):
         normalizer.apply([np.zeros((3, 5), np.float32)])
 
@@ -230,7 +230,7 @@ def test_none_normalizer_is_identity_and_dict_round_trips():
 def test_constant_coefficient_does_not_blow_up():
     train = [np.ones((6, 2), np.float32), np.ones((3, 2), np.float32)]
     for mode in ("global", "utterance"):
-        out = features.fit_normalizer(train, mode).apply(train)
+        out = normalization.fit_normalizer(train, mode).apply(train)
         assert all(np.isfinite(clip).all() and np.abs(clip).max() == 0 for clip in out)
 
 
@@ -301,6 +301,6 @@ def test_real_features_frame_counts_and_cache(fsdd_dataset, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(cold, warm))
     assert warm_seconds < cold_seconds / 3
     split = make_split(fsdd_dataset, DataConfig())
-    normalizer = features.fit_normalizer([cold[i] for i in split.train], cfg.normalize)
+    normalizer = normalization.fit_normalizer([cold[i] for i in split.train], cfg.normalize)
     test = np.concatenate(normalizer.apply([cold[i] for i in split.test]))
     assert np.all(np.abs(test.mean(0)) < 0.2) and np.all(np.abs(test.std(0) - 1) < 0.2)

@@ -1,0 +1,26 @@
+/* lstmq integer runtime: int16 PCM to class scores with integer arithmetic only.
+ *
+ * Generated with a model by `lstmq export --c-dir`: lstmq_model.h / lstmq_model.c hold the
+ * model's sizes and tables, lstmq_runtime.c the front end and the LSTM. C99, no malloc,
+ * no float or double; every buffer is static and sized at export (LSTMQ_MAX_FRAMES).
+ */
+#ifndef LSTMQ_H_
+#define LSTMQ_H_
+
+#include <stdint.h>
+
+#include "lstmq_model.h"
+
+#define LSTMQ_ERROR_TOO_LONG (-1)  /* more than LSTMQ_MAX_FRAMES frames */
+#define LSTMQ_ERROR_ARGUMENT (-2)  /* a null pointer or a negative length */
+
+/* Classifies one clip of n samples at LSTMQ_SAMPLE_RATE Hz. Writes LSTMQ_NUM_CLASSES int32
+ * logits (at one common scale) and returns the index of the largest (the first on ties),
+ * or a negative LSTMQ_ERROR_*. */
+int32_t lstmq_classify(const int16_t *pcm, int32_t n, int32_t *logits);
+
+/* The int8 features the model reads: frames x LSTMQ_N_MFCC values into `features`
+ * (room for LSTMQ_MAX_FRAMES frames). Returns the frame count, or a negative error. */
+int32_t lstmq_features(const int16_t *pcm, int32_t n, int8_t *features);
+
+#endif /* LSTMQ_H_ */

@@ -1,0 +1,126 @@
+"""What a device runs, PCM to label, as one integer function, and where its parts come from.
+
+``pcm_to_logits`` composes the integer front end (``lstmq.frontend``), its int8
+quantization and the integer LSTM (``lstmq.integer.predict_int``); ``audit_float_free``
+passes on it. ``DeviceModel`` gathers the three parts of one seed of a run trained with
+``features.frontend: integer``; the C runtime (``lstmq.c_export``) is generated from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lstmq.frontend import (FeatureQuantizer, FrontendTables, frame_count, integer_mfcc,
+                            make_tables, pcm_int16, quantize_features)
+from lstmq.integer import IntegerModel, predict_int
+
+
+class DeviceError(ValueError):
+    """A run whose model a device cannot run from PCM (no integer front end)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DeviceModel:
+    """One seed's integer model with its integer front end and feature quantizer."""
+
+    model: IntegerModel
+    tables: FrontendTables
+    quantizer: FeatureQuantizer
+    classes: tuple[str, ...]
+    keep_frames: int | None  # features.max_frames: later frames are not read
+    min_samples: int  # clips are padded with silence to this many samples
+
+    def frames_of(self, samples: int) -> int:
+        return frame_count(max(samples, self.min_samples), self.tables.hop)
+
+
+def tables_digest(tables: FrontendTables) -> str:
+    """sha256 of every front-end table and constant: a run records it, exports check it."""
+    digest = hashlib.sha256()
+    for name, array in tables.arrays().items():
+        digest.update(name.encode() + np.ascontiguousarray(array).tobytes())
+    digest.update(repr((tables.n_fft, tables.hop, tables.mel_frac_bits, tables.dct_frac_bits,
+                        tables.floor, tables.utterance)).encode())
+    return digest.hexdigest()
+
+
+def device_model(run, seed_index: int = 0) -> DeviceModel:
+    """The device model of one seed of a run (``lstmq.runs.Run``) with the integer front end.
+
+    Raises:
+      DeviceError: the run uses the float front end, or its tables no longer match.
+    """
+    from lstmq.paths import integer_models  # pylint: disable=import-outside-toplevel
+
+    features = run.config.features
+    if features.frontend != "integer":
+        raise DeviceError(f"{run.directory}: trained with features.frontend={features.frontend!r}; "
+                          "the PCM-to-label runtime needs features.frontend=integer")
+    tables = make_tables(features, run.derived.sample_rate)
+    recorded = run.derived.frontend_digest
+    if recorded and recorded != tables_digest(tables):
+        raise DeviceError(f"{run.directory}: the front-end tables built here differ from the "
+                          "ones it was trained with (another librosa version?)")
+    needed = max((features.min_frames - 1) * tables.hop, 1)
+    return DeviceModel(integer_models(run)[seed_index], tables, run.derived.normalizer.quantizer,
+                       run.classes, features.max_frames, needed)
+
+
+def pcm_to_logits(device: DeviceModel, pcm: jax.Array, lengths: jax.Array,
+                  frames: int) -> jax.Array:
+    """<int16>[batch, samples] PCM (zero after each clip's ``lengths``) to <int32> logits.
+
+    ``frames`` (static) is at least the frame count of the longest clip.
+    """
+    lengths = jnp.maximum(lengths.astype(jnp.int32), device.min_samples)
+    values = integer_mfcc(device.tables, pcm, lengths, frames)
+    q = quantize_features(device.quantizer, values)
+    counts = 1 + lengths // device.tables.hop
+    if device.keep_frames:
+        counts = jnp.minimum(counts, device.keep_frames)
+    return predict_int(device.model, q, counts)
+
+
+def batch_pcm(clips: list[np.ndarray], device: DeviceModel) -> tuple[np.ndarray, np.ndarray, int]:
+    """(<int16>[n, samples], <int32>[n] lengths, frames) of float or int16 clips."""
+    pcm = [c if np.asarray(c).dtype == np.int16 else pcm_int16(c) for c in clips]
+    frames = max(device.frames_of(p.size) for p in pcm)
+    width = max(frames * device.tables.hop, max(p.size for p in pcm))
+    out = np.zeros((len(pcm), width), np.int16)
+    for row, p in enumerate(pcm):
+        out[row, :p.size] = p
+    return out, np.array([p.size for p in pcm], np.int32), frames
+
+
+def jnp_logits(device: DeviceModel, clips: list[np.ndarray], batch: int = 64) -> np.ndarray:
+    """<int32>[n, classes] logits of clips through ``pcm_to_logits``, in batches of similar
+    length."""
+    order = np.argsort([np.asarray(c).size for c in clips], kind="stable")
+    out = np.zeros((len(clips), len(device.classes)), np.int32)
+    run = jax.jit(lambda p, l, f: pcm_to_logits(device, p, l, f), static_argnums=2)
+    for start in range(0, len(order), batch):
+        idx = order[start:start + batch]
+        pcm, lengths, frames = batch_pcm([clips[i] for i in idx], device)
+        frames = max(16, 1 << (frames - 1).bit_length())
+        if pcm.shape[1] < frames * device.tables.hop:
+            pcm = np.pad(pcm, ((0, 0), (0, frames * device.tables.hop - pcm.shape[1])))
+        out[idx] = np.asarray(run(pcm, lengths, frames))
+    return out
+
+
+def save_golden(path: Path, clips: list[np.ndarray], logits: np.ndarray) -> None:
+    """Golden vectors as .npz: int16 PCM of each clip and the int32 logits it must give."""
+    from lstmq.io import atomic_write_bytes  # pylint: disable=import-outside-toplevel
+    import io  # pylint: disable=import-outside-toplevel
+
+    buffer = io.BytesIO()
+    pcm = [c if np.asarray(c).dtype == np.int16 else pcm_int16(c) for c in clips]
+    np.savez(buffer, offsets=np.cumsum([0] + [p.size for p in pcm]).astype(np.int64),
+             pcm=np.concatenate(pcm), logits=logits.astype(np.int32))
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,339 @@
+"""Integer front end: int16 PCM to MFCC-like features in integer arithmetic only.
+
+``features.frontend: integer`` computes every clip's features with ``integer_mfcc`` (jnp,
+int8/int16/int32, batched), the same function the device runs (the C runtime is generated
+from the same tables, ``lstmq.c_runtime``), so training sees exactly what the device
+computes. Steps per frame (rules in docs/numerics.md, "Front end"):
+
+1. frame t: N = n_fft samples of the clip padded with N/2 zeros at both ends, from t * hop;
+   times a periodic Hann window of ``window`` samples in Q15 (centred), ``rsr(x w, 15)``;
+2. block scaling: shift the frame so its peak lies in [2^13, 2^14) (``dsp.block_shift``);
+3. real FFT (``dsp.rfft_q15``), magnitudes ``isqrt(re^2 + im^2)``;
+4. mel filterbank: peak-1 triangles in Q``mel_frac_bits`` (largest that cannot overflow);
+5. ``log2_q10``, minus the block shift (so loud and quiet frames share one scale);
+6. floor ``top_db`` under the clip's peak (in log2 units: top_db / 6.0206 * 1024);
+7. DCT-II (orthonormal) in Q``dct_frac_bits``: ``c`` in Q10 log2 units (int32);
+8. ``utterance`` normalisation: c - mean over the clip's frames, divided by the mean
+   absolute deviation (Q8, ``rounding_divide``); ``global``/``none``: c as is.
+
+The last step to int8 (``quantize_features``: requantize of value - mean per coefficient,
+saturated to [-127, 127]) uses statistics fitted offline on the training clips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lstmq import dsp
+from lstmq import fixedpoint as fx
+from lstmq.config import FeatureConfig
+from lstmq.features import frame_sizes
+
+MAG_MAX = 23171  # isqrt(2 * (2^14 + 16)^2): the largest magnitude a bin can reach
+MAX_FRAMES = 4096  # the utterance sums of a longer clip could leave int32
+MAD_FRAC_BITS = 8  # utterance-normalised values are in Q8 units of the mean absolute deviation
+LOG_DB = 20.0 * math.log10(2.0)  # dB per log2 unit of magnitude (6.0206)
+FRONTEND_VERSION = 1
+
+
+class FrontendError(ValueError):
+    """A feature config the integer front end cannot compute."""
+
+
+def _largest_frac_bits(weights: np.ndarray, input_max: int, limit: int = 15) -> int:
+    """The most fraction bits q for which every weight fits int16 and every row's
+    sum_k |round(W 2^q)| input_max stays below 2^31 (the accumulation cannot overflow)."""
+    for bits in range(limit, -1, -1):
+        quantized = np.abs(np.round(weights * 2**bits))
+        if quantized.max() <= 32767 and quantized.sum(axis=-1).max() * input_max < 2**31 - 1:
+            return bits
+    raise FrontendError("front-end weights too large for int32 accumulation")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FrontendTables:
+    """Every constant of the integer front end for one feature config and sample rate."""
+
+    sample_rate: int
+    n_fft: int
+    hop: int
+    n_mels: int
+    n_mfcc: int
+    window: np.ndarray  # <int16>[n_fft] Q15, the Hann window centred, zeros around it
+    fft_twiddles: tuple[np.ndarray, np.ndarray]  # <int16>[n_fft/4]: W_{N/2}^j
+    bit_reversal: np.ndarray  # <int32>[n_fft/2]
+    split_twiddles: tuple[np.ndarray, np.ndarray]  # <int16>[n_fft/2 + 1]: W_N^k
+    mel: np.ndarray  # <int16>[n_mels, n_fft/2 + 1]
+    mel_frac_bits: int
+    log_table: np.ndarray  # <int32>[257] Q15
+    dct: np.ndarray  # <int16>[n_mfcc, n_mels]
+    dct_frac_bits: int
+    floor: int | None  # top_db in Q10 log2 units, or None
+    utterance: bool  # per-clip mean / mean-absolute-deviation normalisation
+
+    @property
+    def bins(self) -> int:
+        return self.n_fft // 2 + 1
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The read-only tables a device stores, by name (for counting and export)."""
+        return {"window": self.window, "fft_twiddle_re": self.fft_twiddles[0],
+                "fft_twiddle_im": self.fft_twiddles[1], "bit_reversal": self.bit_reversal,
+                "split_twiddle_re": self.split_twiddles[0],
+                "split_twiddle_im": self.split_twiddles[1], "mel": self.mel,
+                "log2_table": self.log_table, "dct": self.dct}
+
+    def table_bytes(self) -> int:
+        return int(sum(a.nbytes for a in self.arrays().values()))
+
+
+def check_frontend_config(cfg: FeatureConfig) -> None:
+    """Refuse feature settings the integer front end does not compute."""
+    if cfg.deltas:
+        raise FrontendError("features.frontend=integer computes no deltas; set features.deltas=0")
+    if cfg.trim_db is not None:
+        raise FrontendError("features.frontend=integer does not trim silence; set "
+                            "features.trim_db=null")
+
+
+def make_tables(cfg: FeatureConfig, sample_rate: int) -> FrontendTables:
+    """Quantized window, twiddles, filterbank, log table and DCT (offline, float64)."""
+    import librosa  # pylint: disable=import-outside-toplevel
+    import scipy.fft  # pylint: disable=import-outside-toplevel
+
+    check_frontend_config(cfg)
+    sizes = frame_sizes(cfg, sample_rate)
+    n = sizes.n_fft
+    if n < 8:
+        raise FrontendError(f"an FFT of {n} points is too short for the integer front end")
+    hann = np.zeros(n)
+    start = (n - sizes.window) // 2
+    hann[start:start + sizes.window] = 0.5 - 0.5 * np.cos(
+        2 * np.pi * np.arange(sizes.window) / sizes.window)
+    window = np.round(32767 * hann).astype(np.int16)
+    mel = librosa.filters.mel(sr=sample_rate, n_fft=n, n_mels=cfg.n_mels, fmin=cfg.fmin,
+                              fmax=sizes.fmax, norm=None).astype(np.float64)
+    empty = np.flatnonzero(mel.max(axis=1) <= 0)
+    if empty.size:
+        raise FrontendError(f"mel band(s) {empty.tolist()} hold no FFT bin at n_fft={n}; "
+                            "use fewer features.n_mels or a longer features.window_ms")
+    mel_bits = _largest_frac_bits(mel, MAG_MAX)
+    dct = scipy.fft.dct(np.eye(cfg.n_mels), type=2, norm="ortho", axis=0)[:cfg.n_mfcc]
+    log_max = 31 * 1024 + dsp.MAX_SHIFT * 1024  # |L| after the block-shift correction
+    dct_bits = _largest_frac_bits(dct, log_max)
+    return FrontendTables(
+        sample_rate=sample_rate, n_fft=n, hop=sizes.hop, n_mels=cfg.n_mels, n_mfcc=cfg.n_mfcc,
+        window=window, fft_twiddles=dsp.twiddles_q15(n // 4, n // 2),
+        bit_reversal=dsp.bit_reversal(n // 2), split_twiddles=dsp.twiddles_q15(n // 2 + 1, n),
+        mel=np.round(mel * 2**mel_bits).astype(np.int16), mel_frac_bits=mel_bits,
+        log_table=dsp.LOG2_TABLE, dct=np.round(dct * 2**dct_bits).astype(np.int16),
+        dct_frac_bits=dct_bits,
+        floor=None if cfg.top_db is None else int(round(cfg.top_db / LOG_DB * 1024)),
+        utterance=cfg.normalize == "utterance")
+
+
+def frame_count(samples: int, hop: int) -> int:
+    """Frames of a clip: 1 + samples // hop (librosa's centred framing)."""
+    return 1 + samples // hop
+
+
+def integer_mfcc(tables: FrontendTables, pcm: jax.Array, lengths: jax.Array,
+                 frames: int) -> jax.Array:
+    """Integer features of a batch of clips.
+
+    Args:
+      tables: ``make_tables`` of the feature config.
+      pcm: <int16>[batch, samples], each clip zero-padded after its ``lengths`` samples.
+      lengths: <int32>[batch] samples of each clip.
+      frames: static frame count of the batch (at least ``frame_count`` of the longest).
+
+    Returns:
+      <int32>[batch, frames, n_mfcc]: ``c`` (Q10 log2 units), or for utterance
+      normalisation ``(c - mean) / mad`` in Q8; frames past a clip's count are 0.
+    """
+    n, hop = tables.n_fft, tables.hop
+    pad = jnp.zeros((pcm.shape[0], n // 2), jnp.int16)
+    need = (frames - 1) * hop + n - (pcm.shape[1] + n)
+    tail = jnp.zeros((pcm.shape[0], n // 2 + max(need, 0)), jnp.int16)
+    padded = jnp.concatenate([pad, pcm.astype(jnp.int16), tail], axis=1)
+    index = np.arange(frames)[:, None] * hop + np.arange(n)[None, :]
+    x = padded[:, index].astype(jnp.int32)  # [B, T, N]
+    v = fx.rounding_shift_right(x * jnp.asarray(tables.window, jnp.int32), 15)
+    shift = dsp.block_shift(jnp.max(jnp.abs(v), axis=-1))  # [B, T]
+    u = dsp.apply_shift(v, shift[..., None])
+    re, im = dsp.rfft_q15(u, tables.fft_twiddles, tables.bit_reversal, tables.split_twiddles)
+    magnitude = dsp.isqrt(re * re + im * im)  # [B, T, bins]
+    energy = dsp.int_dot(magnitude.astype(jnp.int16), jnp.asarray(tables.mel.T))  # [B,T,M]
+    log = dsp.log2_q10(energy, tables.log_table) - shift[..., None] * (1 << dsp.LOG_FRAC_BITS)
+    valid = (jnp.arange(frames, dtype=jnp.int32)[None, :]
+             < (1 + lengths.astype(jnp.int32) // hop)[:, None])  # [B, T]
+    if tables.floor is not None:
+        lowest = jnp.int32(-(2**30))
+        peak = jnp.max(jnp.where(valid[..., None], log, lowest), axis=(1, 2))
+        log = jnp.maximum(log, (peak - tables.floor)[:, None, None])
+    c = fx.rounding_shift_right(
+        dsp.int_dot(log, jnp.asarray(tables.dct.T, jnp.int32)), tables.dct_frac_bits)
+    c = jnp.where(valid[..., None], c, 0)
+    if tables.utterance:
+        c = _utterance(c, valid)
+    return c
+
+
+def _utterance(c: jax.Array, valid: jax.Array) -> jax.Array:
+    """(c - mean) / mean absolute deviation over each clip's frames, Q8, int32."""
+    count = jnp.maximum(jnp.sum(valid.astype(jnp.int32), axis=1), 1)[:, None]  # [B, 1]
+    mean = fx.rounding_divide(jnp.sum(c, axis=1), count)  # [B, C]
+    d = jnp.where(valid[..., None], c - mean[:, None, :], 0)
+    mad = jnp.maximum(fx.rounding_divide(jnp.sum(jnp.abs(d), axis=1), count), 1)
+    y = fx.rounding_divide(jnp.left_shift(d, MAD_FRAC_BITS), mad[:, None, :])
+    return jnp.where(valid[..., None], y, 0)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FeatureQuantizer:
+    """The last, per-coefficient step to int8: q = sat(requantize(v - offset, m, s), 127)."""
+
+    offset: np.ndarray  # <int32>[C]
+    multiplier: np.ndarray  # <int32>[C]
+    shift: np.ndarray  # <int8>[C]
+
+    @classmethod
+    def fit(cls, mean: np.ndarray, std: np.ndarray, input_clip: float,
+            value_scale: float) -> FeatureQuantizer:
+        """From float statistics of the values ``v / value_scale``: q = round(((v /
+        value_scale) - mean) / std * 127 / input_clip)."""
+        offset = np.round(np.asarray(mean, np.float64) * value_scale).astype(np.int32)
+        reals = 127.0 / (float(input_clip) * np.asarray(std, np.float64) * value_scale)
+        multiplier, shift = fx.quantize_multipliers(reals)
+        return cls(offset, multiplier.astype(np.int32), shift.astype(np.int8))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"offset": self.offset.tolist(), "multiplier": self.multiplier.tolist(),
+                "shift": self.shift.tolist()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FeatureQuantizer:
+        return cls(np.asarray(values["offset"], np.int32),
+                   np.asarray(values["multiplier"], np.int32), np.asarray(values["shift"], np.int8))
+
+
+def quantize_features(quantizer: FeatureQuantizer, v: jax.Array) -> jax.Array:
+    """<int32>[..., C] front-end values to the model's <int8>[..., C] input."""
+    q = fx.requantize(v - jnp.asarray(quantizer.offset), jnp.asarray(quantizer.multiplier),
+                      jnp.asarray(quantizer.shift).astype(jnp.int32))
+    return jnp.clip(q, -127, 127).astype(jnp.int8)
+
+
+def value_scale(cfg: FeatureConfig) -> float:
+    """Integer units per real unit of the front end's values (Q10 log2, or Q8 MAD units
+    after utterance normalisation)."""
+    return float(2**MAD_FRAC_BITS if cfg.normalize == "utterance" else 2**dsp.LOG_FRAC_BITS)
+
+
+def pcm_int16(audio: np.ndarray) -> np.ndarray:
+    """Float audio in [-1, 1] as the int16 PCM a device records: round(x * 32768), saturated."""
+    return np.clip(np.round(np.asarray(audio, np.float64) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+BATCH = 64  # clips per front-end call
+
+
+def _frames_bucket(frames: int) -> int:
+    """Batches are padded to 16, 32, 64, ... frames: a handful of compiled shapes."""
+    return max(16, 1 << (frames - 1).bit_length())
+
+
+def dataset_features(dataset, cfg: FeatureConfig, progress: bool = False) -> tuple[np.ndarray, ...]:
+    """Integer front-end values of every clip of a Dataset: <int32>[frames, n_mfcc] each.
+
+    Clips are featurized as int16 PCM (``pcm_int16``) in batches of similar length, padded
+    to a power-of-two frame count, so a few compiled programs serve every clip.
+    ``features.min_frames`` pads a short clip with silence, ``features.max_frames`` cuts the
+    frames of a long one, as the float front end does.
+    """
+    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+
+    tables = make_tables(cfg, dataset.sample_rate)
+    needed = max((cfg.min_frames - 1) * tables.hop, 1)
+    pcm = [pcm_int16(a) for a in dataset.audio]
+    pcm = [np.pad(p, (0, needed - p.size)) if p.size < needed else p for p in pcm]
+    counts = np.array([frame_count(p.size, tables.hop) for p in pcm])
+    if counts.max() > MAX_FRAMES:
+        longest = dataset.names[int(np.argmax(counts))]
+        raise FrontendError(f"{dataset.source}: clip {longest} has {counts.max()} frames, more "
+                            f"than the integer front end's {MAX_FRAMES}; set features.max_frames")
+    run = jax.jit(lambda p, l, frames: integer_mfcc(tables, p, l, frames), static_argnums=2)
+    out: list[np.ndarray | None] = [None] * len(pcm)
+    order = np.argsort(counts, kind="stable")
+    with tqdm(total=len(pcm), desc="integer front end", unit="clip", disable=not progress) as bar:
+        for start in range(0, len(order), BATCH):
+            idx = order[start:start + BATCH]
+            frames = _frames_bucket(int(counts[idx].max()))
+            samples = frames * tables.hop  # the longest clip with this many frames
+            batch = np.zeros((BATCH, samples), np.int16)
+            lengths = np.ones(BATCH, np.int32)
+            for row, i in enumerate(idx):
+                batch[row, :pcm[i].size] = pcm[i]
+                lengths[row] = pcm[i].size
+            values = np.asarray(run(batch, lengths, frames))
+            for row, i in enumerate(idx):
+                clip = values[row, :counts[i]]
+                out[i] = np.ascontiguousarray(clip[:cfg.max_frames] if cfg.max_frames else clip)
+            bar.update(len(idx))
+    return tuple(out)
+
+
+def integer_mfcc_ref(tables: FrontendTables, pcm: np.ndarray) -> np.ndarray:
+    """NumPy reference of ``integer_mfcc`` for one clip ``<int16>[samples]``: the same
+    definition, frame by frame, with Python integers (``lstmq.dsp``'s ``*_ref`` kernels).
+
+    Returns <int32>[frames, n_mfcc].
+    """
+    n, hop = tables.n_fft, tables.hop
+    pcm = np.asarray(pcm, np.int64)
+    frames = frame_count(pcm.size, hop)
+    padded = np.concatenate([np.zeros(n // 2, np.int64), pcm, np.zeros(n // 2 + n, np.int64)])
+    window = tables.window.astype(np.int64)
+    mel, dct = tables.mel.astype(np.int64), tables.dct.astype(np.int64)
+    logs, shifts = np.zeros((frames, tables.n_mels), np.int64), []
+    for t in range(frames):
+        x = padded[t * hop:t * hop + n]
+        v = np.array([dsp._rsr(int(a) * int(w), 15) for a, w in zip(x, window)], np.int64)
+        shift = int(dsp.block_shift_ref(np.array([np.abs(v).max()]))[0])
+        u = dsp.apply_shift_ref(v, shift)
+        re, im = dsp.rfft_q15_ref(u)
+        power = re.astype(np.int64) ** 2 + im.astype(np.int64) ** 2
+        magnitude = dsp.isqrt_ref(power).astype(np.int64)
+        energy = mel @ magnitude
+        logs[t] = dsp.log2_q10_ref(energy).astype(np.int64) - shift * 1024
+        shifts.append(shift)
+    if tables.floor is not None:
+        logs = np.maximum(logs, logs.max() - tables.floor)
+    c = np.array([[dsp._rsr(int(v), tables.dct_frac_bits) for v in dct @ row] for row in logs],
+                 np.int64)
+    if tables.utterance:
+        c = _utterance_ref(c)
+    return c.astype(np.int32)
+
+
+def _round_div(x: int, d: int) -> int:
+    """floor(x / d + 1/2) with exact integers."""
+    return (2 * x + d) // (2 * d)
+
+
+def _utterance_ref(c: np.ndarray) -> np.ndarray:
+    frames = c.shape[0]
+    out = np.zeros_like(c)
+    for j in range(c.shape[1]):
+        column = [int(v) for v in c[:, j]]
+        mean = _round_div(sum(column), frames)
+        deviations = [v - mean for v in column]
+        mad = max(_round_div(sum(abs(d) for d in deviations), frames), 1)
+        out[:, j] = [_round_div(d * 2**MAD_FRAC_BITS, mad) for d in deviations]
+    return out
