@@ -67,7 +67,8 @@ def _export(args: argparse.Namespace) -> int:
     from lstmq.export import export_run
 
     report = export_run(args.run, args.out, seed_index=args.seed_index, c_header=args.c_header,
-                        path=args.path)
+                        path=args.path, c_dir=args.c_dir, golden=args.golden,
+                        max_seconds=args.max_seconds)
     print(report.summary())
     return 0
 
@@ -133,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--path", choices=("qat-integer", "ptq-integer"), default="qat-integer",
                         help="ptq-integer exports a float run by post-training quantization")
     export.add_argument("--c-header", type=Path, help="also write the model as a C header")
+    export.add_argument("--c-dir", type=Path,
+                        help="also write a C99 library: PCM to label with the integer front end "
+                             "(features.frontend=integer), else the LSTM on int8 features")
+    export.add_argument("--golden", type=int, default=20,
+                        help="test clips written as golden vectors into the C library")
+    export.add_argument("--max-seconds", type=float,
+                        help="longest clip the C library's static buffers hold (default 3 s)")
     export.set_defaults(handler=_export)
 
     reproduce = commands.add_parser(

@@ -16,6 +16,9 @@ from lstmq.artifact import ArtifactError, param_tree, stored_arrays, write_artif
 from lstmq.integer import MEAN_READOUT, IntegerModel, layer_names
 from lstmq.recipe import RECIPE_VERSION
 
+_INTEGER_NOTE = ("Integer front end: int16 PCM to int8 features with the tables this lstmq "
+                 "builds from these settings (their sha256: digest); the C library of "
+                 "`lstmq export --c-dir` runs it on the device.")
 _FRONT_END_NOTE = ("Front-end floats, outside the integer model: features = normalize(MFCC(audio)) "
                    "with these settings and statistics, then quantize_input (scale from "
                    "input_quant/multiplier and input_quant/shift) gives the int8 input.")
@@ -36,6 +39,7 @@ class ExportReport:
     c_header: Path | None
     manifest: dict[str, Any]
     budget_limit: int | None = None  # budget.bytes of the run
+    c_library: Any = None  # lstmq.c_export.CLibrary, when a C library was written
 
     def summary(self) -> str:
         match = "matches" if self.param_bytes == self.budget_bytes else "DIFFERS FROM"
@@ -45,16 +49,30 @@ class ExportReport:
         if self.budget_limit is not None:
             fits = "within" if self.param_bytes <= self.budget_limit else "OVER"
             text += f"; {fits} the {self.budget_limit:,}-byte budget"
+        lib = self.c_library
+        if lib is not None:
+            pcm = lib.frontend_bytes > 0
+            text += (f"\nC library: {lib.folder} ({'PCM to label' if pcm else 'LSTM on int8 features'}; "
+                     f"{lib.layer_bytes:,} parameter bytes + {lib.frontend_bytes:,} front-end "
+                     f"table bytes + {lib.constant_bytes:,} constant bytes = {lib.readonly_bytes:,} "
+                     f"read-only bytes; {lib.macs_per_frame:,} multiply-accumulates per frame"
+                     + (f", {lib.macs_per_second / 1e6:.2f} M per second of audio; buffers for "
+                        f"{lib.max_frames} frames" if pcm else "") + ")")
         return text + (f"\nC header: {self.c_header}" if self.c_header else "")
 
 
 def export_run(run_dir: str | Path, out_path: str | Path, seed_index: int = 0,
-               c_header: str | Path | None = None, path: str = "qat-integer") -> ExportReport:
-    """Exports one seed of a trained run's integer model as an artifact (and a C header).
+               c_header: str | Path | None = None, path: str = "qat-integer",
+               c_dir: str | Path | None = None, golden: int = 20,
+               max_seconds: float | None = None) -> ExportReport:
+    """Exports one seed of a trained run's integer model as an artifact (and a C header, and
+    a C library in ``c_dir``: the PCM-to-label runtime for a run trained with the integer
+    front end, with ``golden`` test clips as golden vectors; else the LSTM on int8 features).
 
     ``path``: ``qat-integer`` for a QAT run, ``ptq-integer`` to export a float run by
     post-training quantization. A run whose hidden size was solved from the budget must fit
-    ``budget.bytes``.
+    ``budget.bytes``. ``max_seconds`` sizes the C library's buffers (default 3 s, or the
+    longest golden clip).
 
     Raises:
       lstmq.paths.PathError: the path does not fit the run.
@@ -81,9 +99,13 @@ def export_run(run_dir: str | Path, out_path: str | Path, seed_index: int = 0,
     params = jax.tree_util.tree_map(lambda p: np.asarray(p[seed_index]), run.params)
     bits = run.config.quant.weight_bits
     config = config_to_dict(run.config)
+    integer_front = run.config.features.frontend == "integer"
     extra = {"classes": list(run.classes), "path": path,
              "logit_scale": logit_scale(params, bits),
-             "front_end": {"note": _FRONT_END_NOTE, "sample_rate": run.derived.sample_rate,
+             "front_end": {"note": _INTEGER_NOTE if integer_front else _FRONT_END_NOTE,
+                           "frontend": run.config.features.frontend,
+                           "digest": run.derived.frontend_digest,
+                           "sample_rate": run.derived.sample_rate,
                            "features": config["features"],
                            "normalizer": run.derived.normalizer.to_dict(),
                            "input_clip": run.derived.input_clip},
@@ -97,11 +119,40 @@ def export_run(run_dir: str | Path, out_path: str | Path, seed_index: int = 0,
     manifest = write_artifact(model, out_path, bits, params, extra)
     if c_header is not None:
         write_c_header(model, c_header, weight_bits=bits)
+    library = None
+    if c_dir is not None:
+        library = _write_c_dir(run, seed_index, model, Path(c_dir), golden, max_seconds)
     return ExportReport(Path(out_path), seed_index, seeds[seed_index], bits,
                         len(manifest["tensors"]), sum(t["bytes"] for t in manifest["tensors"]),
                         manifest["param_bytes"], Path(out_path).stat().st_size,
                         None if c_header is None else Path(c_header), manifest,
-                        run.config.budget.bytes)
+                        run.config.budget.bytes, library)
+
+
+def _write_c_dir(run, seed_index: int, model: IntegerModel, folder: Path, golden: int,
+                 max_seconds: float | None):
+    """The C library of one seed, with golden test clips when it runs from PCM."""
+    from lstmq.c_export import write_c_library
+    from lstmq.device import device_model, jnp_logits
+    from lstmq.frontend import pcm_int16
+
+    bits = run.config.quant.weight_bits
+    if run.config.features.frontend != "integer":
+        return write_c_library(model, folder, bits, run.classes)
+    from lstmq.inference import run_dataset
+    from lstmq.splits import make_split
+
+    device = device_model(run, seed_index)
+    clips = []
+    if golden > 0:
+        dataset = run_dataset(run)
+        test = make_split(dataset, run.config.data).test[:golden]
+        clips = [pcm_int16(dataset.audio[i]) for i in test]
+    logits = jnp_logits(device, clips) if clips else None
+    max_frames = None
+    if max_seconds is not None:
+        max_frames = int(max_seconds * device.tables.sample_rate) // device.tables.hop + 1
+    return write_c_library(model, folder, bits, run.classes, device, clips, logits, max_frames)
 
 
 _C_TYPES = {"int8": "int8_t", "int16": "int16_t", "int32": "int32_t", "uint8": "uint8_t"}

@@ -78,18 +78,53 @@ def integer_models(run: Run, path: str | None = None) -> list[dict[str, np.ndarr
             for s in range(len(run.derived.seeds))]
 
 
+ENGINES = ("auto", "c", "jnp")
+
+
+def integer_logits(models: list[IntegerModel], split: SplitArrays, weight_bits: int,
+                   classes: tuple[str, ...], engine: str = "auto", batch_size: int = 512,
+                   bucket: int = 16) -> np.ndarray:
+    """``<int32>[seeds, n, classes]`` of integer models on a split: the C runtime (``c``,
+    ``lstmq.c_engine``) or ``jnp``; ``auto``: C when a compiler exists. Bit-exact alike."""
+    if engine not in ENGINES:
+        raise PathError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+    if engine != "jnp":
+        from lstmq.c_engine import c_engine  # pylint: disable=import-outside-toplevel
+        from lstmq.integer import quantize_input  # pylint: disable=import-outside-toplevel
+
+        features = [np.asarray(quantize_input(models[0], split.x[i, :n]))
+                    for i, n in enumerate(split.lengths)]
+        out = []
+        for model in models:
+            runner = c_engine(model, weight_bits, classes)
+            if runner is None:
+                if engine == "c":
+                    raise PathError("engine 'c' needs a C compiler (set $CC)")
+                break
+            try:
+                out.append(runner.features_logits(features))
+            finally:
+                runner.close()
+        else:
+            return np.stack(out)
+    return predict_int_split(models, split, batch_size, bucket)
+
+
 def predict_path(run: Run, split: SplitArrays, path: str | None = None,
-                 models: list[IntegerModel] | None = None, batch_size: int = 512) -> np.ndarray:
+                 models: list[IntegerModel] | None = None, batch_size: int = 512,
+                 engine: str = "auto") -> np.ndarray:
     """Logits ``<seeds, n, classes>`` of a run on a prepared split along ``path``
-    (default: as trained). Integer paths return int32 logits; ``models`` reuses a
-    conversion."""
+    (default: as trained). Integer paths return int32 logits, from the C runtime or jnp
+    (``engine``, see ``integer_logits``); ``models`` reuses a conversion."""
     from lstmq.train import predict_split  # pylint: disable=import-outside-toplevel
 
     path = path or trained_path(run)
     check_path(run, path)
     bucket = run.config.train.bucket_frames
     if path in INTEGER_PATHS:
-        return predict_int_split(models or integer_models(run, path), split, batch_size, bucket)
+        return integer_logits(models or integer_models(run, path), split,
+                              run.config.quant.weight_bits, run.classes, engine, batch_size,
+                              bucket)
     check_path(run, path)
     model = model_from_config(run.config, run.derived, path)
     predict = jax.jit(jax.vmap(lambda p, x, l: model.apply({"params": p}, x, l),

@@ -14,13 +14,19 @@
 #define LSTMQ_ERROR_TOO_LONG (-1)  /* more than LSTMQ_MAX_FRAMES frames */
 #define LSTMQ_ERROR_ARGUMENT (-2)  /* a null pointer or a negative length */
 
-/* Classifies one clip of n samples at LSTMQ_SAMPLE_RATE Hz. Writes LSTMQ_NUM_CLASSES int32
- * logits (at one common scale) and returns the index of the largest (the first on ties),
- * or a negative LSTMQ_ERROR_*. */
+/* The LSTM on int8 features (frames x LSTMQ_N_MFCC): writes LSTMQ_NUM_CLASSES int32 logits
+ * (at one common scale) and returns the index of the largest (the first on ties), or a
+ * negative LSTMQ_ERROR_*. */
+int32_t lstmq_classify_features(const int8_t *features, int32_t frames, int32_t *logits);
+
+#if LSTMQ_FRONTEND
+/* Classifies one clip of n samples of int16 PCM at LSTMQ_SAMPLE_RATE Hz (the integer front
+ * end, then the LSTM); returns as lstmq_classify_features. */
 int32_t lstmq_classify(const int16_t *pcm, int32_t n, int32_t *logits);
 
 /* The int8 features the model reads: frames x LSTMQ_N_MFCC values into `features`
  * (room for LSTMQ_MAX_FRAMES frames). Returns the frame count, or a negative error. */
 int32_t lstmq_features(const int16_t *pcm, int32_t n, int8_t *features);
+#endif
 
 #endif /* LSTMQ_H_ */

@@ -60,6 +60,7 @@ static int16_t lut(int16_t z, const int16_t *table) {  /* 257-entry Q0.15 table 
 
 static int32_t fixed_mul_shift(int32_t a, int32_t b, int32_t s) { return rsr(a * b, s); }
 
+#if LSTMQ_FRONTEND
 /* --- DSP kernels (lstmq/dsp.py) --------------------------------------------------------- */
 
 static int32_t bit_length(int32_t x) {
@@ -160,10 +161,10 @@ static void log_mel_frame(const int16_t *pcm, int32_t n, int32_t t, int32_t *out
   for (k = 0; k < LSTMQ_BINS; k++) {
     magnitude[k] = isqrt(spectrum_re[k] * spectrum_re[k] + spectrum_im[k] * spectrum_im[k]);
   }
-  for (m = 0; m < LSTMQ_N_MELS; m++) {
-    int32_t energy = 0;
-    for (k = LSTMQ_MEL_START[m]; k < LSTMQ_MEL_STOP[m]; k++) {
-      energy += LSTMQ_MEL[m * LSTMQ_BINS + k] * magnitude[k];
+  for (m = 0; m < LSTMQ_N_MELS; m++) {  /* band m: bins from LSTMQ_MEL_START[m] on */
+    int32_t energy = 0, w, first = LSTMQ_MEL_START[m];
+    for (w = LSTMQ_MEL_OFFSET[m]; w < LSTMQ_MEL_OFFSET[m + 1]; w++) {
+      energy += LSTMQ_MEL_WEIGHTS[w] * magnitude[first + w - LSTMQ_MEL_OFFSET[m]];
     }
     out[m] = log2_q10(energy) - shift * 1024;
   }
@@ -228,6 +229,8 @@ int32_t lstmq_features(const int16_t *pcm, int32_t n, int8_t *features) {
   return frames;
 }
 
+#endif /* LSTMQ_FRONTEND */
+
 /* --- LSTM (lstmq/integer.py) ------------------------------------------------------------ */
 
 static int32_t weight(const int8_t *w, int32_t index) {
@@ -240,7 +243,9 @@ static int32_t weight(const int8_t *w, int32_t index) {
 #endif
 }
 
+#if LSTMQ_FRONTEND
 static int8_t features[LSTMQ_MAX_FRAMES * LSTMQ_N_MFCC];
+#endif
 static int16_t cell[LSTMQ_LAYERS][LSTMQ_HIDDEN];
 static int8_t hidden[LSTMQ_LAYERS][LSTMQ_HIDDEN];
 static int32_t mean_sum[LSTMQ_HIDDEN];
@@ -275,18 +280,16 @@ static void lstm_step(int32_t layer, const int8_t *x, int32_t inputs) {
   for (j = 0; j < LSTMQ_HIDDEN; j++) hidden[layer][j] = new_h[j];
 }
 
-int32_t lstmq_classify(const int16_t *pcm, int32_t n, int32_t *logits) {
-  int32_t frames, t, layer, j, c, best = 0;
+int32_t lstmq_classify_features(const int8_t *x, int32_t frames, int32_t *logits) {
+  int32_t t, layer, j, c, best = 0;
   int8_t summary[LSTMQ_HIDDEN];
-  if (logits == 0) return LSTMQ_ERROR_ARGUMENT;
-  frames = lstmq_features(pcm, n, features);
-  if (frames < 0) return frames;
+  if (x == 0 || logits == 0 || frames < 0) return LSTMQ_ERROR_ARGUMENT;
   for (layer = 0; layer < LSTMQ_LAYERS; layer++) {
     for (j = 0; j < LSTMQ_HIDDEN; j++) { cell[layer][j] = 0; hidden[layer][j] = 0; }
   }
   for (j = 0; j < LSTMQ_HIDDEN; j++) mean_sum[j] = 0;
   for (t = 0; t < frames; t++) {
-    lstm_step(0, &features[t * LSTMQ_N_MFCC], LSTMQ_N_MFCC);
+    lstm_step(0, &x[t * LSTMQ_N_MFCC], LSTMQ_N_MFCC);
     for (layer = 1; layer < LSTMQ_LAYERS; layer++) lstm_step(layer, hidden[layer - 1], LSTMQ_HIDDEN);
     for (j = 0; j < LSTMQ_HIDDEN; j++) mean_sum[j] += hidden[LSTMQ_LAYERS - 1][j];
   }
@@ -305,3 +308,13 @@ int32_t lstmq_classify(const int16_t *pcm, int32_t n, int32_t *logits) {
   }
   return best;
 }
+
+#if LSTMQ_FRONTEND
+int32_t lstmq_classify(const int16_t *pcm, int32_t n, int32_t *logits) {
+  int32_t frames;
+  if (logits == 0) return LSTMQ_ERROR_ARGUMENT;
+  frames = lstmq_features(pcm, n, features);
+  if (frames < 0) return frames;
+  return lstmq_classify_features(features, frames, logits);
+}
+#endif
