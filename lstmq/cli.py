@@ -181,8 +181,9 @@ def setup_logging(verbose: bool = False) -> None:
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
-    for noisy in ("absl", "orbax", "jax"):
+    for noisy in ("orbax", "jax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on slow saves
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:

@@ -15,6 +15,7 @@ can compare bit for bit. Offline helpers (``quantize_multiplier``, ``make_lut``,
 | lut_lookup(z, T) | T[k] + rsr((T[k+1] - T[k]) * r, 8) | half up | none (stays in [T[k], T[k+1]]) |
 | fixed_mul_shift(a, b, s) | rsr(a * b, s), exact int32 product | half up | none (abs(a*b) <= 2^30) |
 | saturating_add16(a, b) | clip(a + b) | exact | int16 |
+| saturating_sub(a, b) | clip(a - b) | exact | int32 |
 """
 
 from __future__ import annotations
@@ -182,6 +183,14 @@ def fixed_mul_shift(a: ArrayLike, b: ArrayLike, shift: ArrayLike) -> jax.Array:
       <int32>[...].
     """
     return rounding_shift_right(_int32(a, max_bits=16) * _int32(b, max_bits=16), shift)
+
+
+def saturating_sub(a: ArrayLike, b: ArrayLike) -> jax.Array:
+    """``clip(a - b)`` to int32 for int32 operands, without an intermediate wider type."""
+    a, b = _int32(a), _int32(b)
+    low = (b > 0) & (a < INT32_MIN + jnp.maximum(b, 0))
+    high = (b < 0) & (a > INT32_MAX + jnp.minimum(b, 0))
+    return jnp.where(low, INT32_MIN, jnp.where(high, INT32_MAX, a - b))
 
 
 def saturating_add16(a: ArrayLike, b: ArrayLike) -> jax.Array:
@@ -384,6 +393,10 @@ def lut_lookup_ref(z: ArrayLike, table: ArrayLike) -> np.ndarray:
 
 def fixed_mul_shift_ref(a: ArrayLike, b: ArrayLike, shift: ArrayLike) -> np.ndarray:
     return _exact(lambda u, v, s: _rshift_round(u * v, s), a, b, shift)
+
+
+def saturating_sub_ref(a: ArrayLike, b: ArrayLike) -> np.ndarray:
+    return np.clip(np.asarray(a, np.int64) - np.asarray(b, np.int64), INT32_MIN, INT32_MAX).astype(np.int32)
 
 
 def saturating_add16_ref(a: ArrayLike, b: ArrayLike) -> np.ndarray:

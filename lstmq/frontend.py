@@ -197,7 +197,7 @@ def _utterance(c: jax.Array, valid: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class FeatureQuantizer:
-    """The last, per-coefficient step to int8: q = sat(requantize(v - offset, m, s), 127)."""
+    """The last, per-coefficient step to int8: q = sat(requantize(sat(v - offset), m, s), 127)."""
 
     offset: np.ndarray  # <int32>[C]
     multiplier: np.ndarray  # <int32>[C]
@@ -225,7 +225,8 @@ class FeatureQuantizer:
 
 def quantize_features(quantizer: FeatureQuantizer, v: jax.Array) -> jax.Array:
     """<int32>[..., C] front-end values to the model's <int8>[..., C] input."""
-    q = fx.requantize(v - jnp.asarray(quantizer.offset), jnp.asarray(quantizer.multiplier),
+    q = fx.requantize(fx.saturating_sub(v, jnp.asarray(quantizer.offset)),
+                      jnp.asarray(quantizer.multiplier),
                       jnp.asarray(quantizer.shift).astype(jnp.int32))
     return jnp.clip(q, -127, 127).astype(jnp.int8)
 

@@ -212,8 +212,14 @@ static int32_t front_end(const int16_t *pcm, int32_t n) {
   return frames;
 }
 
+static int32_t saturating_sub(int32_t a, int32_t b) {
+  if (b > 0 && a < INT32_MIN + b) return INT32_MIN;
+  if (b < 0 && a > INT32_MAX + b) return INT32_MAX;
+  return a - b;
+}
+
 static int8_t quantize_value(int32_t v, int32_t j) {
-  int32_t q = requantize(v - LSTMQ_FEATURE_OFFSET[j], LSTMQ_FEATURE_MULTIPLIER[j],
+  int32_t q = requantize(saturating_sub(v, LSTMQ_FEATURE_OFFSET[j]), LSTMQ_FEATURE_MULTIPLIER[j],
                          LSTMQ_FEATURE_SHIFT[j]);
   return (int8_t)clip32(q, -127, 127);
 }

@@ -1,0 +1,143 @@
+"""The C runtime: bit-exact with the jnp path on the host, free of floats, the host's integer
+engine, and on an FPU-less Cortex-M3 under QEMU."""
+
+from __future__ import annotations
+
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstmq import frontend
+from lstmq.c_export import (CHECK_SOURCES, CExportError, compile_host, find_compiler, float_words,
+                            write_c_library)
+from lstmq.config import FeatureConfig
+from lstmq.cortex_m import missing_tools, run_on_cortex_m3
+from lstmq.device import DeviceModel, jnp_logits
+from lstmq.integer import convert_params, predict_int
+from lstmq.model import LSTMClassifier
+
+needs_cc = pytest.mark.skipif(find_compiler() is None,
+                              reason="no C compiler (cc, gcc, clang or $CC) on this machine")
+
+
+def make_device(bits: int = 8, readout: str = "last", normalize: str = "utterance",
+                top_db: float | None = 40.0, layers: int = 2, seed: int = 0) -> DeviceModel:
+    model = LSTMClassifier(hidden=6, layers=layers, num_classes=4, readout=readout)
+    params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 2, 13)), jnp.ones((1,), jnp.int32))
+    params = jax.tree_util.tree_map(lambda p: np.asarray(p) * 3.0, params["params"])  # busier gates
+    integer = convert_params(params, 2.5, bits, readout)
+    cfg = FeatureConfig(normalize=normalize, top_db=top_db)
+    tables = frontend.make_tables(cfg, 8000)
+    scale = frontend.value_scale(cfg)
+    rng = np.random.default_rng(seed)
+    quantizer = frontend.FeatureQuantizer.fit(rng.normal(0, 2, 13), rng.uniform(0.5, 3, 13), 2.5,
+                                              scale)
+    return DeviceModel(integer, tables, quantizer, ("zero", "one", "two", "three"), None, 128)
+
+
+def clips(count: int = 24, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = [np.zeros(400, np.int16),  # digital silence
+           np.where(np.arange(3000) % 40 < 20, 32767, -32768).astype(np.int16),  # full scale
+           rng.integers(-50, 50, 5).astype(np.int16)]  # shorter than a frame
+    while len(out) < count:
+        n = int(rng.integers(600, 6000))
+        t = np.arange(n) / 8000
+        wave = rng.uniform(200, 20000) * np.sin(2 * np.pi * rng.uniform(100, 3000) * t)
+        out.append(np.clip(wave + rng.normal(0, 50, n), -32768, 32767).astype(np.int16))
+    return out
+
+
+@needs_cc
+@pytest.mark.parametrize("bits, readout, normalize, top_db", [
+    (8, "last", "utterance", 40.0), (4, "mean", "global", None), (8, "mean", "none", 80.0)])
+def test_host_build_is_bit_exact_with_jnp(tmp_path, bits, readout, normalize, top_db):
+    device = make_device(bits, readout, normalize, top_db)
+    pcm = clips()
+    expected = jnp_logits(device, pcm)
+    library = write_c_library(device.model, tmp_path, bits, device.classes, device, pcm, expected)
+    program = compile_host(tmp_path, CHECK_SOURCES, "lstmq_check")
+    done = subprocess.run([str(program)], capture_output=True, text=True, check=False)
+    assert f"lstmq check: {len(pcm)} of {len(pcm)} clips bit-exact" in done.stdout, done.stdout
+    assert done.returncode == 0
+    assert library.layer_bytes > 0 and library.frontend_bytes > 0
+    assert library.macs_per_second == library.macs_per_frame * 62.5
+
+
+@needs_cc
+def test_a_changed_golden_logit_is_caught(tmp_path):
+    device = make_device()
+    pcm = clips(4)
+    expected = jnp_logits(device, pcm)
+    expected[2, 1] += 1
+    write_c_library(device.model, tmp_path, 8, device.classes, device, pcm, expected)
+    done = subprocess.run([str(compile_host(tmp_path, CHECK_SOURCES, "check"))],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 1 and "clip 2:" in done.stdout and "MISMATCH" in done.stdout
+    assert "3 of 4 clips bit-exact" in done.stdout
+
+
+@needs_cc
+def test_the_library_holds_no_float_type(tmp_path):
+    device = make_device()
+    write_c_library(device.model, tmp_path, 8, device.classes, device)
+    assert float_words(tmp_path) == []
+    runtime = tmp_path / "lstmq_runtime.c"
+    runtime.write_text(runtime.read_text() + "\nstatic double lstmq_tainted;\n")
+    assert float_words(tmp_path) == ["lstmq_runtime.c: double"]  # the check can fail
+
+
+@needs_cc
+def test_the_engine_equals_predict_int_on_features():
+    from lstmq.c_engine import c_engine
+
+    device = make_device(bits=4, readout="mean")
+    rng = np.random.default_rng(3)
+    features = [rng.integers(-127, 128, (int(n), 13)).astype(np.int8)
+                for n in rng.integers(1, 40, 30)]
+    engine = c_engine(device.model, 4, device.classes, threads=2)
+    try:
+        got = engine.features_logits(features)
+    finally:
+        engine.close()
+    width = max(len(f) for f in features)
+    x = np.zeros((len(features), width, 13), np.int8)
+    for row, f in enumerate(features):
+        x[row, :len(f)] = f
+    expected = np.asarray(predict_int(device.model, x, np.array([len(f) for f in features],
+                                                                 np.int32)))
+    np.testing.assert_array_equal(got, expected)
+
+
+@needs_cc
+def test_a_clip_beyond_the_buffers_is_an_error_code(tmp_path):
+    from lstmq.c_engine import CEngine
+
+    device = make_device()
+    engine = CEngine(device.model, 8, device.classes, device, threads=1)
+    try:
+        short = engine.pcm_logits([clips(4)[3]])
+        assert short.shape == (1, 4)
+        with pytest.raises(CExportError, match="error -1"):
+            engine.pcm_logits([np.zeros(8000 * 4, np.int16)])  # 4 s, buffers hold 3 s
+    finally:
+        engine.close()
+    assert short.tolist() == jnp_logits(device, [clips(4)[3]]).tolist()
+
+
+@pytest.mark.skipif(bool(missing_tools()) or find_compiler() is None,
+                    reason=f"needs {', '.join(missing_tools()) or 'a C compiler'} "
+                           "(scripts/install-device-tools.sh)")
+def test_cortex_m3_under_qemu_is_bit_exact_and_float_free(tmp_path):
+    device = make_device(bits=4, readout="mean")
+    pcm = clips(20)
+    library = write_c_library(device.model, tmp_path / "c", 4, device.classes, device, pcm,
+                              jnp_logits(device, pcm))
+    report = run_on_cortex_m3(library.folder, timeout=300)
+    assert (report.clips, report.bit_exact) == (20, 20), report.output[-2000:]
+    assert report.soft_float_symbols == ()
+    assert report.flash_bytes > library.layer_bytes and report.stack_bytes > 0
+    assert report.ram_bytes >= report.bss_bytes > 0

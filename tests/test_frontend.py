@@ -1,0 +1,249 @@
+"""The integer front end: DSP kernels against their NumPy references at the edges, the whole
+front end against its reference, the int8 quantizer, and its place in training."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lstmq import dsp, fixedpoint as fx, frontend
+from lstmq.audit import audit_float_free
+from lstmq.config import FeatureConfig, load_config
+
+INT32_MAX = 2**31 - 1
+
+
+# --- kernels ------------------------------------------------------------------------------
+
+
+def test_block_shift_matches_its_reference_for_every_peak():
+    peaks = np.arange(0, 2**15 + 1, dtype=np.int32)
+    shift = np.asarray(dsp.block_shift(jnp.asarray(peaks)))
+    np.testing.assert_array_equal(shift, dsp.block_shift_ref(peaks))
+    scaled = peaks[1:].astype(np.int64) * 2.0 ** shift[1:]
+    assert scaled.max() < 2**14 and scaled.min() >= 2**13  # every nonzero peak lands there
+    assert shift[0] == 0 and shift.min() == -2 and shift.max() == 13
+
+
+@pytest.mark.parametrize("shift", [-2, -1, 0, 1, 13])
+def test_apply_shift_rounds_half_up_and_shifts_exactly(shift):
+    v = np.array([-32768, -32767, -3, -2, -1, 0, 1, 2, 3, 32767], np.int32)
+    if shift > 0:
+        v = v // 2**shift  # what the block shift allows to be shifted left
+    got = np.asarray(dsp.apply_shift(jnp.asarray(v), jnp.int32(shift)))
+    np.testing.assert_array_equal(got, dsp.apply_shift_ref(v, shift))
+    if shift == -1:
+        assert got.tolist()[2:7] == [-1, -1, 0, 0, 1]  # -1.5 -> -1, -1 -> -0.5 -> 0, 0.5 -> 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, INT32_MAX), min_size=1, max_size=64))
+def test_isqrt_is_the_floor_square_root(values):
+    p = np.array(values, np.int32)
+    np.testing.assert_array_equal(np.asarray(dsp.isqrt(jnp.asarray(p))), dsp.isqrt_ref(p))
+
+
+def test_isqrt_at_squares_and_the_int32_edge():
+    roots = np.array([0, 1, 2, 3, 4095, 4096, 23170, 46340], np.int64)
+    p = np.unique(np.clip(np.concatenate([roots**2 - 1, roots**2, roots**2 + 1, [INT32_MAX]]),
+                          0, INT32_MAX)).astype(np.int32)
+    got = np.asarray(dsp.isqrt(jnp.asarray(p)))
+    assert got.tolist() == [math.isqrt(int(v)) for v in p]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-5, INT32_MAX), min_size=1, max_size=64))
+def test_log2_matches_its_reference_and_log2(values):
+    e = np.array(values, np.int32)
+    got = np.asarray(dsp.log2_q10(jnp.asarray(e)))
+    np.testing.assert_array_equal(got, dsp.log2_q10_ref(e))
+    positive = e >= 1
+    exact = 1024 * np.log2(e[positive].astype(np.float64))
+    assert np.all(np.abs(got[positive] - exact) <= 1.0)  # within one Q10 unit
+
+
+def test_log2_edges():
+    e = np.array([-7, 0, 1, 2, 3, 2**30, INT32_MAX], np.int32)
+    assert np.asarray(dsp.log2_q10(jnp.asarray(e))).tolist() == [0, 0, 0, 1024, 1623, 30720, 31744]
+
+
+@pytest.mark.parametrize("count", [2, 8, 64, 256])
+def test_fft_matches_its_reference_and_the_dft(count):
+    rng = np.random.default_rng(count)
+    z = rng.integers(-2**14 + 1, 2**14, (2, count)).astype(np.int32)
+    tw = dsp.twiddles_q15(max(count // 2, 1), count)
+    order = dsp.bit_reversal(count)
+    zr, zi = (np.asarray(a) for a in dsp.fft_q15(jnp.asarray(z[0]), jnp.asarray(z[1]), *tw, order))
+    ref = dsp.fft_q15_ref(list(zip(z[0].tolist(), z[1].tolist())))
+    assert list(zip(zr.tolist(), zi.tolist())) == ref
+    exact = np.fft.fft(z[0] + 1j * z[1]) / count
+    assert np.abs(zr - exact.real).max() <= 2 + np.log2(count)
+    assert np.abs(zi - exact.imag).max() <= 2 + np.log2(count)
+
+
+@pytest.mark.parametrize("n", [16, 256, 512])
+def test_real_fft_matches_its_reference_and_numpy(n):
+    rng = np.random.default_rng(n)
+    u = rng.integers(-2**14 + 1, 2**14, n).astype(np.int32)
+    half = n // 2
+    xr, xi = (np.asarray(a) for a in dsp.rfft_q15(
+        jnp.asarray(u), dsp.twiddles_q15(half // 2, half), dsp.bit_reversal(half),
+        dsp.twiddles_q15(half + 1, n)))
+    rr, ri = dsp.rfft_q15_ref(u)
+    np.testing.assert_array_equal(xr, rr)
+    np.testing.assert_array_equal(xi, ri)
+    exact = np.fft.rfft(u) / n
+    assert np.abs(xr - exact.real).max() <= 3 + np.log2(n)
+    assert np.abs(xi - exact.imag).max() <= 3 + np.log2(n)
+
+
+def test_full_scale_frames_do_not_overflow():
+    """The largest frames the block shift lets through, alternating signs: the reference
+    computes with unbounded integers, so any int32 wrap in jnp would show."""
+    n = 256
+    u = np.where(np.arange(n) % 2 == 0, 2**14 - 1, -(2**14) + 1).astype(np.int32)
+    half = n // 2
+    args = (dsp.twiddles_q15(half // 2, half), dsp.bit_reversal(half), dsp.twiddles_q15(half + 1, n))
+    xr, xi = (np.asarray(a) for a in dsp.rfft_q15(jnp.asarray(u), *args))
+    rr, ri = dsp.rfft_q15_ref(u)
+    np.testing.assert_array_equal(xr, rr)
+    np.testing.assert_array_equal(xi, ri)
+    power = xr.astype(np.int64) ** 2 + xi.astype(np.int64) ** 2
+    assert power.max() < 2**31 and np.sqrt(power.max()) <= frontend.MAG_MAX
+
+
+# --- the front end ------------------------------------------------------------------------
+
+
+def _batch(clips, hop):
+    width = max(len(c) for c in clips)
+    frames = max(frontend.frame_count(len(c), hop) for c in clips)
+    pcm = np.zeros((len(clips), max(width, frames * hop)), np.int16)
+    for row, clip in enumerate(clips):
+        pcm[row, :len(clip)] = clip
+    return pcm, np.array([len(c) for c in clips], np.int32), frames
+
+
+def _clips(rate):
+    rng = np.random.default_rng(rate)
+    t = np.arange(int(0.3 * rate)) / rate
+    tone = np.round(8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+    square = np.where(np.sin(2 * np.pi * 300 * t) >= 0, 32767, -32768).astype(np.int16)
+    quiet = np.round(rng.standard_normal(int(0.2 * rate)) * 3).astype(np.int16)
+    silence = np.zeros(int(0.1 * rate), np.int16)
+    tiny = rng.integers(-1000, 1000, 7).astype(np.int16)
+    return [tone, square, quiet, silence, tiny]
+
+
+@pytest.mark.parametrize("rate, normalize, top_db", [
+    (8000, "global", 80.0), (8000, "utterance", 40.0), (16000, "none", None)])
+def test_front_end_is_bit_exact_with_its_reference(rate, normalize, top_db):
+    tables = frontend.make_tables(FeatureConfig(normalize=normalize, top_db=top_db), rate)
+    clips = _clips(rate)
+    pcm, lengths, frames = _batch(clips, tables.hop)
+    run = jax.jit(lambda p, l: frontend.integer_mfcc(tables, p, l, frames))
+    out = np.asarray(run(pcm, lengths))
+    for row, clip in enumerate(clips):
+        ref = frontend.integer_mfcc_ref(tables, clip)
+        np.testing.assert_array_equal(out[row, :len(ref)], ref)
+        assert not out[row, len(ref):].any()  # frames past the clip are zero
+
+
+def test_front_end_tables_cannot_overflow_and_are_counted():
+    for rate in (8000, 16000):
+        tables = frontend.make_tables(FeatureConfig(), rate)
+        mel_bound = np.abs(tables.mel.astype(np.int64)).sum(axis=1).max() * frontend.MAG_MAX
+        dct_bound = np.abs(tables.dct.astype(np.int64)).sum(axis=1).max() * (45 * 1024)
+        assert mel_bound < 2**31 and dct_bound < 2**31
+        assert tables.table_bytes() == sum(a.nbytes for a in tables.arrays().values())
+    with pytest.raises(frontend.FrontendError, match="deltas"):
+        frontend.make_tables(FeatureConfig(deltas=1), 8000)
+
+
+def test_the_front_end_follows_the_float_one_closely():
+    """Not the same numbers (magnitudes, peak-1 triangles, log2), but the same information:
+    after per-clip standardisation the coefficients correlate strongly."""
+    from lstmq.features import extract_mfcc
+
+    rng = np.random.default_rng(0)
+    t = np.arange(4000) / 8000
+    audio = (0.3 * np.sin(2 * np.pi * (300 + 400 * t) * t) + 0.01 * rng.standard_normal(4000))
+    cfg = FeatureConfig()
+    floats = extract_mfcc(audio.astype(np.float32), 8000, cfg)
+    tables = frontend.make_tables(cfg, 8000)
+    ints = frontend.integer_mfcc_ref(tables, frontend.pcm_int16(audio)).astype(np.float64)
+    for j in range(1, 6):
+        r = np.corrcoef(floats[:, j], ints[:, j])[0, 1]
+        assert r > 0.8, (j, r)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(-2**31, INT32_MAX), st.integers(-2**31, INT32_MAX)),
+                min_size=1, max_size=32))
+def test_saturating_sub_matches_its_reference(pairs):
+    a, b = (np.array(x, np.int32) for x in zip(*pairs))
+    np.testing.assert_array_equal(np.asarray(fx.saturating_sub(jnp.asarray(a), jnp.asarray(b))),
+                                  fx.saturating_sub_ref(a, b))
+
+
+def test_quantizer_saturates_and_matches_the_exact_formula():
+    quantizer = frontend.FeatureQuantizer.fit(np.array([1.5, -2.0]), np.array([0.5, 4.0]), 3.0, 1024)
+    v = np.array([[-2**31 + 5, 0], [1536, 2**30], [2048, -2048], [1536 + 100, 5000]], np.int32)
+    q = np.asarray(frontend.quantize_features(quantizer, jnp.asarray(v)))
+    assert q.dtype == np.int8 and q.min() >= -127 and q.max() <= 127
+    difference = fx.saturating_sub_ref(v, quantizer.offset)  # saturates, never wraps
+    expected = np.clip(fx.requantize_ref(difference, quantizer.multiplier, quantizer.shift),
+                       -127, 127)
+    assert q[0, 0] == -127
+    np.testing.assert_array_equal(q, expected)
+    real = ((v[3] / 1024 - np.array([1.5, -2.0])) / np.array([0.5, 4.0])) * 127 / 3.0
+    assert np.all(np.abs(q[3] - np.clip(real, -127, 127)) <= 1)
+
+
+def test_pcm_to_logits_is_float_free(tmp_path):
+    from lstmq.device import DeviceModel, pcm_to_logits
+    from lstmq.integer import convert_params
+    from lstmq.model import LSTMClassifier
+
+    model = LSTMClassifier(hidden=6, layers=1, num_classes=3)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 13)), jnp.ones((1,), jnp.int32))
+    integer = convert_params(jax.tree_util.tree_map(np.asarray, params["params"]), 3.0)
+    tables = frontend.make_tables(FeatureConfig(normalize="utterance", top_db=40.0), 8000)
+    quantizer = frontend.FeatureQuantizer.fit(np.zeros(13), np.ones(13), 3.0, 256)
+    device = DeviceModel(integer, tables, quantizer, ("a", "b", "c"), None, 128)
+    pcm, lengths, frames = _batch(_clips(8000)[:3], tables.hop)
+    report = audit_float_free(lambda p, l: pcm_to_logits(device, p, l, frames), pcm, lengths)
+    assert report.num_equations > 500 and "float32" not in report.dtypes
+
+
+def test_integer_front_end_training_sees_the_device_features(wav_folder):
+    """The training inputs are exactly q * clip / 127 of the device's int8 features."""
+    from lstmq.pipeline import prepare_data
+
+    config = load_config(overrides=[f"data.path={wav_folder}", "features.frontend=integer",
+                                    "features.cache=false", "data.split=official",
+                                    "data.val_fraction=0", "features.normalize=utterance",
+                                    "features.top_db=40"])
+    data = prepare_data(config, progress=False)
+    normalizer = data.normalizer
+    assert normalizer.integer and normalizer.input_clip > 0
+    step = np.float32(normalizer.input_clip / 127.0)
+    q = data.test.x / step
+    assert np.abs(q - np.round(q)).max() < 1e-3  # on the int8 grid (to float32 rounding)
+    q = np.round(q)
+    assert np.abs(q).max() <= 127
+    tables = frontend.make_tables(config.features, 8000)
+    from lstmq.data import load_recordings
+
+    dataset = load_recordings(wav_folder)
+    name = data.test.names[3]
+    clip = frontend.pcm_int16(dataset.audio[dataset.names.index(name)])
+    values = frontend.integer_mfcc_ref(tables, clip)
+    device_q = np.asarray(frontend.quantize_features(normalizer.quantizer, jnp.asarray(values)))
+    np.testing.assert_array_equal(q[3, :len(device_q)].astype(np.int8), device_q)
