@@ -30,7 +30,7 @@ class CEngine:
         self._folder = Path(tempfile.mkdtemp(prefix="lstmq-c-engine-"))
         write_c_library(model, self._folder, weight_bits, classes, device)
         library = compile_host(self._folder, ("lstmq_runtime.c", "lstmq_model.c"),
-                               "liblstmq.so", ("-shared", "-fPIC"))
+                               "liblstmq.so", ("-shared", "-fPIC", "-O3"))
         self.threads = max(1, threads or min(2, os.cpu_count() or 1))
         self._libraries = []
         for copy in range(self.threads):  # one loaded copy per thread: separate static state

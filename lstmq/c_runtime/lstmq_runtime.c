@@ -256,19 +256,34 @@ static int16_t cell[LSTMQ_LAYERS][LSTMQ_HIDDEN];
 static int8_t hidden[LSTMQ_LAYERS][LSTMQ_HIDDEN];
 static int32_t mean_sum[LSTMQ_HIDDEN];
 
+static void accumulate(int32_t *acc, const int8_t *w, const int8_t *x, int32_t rows) {
+  int32_t i, j;  /* acc[j] += sum_i x[i] w[i][j], row by row: contiguous weights */
+  for (i = 0; i < rows; i++) {
+    int32_t xi = x[i];
+    if (xi == 0) continue;
+#if LSTMQ_WEIGHT_BITS == 4
+    for (j = 0; j < LSTMQ_GATES; j++) acc[j] += xi * weight(w, i * LSTMQ_GATES + j);
+#else
+    {
+      const int8_t *row = &w[i * LSTMQ_GATES];
+      for (j = 0; j < LSTMQ_GATES; j++) acc[j] += xi * row[j];
+    }
+#endif
+  }
+}
+
 static void lstm_step(int32_t layer, const int8_t *x, int32_t inputs) {
   const struct lstmq_layer *p = &LSTMQ_LAYER[layer];
+  int32_t ax[LSTMQ_GATES], ah[LSTMQ_GATES];
   int16_t z[LSTMQ_GATES];
   int8_t new_h[LSTMQ_HIDDEN];
-  int32_t j, i;
+  int32_t j;
+  for (j = 0; j < LSTMQ_GATES; j++) { ax[j] = p->input_bias[j]; ah[j] = 0; }
+  accumulate(ax, p->input_kernel, x, inputs);
+  accumulate(ah, p->recurrent_kernel, hidden[layer], LSTMQ_HIDDEN);
   for (j = 0; j < LSTMQ_GATES; j++) {
-    int32_t ax = p->input_bias[j], ah = 0, zx, zh;
-    for (i = 0; i < inputs; i++) ax += x[i] * weight(p->input_kernel, i * LSTMQ_GATES + j);
-    for (i = 0; i < LSTMQ_HIDDEN; i++) {
-      ah += hidden[layer][i] * weight(p->recurrent_kernel, i * LSTMQ_GATES + j);
-    }
-    zx = requantize(ax, p->input_multiplier[j], p->input_shift[j]);
-    zh = requantize(ah, p->recurrent_multiplier[j], p->recurrent_shift[j]);
+    int32_t zx = requantize(ax[j], p->input_multiplier[j], p->input_shift[j]);
+    int32_t zh = requantize(ah[j], p->recurrent_multiplier[j], p->recurrent_shift[j]);
     z[j] = (int16_t)clip32(zx + zh, -32768, 32767);
   }
   for (j = 0; j < LSTMQ_HIDDEN; j++) {
