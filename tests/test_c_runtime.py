@@ -4,6 +4,7 @@ engine, and on an FPU-less Cortex-M3 under QEMU."""
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -141,3 +142,13 @@ def test_cortex_m3_under_qemu_is_bit_exact_and_float_free(tmp_path):
     assert report.soft_float_symbols == ()
     assert report.flash_bytes > library.layer_bytes and report.stack_bytes > 0
     assert report.ram_bytes >= report.bss_bytes > 0
+
+
+def test_the_integer_side_never_imports_aqt():
+    """predict_int, the export, the C generator and the device path run without AQT."""
+    code = ("import sys\n"
+            "import lstmq.integer, lstmq.export, lstmq.artifact, lstmq.c_export, lstmq.device, "
+            "lstmq.frontend, lstmq.inference\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'aqt'))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
