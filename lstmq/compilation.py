@@ -49,3 +49,44 @@ def enable_persistent_cache(folder: str | os.PathLike | None = None) -> Path | N
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     _log.debug("compilation cache: %s", folder)
     return folder
+
+
+class CompileClock:
+    """Seconds XLA spent tracing, lowering and compiling, and persistent-cache hits, since
+    ``start()`` (from ``jax.monitoring``'s events; the listeners are registered once)."""
+
+    _seconds = 0.0
+    _hits = 0
+    _registered = False
+
+    @classmethod
+    def _register(cls) -> None:
+        import jax.monitoring  # pylint: disable=import-outside-toplevel
+
+        def on_duration(name: str, seconds: float, **_) -> None:
+            if name.startswith("/jax/core/compile/"):
+                cls._seconds += seconds
+
+        def on_event(name: str, **_) -> None:
+            if name == "/jax/compilation_cache/cache_hits":
+                cls._hits += 1
+
+        jax.monitoring.register_event_duration_secs_listener(on_duration)
+        jax.monitoring.register_event_listener(on_event)
+        cls._registered = True
+
+    def __init__(self) -> None:
+        if not CompileClock._registered:
+            CompileClock._register()
+        self.start()
+
+    def start(self) -> None:
+        self._from = (CompileClock._seconds, CompileClock._hits)
+
+    @property
+    def seconds(self) -> float:
+        return CompileClock._seconds - self._from[0]
+
+    @property
+    def cache_hits(self) -> int:
+        return CompileClock._hits - self._from[1]

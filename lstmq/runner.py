@@ -33,7 +33,7 @@ from lstmq import evaluate
 from lstmq.augment import make_spec_augment
 from lstmq.budget import hidden_from_config
 from lstmq.checkpoint import CheckpointError, TrainingCheckpoints, save_params
-from lstmq.compilation import enable_persistent_cache
+from lstmq.compilation import CompileClock, enable_persistent_cache
 from lstmq.config import Config, config_to_dict
 from lstmq.io import FolderLock, atomic_write_json, read_json
 from lstmq.pipeline import PreparedData, SplitArrays, prepare_data
@@ -196,6 +196,10 @@ def _train(config: Config, workdir: Path, data: PreparedData, derived: Derived,
     atomic_write_json(workdir / "training.json", record)  # only once the folder is known good
 
     train_seconds = sum(row["seconds"] for row in history)
+    clock = CompileClock()
+    if start_epoch < config.train.epochs:
+        log.info("compiling the training step (the first epoch includes it; a second run of "
+                 "these shapes reads it from the compilation cache)")
     bar = tqdm(range(start_epoch, config.train.epochs), disable=not progress,
                desc=f"train h={derived.hidden} x{seeds} seeds", initial=start_epoch,
                total=config.train.epochs)
@@ -225,6 +229,11 @@ def _train(config: Config, workdir: Path, data: PreparedData, derived: Derived,
         best = {"params": select_best(best["params"], states.eval_params(), improved),
                 "val": np.where(improved, val_acc, best["val"]),
                 "epoch": np.where(improved, epoch + 1, best["epoch"])}
+        if epoch == start_epoch:
+            row["compile_seconds"] = clock.seconds
+            log.info("epoch %d: %.1f s training; tracing and compiling the training and "
+                     "validation steps took %.1f s (%d program(s) read from the compilation "
+                     "cache)", epoch + 1, seconds, clock.seconds, clock.cache_hits)
         history.append(row)
         atomic_write_json(workdir / "history.json", history)
         checkpoints.save(epoch + 1, {"states": states, "best": best})
