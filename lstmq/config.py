@@ -161,6 +161,7 @@ class TrainConfig:
     seeds: int = 1  # seeds trained together by one compiled step (seed, seed+1, ...)
     seed_threads: int = 0  # threads the seeds run on, vmapped within a thread; 0: one per seed
     batch_shards: int = 1  # threads each batch is split over (gradients summed); divides batch_size
+    seed_devices: int = 1  # devices the seed axis is split over (jax.sharding); 0: all
     bucket_frames: int = 16  # pad each batch to a multiple of this many frames
     select: Literal["last", "best_val"] = "best_val"  # which epoch's parameters are kept
 

@@ -91,6 +91,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.seeds": (_positive, "at least 1"),
     "train.seed_threads": (_non_negative, "0 (one per seed) or more"),
     "train.batch_shards": (_positive, "at least 1"),
+    "train.seed_devices": (_non_negative, "0 (every device) or more"),
     "train.bucket_frames": (_positive, "at least 1"),
 }
 

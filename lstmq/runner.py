@@ -43,7 +43,7 @@ from lstmq.train import Trainer, create_train_states, select_best
 
 log = logging.getLogger("lstmq")
 # Settings that change how a run executes, not what it computes: may differ on resume.
-EXECUTION_KEYS = ("train.seed_threads", "features.workers", "features.cache",
+EXECUTION_KEYS = ("train.seed_threads", "train.seed_devices", "features.workers", "features.cache",
                   "data.path", "data.source", "data.cache_dir", "data.tfds_manual_dir")
 RUN_FILES = ("run.json", "training.json", "params.msgpack", "metrics.json", "history.json",
              "confusion.png", "history.png")
@@ -180,6 +180,7 @@ def _train(config: Config, workdir: Path, data: PreparedData, derived: Derived,
     states = create_train_states(model, trainer.tx, config.train.seed, config.train.seeds,
                                  derived.input_size, _initial_params(config, derived),
                                  ema=config.train.ema_decay > 0)
+    states = trainer.place(states)  # on the seed mesh with train.seed_devices
     seeds = len(derived.seeds)
     best = {"params": jax.tree_util.tree_map(jnp.copy, states.eval_params()),  # donated states
             "val": np.full(seeds, -1.0), "epoch": np.zeros(seeds, int)}

@@ -5,7 +5,9 @@ Every state below carries a leading ``seeds`` axis: seed ``s`` of a run with
 all seeds see the same batches (same order). The seed axis is cut into groups
 (``train.seed_threads``), each group runs the same compiled ``jax.vmap`` step on its own
 thread, so the seeds share the CPU cores: one seed's small per-time-step matmuls leave a
-core idle, and vmapping seeds on one core only lengthens each step.
+core idle, and vmapping seeds on one core only lengthens each step. With
+``train.seed_devices`` the seeds instead run as one vmapped program whose seed axis is split
+over ``jax.devices()`` (``jax.sharding``: GPUs, TPUs, or CPU host devices).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lstmq.config import Config, TrainConfig
 from lstmq.features import length_buckets
@@ -54,6 +57,22 @@ def seed_groups(seeds: int, threads: int) -> list[slice]:
     count = seeds if threads == 0 else min(threads, seeds)
     bounds = [round(i * seeds / count) for i in range(count + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def seed_mesh(seeds: int, devices: int):
+    """A one-axis ``jax.sharding.Mesh`` ("seed") over ``devices`` devices (0: all of them)
+    when the seed axis is to be split over several; None for one device."""
+    available = jax.devices()
+    count = len(available) if devices == 0 else devices
+    if count <= 1:
+        return None
+    if count > len(available):
+        raise ValueError(f"train.seed_devices is {devices} but JAX sees {len(available)} "
+                         f"device(s): {[str(d) for d in available]}")
+    if seeds % count:
+        raise ValueError(f"train.seeds ({seeds}) must be a multiple of the {count} devices "
+                         "the seeds are split over (train.seed_devices)")
+    return Mesh(np.array(available[:count]), ("seed",))
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -210,7 +229,14 @@ class Trainer:
         self._step = jax.jit(seeds_step, static_argnums=4, donate_argnums=0)
         self._gradients = jax.jit(seeds_gradients, static_argnums=4)
         self._apply = jax.jit(seeds_apply, donate_argnums=0)
-        self.groups = seed_groups(self.cfg.seeds, self.cfg.seed_threads)
+        self.mesh = seed_mesh(self.cfg.seeds, self.cfg.seed_devices)
+        if self.mesh is not None:  # one program for every seed, partitioned over devices
+            if self.cfg.batch_shards > 1:
+                raise ValueError("train.seed_devices and train.batch_shards cannot be combined")
+            self.groups = [slice(0, self.cfg.seeds)]
+            self._data = jax.device_put(self._data, NamedSharding(self.mesh, PartitionSpec()))
+        else:
+            self.groups = seed_groups(self.cfg.seeds, self.cfg.seed_threads)
         self.shards = self.cfg.batch_shards
         if self.shards < 1 or self.cfg.batch_size % self.shards:
             raise ValueError(f"train.batch_shards must be at least 1 and divide train.batch_size "
@@ -233,9 +259,18 @@ class Trainer:
             batches.append(Batch(index.astype(np.int32), weight, frames))
         return batches
 
+    def place(self, tree: Any) -> Any:
+        """Puts a seed-stacked tree on the seed mesh (split along its leading axis); as is
+        without one."""
+        if self.mesh is None:
+            return tree
+        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec("seed")))
+
     def run_epoch(self, states: TrainState, epoch: int) -> tuple[TrainState, dict[str, np.ndarray]]:
-        """One epoch of every seed; each seed group steps through the batches on its own thread."""
+        """One epoch of every seed; each seed group steps through the batches on its own thread
+        (or, with ``train.seed_devices``, one program partitioned over devices)."""
         batches = self.epoch_batches(np.random.default_rng([self.cfg.seed, epoch]))
+        states = self.place(states)
         if len(self.groups) == 1:
             results = [self._run_group(states, batches)]
         else:

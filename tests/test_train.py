@@ -465,3 +465,49 @@ def test_tiny_qat_run_learns():
     assert history[0]["accuracy"][0] < 0.6
     assert history[-1]["accuracy"][0] > 0.8  # training accuracy over the last epoch's batches
     assert history[-1]["loss"][0] < 0.5 * history[0]["loss"][0]
+
+
+SHARDED_RUN = """
+import json, sys
+import jax, numpy as np
+from lstmq.config import load_config
+from lstmq.runner import train_and_evaluate
+from lstmq.runs import load_run
+folder, out, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
+config = load_config(overrides=[f"data.path={folder}", "data.split=official", "data.val_fraction=0",
+                                "features.cache=false", "model.hidden=4", "model.layers=1",
+                                "train.seeds=2", "train.seed_threads=1", "train.batch_size=8",
+                                "train.epochs=2", f"train.seed_devices={devices}"])
+train_and_evaluate(config, out, progress=False)
+print(json.dumps({"devices": len(jax.devices()), "params": [np.asarray(p).tolist()
+                  for p in jax.tree_util.tree_leaves(load_run(out).params)]}))
+"""
+
+
+def test_seeds_split_over_host_devices_train_as_on_one(wav_folder, tmp_path):
+    """Two CPU host devices (XLA's --xla_force_host_platform_device_count), each holding one
+    seed of a vmapped program: the same parameters as the program on one device."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    results = {}
+    for devices in (1, 2):
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+        done = subprocess.run([sys.executable, "-c", SHARDED_RUN, str(wav_folder),
+                               str(tmp_path / f"run{devices}"), str(devices)],
+                              capture_output=True, text=True, env=env, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[devices] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results[2]["devices"] == 2
+    for one, two in zip(results[1]["params"], results[2]["params"]):
+        np.testing.assert_allclose(np.array(one), np.array(two), rtol=1e-5, atol=1e-6)
+
+
+def test_a_seed_mesh_needs_the_devices_and_a_multiple_of_them():
+    from lstmq.train import seed_mesh
+
+    assert seed_mesh(3, 1) is None
+    with pytest.raises(ValueError, match="JAX sees"):
+        seed_mesh(4, len(jax.devices()) + 1)
