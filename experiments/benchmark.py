@@ -61,7 +61,7 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
         inference_hidden: int | None = None, inference_batch: int = 512,
         inference_repeats: int = 5, latency_clips: int = 50, overrides: Sequence[str] = (),
         quick: bool = False, shards: Sequence[int] = (1, 2),
-        pytorch: bool | None = None) -> dict[str, Any]:
+        pytorch: bool | None = None, compile_check: bool = True) -> dict[str, Any]:
     """Measure training and inference throughput; write ``benchmark.json``/``.md``.
 
     Args:
@@ -121,7 +121,16 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
             row["pytorch_reference_seconds"] = reference
             row["speedup_vs_pytorch_quoted"] = (reference / row["seconds_per_epoch"]["median"]
                                                 if reference else None)
+            if shard == shards[0]:  # the same step quantization-aware (AQT fake quant)
+                qat = load_config(None, [*overrides, f"model.hidden={h}", "train.seeds=1",
+                                         f"train.batch_shards={shard}", "quant.mode=qat",
+                                         f"quant.input_clip={SYNTHETIC_INPUT_CLIP}",
+                                         f"quant.weight_bits={8 if h <= 48 else 4}"])
+                row["qat"] = _time_training(qat, synthetic_split, data.input_size, epochs)
+                row["qat_vs_float"] = (row["seconds_per_epoch"]["median"]
+                                       / row["qat"]["seconds_per_epoch"]["median"])
             synthetic.append(row)
+    compile_times = _time_compile(overrides, hidden[0]) if compile_check else None
     # PyTorch runs after every lstmq timing: its thread pool stays warm (and may spin) after
     # each epoch, which would slow the XLA threads timed next.
     for h in hidden:
@@ -161,6 +170,7 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
         "data": {"source": data.source, "train_clips": len(data.train)},
         "training_real": real,
         "training_synthetic": synthetic,
+        "compile": compile_times,
         "inference": inference,
         "environment": environment,
     }
@@ -209,6 +219,36 @@ def _time_pytorch(hidden: int, config, input_size: int, clips: int, frames: int,
     common.say(f"  PyTorch {row['torch']} hidden {hidden}: "
                f"{row['seconds_per_epoch']['median']:.3f} s/epoch ({row['threads']} threads)")
     return row
+
+
+def _time_compile(overrides: Sequence[str], hidden: int = 48) -> dict[str, Any]:
+    """Whole-process time of a one-epoch ``lstmq train`` in a new process, first with an
+    empty compilation cache (cold), then again with the cache the first run filled (warm),
+    and the tracing/compiling seconds each reports."""
+    import os  # pylint: disable=import-outside-toplevel
+    import re  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    folder = Path(tempfile.mkdtemp(prefix="lstmq-compile-"))
+    env = dict(os.environ, LSTMQ_JAX_CACHE=str(folder / "xla"))
+    rows = {}
+    for name in ("cold", "warm"):
+        command = [sys.executable, "-m", "lstmq", "train", "--quiet", "--out", str(folder / name),
+                   "--set", f"model.hidden={hidden}", "--set", "train.epochs=1"]
+        for override in overrides:
+            command += ["--set", override]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        seconds = time.perf_counter() - start
+        found = re.search(r"compiling the training and validation steps took ([0-9.]+) s "
+                          r"\((\d+) program", done.stderr)
+        rows[name] = {"process_seconds": seconds, "returncode": done.returncode,
+                      "compile_seconds": float(found.group(1)) if found else None,
+                      "cached_programs": int(found.group(2)) if found else None}
+        common.say(f"  {name} compilation: process {seconds:.1f} s, compiling "
+                   f"{rows[name]['compile_seconds']} s")
+    return {"hidden": hidden, **rows}
 
 
 def _training_layouts(seeds: Sequence[int], shards: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -296,6 +336,19 @@ def _layout(row: dict[str, Any]) -> str:
     return threads + (f" x {row['batch_shards']} shards" if row["batch_shards"] > 1 else "")
 
 
+def _compile_lines(compile_times: dict[str, Any] | None) -> list[str]:
+    if not compile_times:
+        return []
+    rows = [[name, f"{row['process_seconds']:.1f}",
+             "-" if row["compile_seconds"] is None else f"{row['compile_seconds']:.1f}",
+             "-" if row["cached_programs"] is None else row["cached_programs"]]
+            for name, row in ((k, compile_times[k]) for k in ("cold", "warm"))]
+    return [f"## Compilation: a one-epoch `lstmq train` (hidden {compile_times['hidden']}) in a "
+            "new process, with an empty then a filled compilation cache", "",
+            common.markdown_table(["cache", "process s", "tracing + compiling s",
+                                   "programs from the cache"], rows), ""]
+
+
 def format_benchmark(result: dict[str, Any]) -> str:
     s, env = result["settings"], result["environment"]
     real_rows = [[r["hidden"], r["seeds"], _layout(r), r["batches"],
@@ -312,7 +365,9 @@ def format_benchmark(result: dict[str, Any]) -> str:
                        _seconds(r["pytorch_measured"]["seconds_per_epoch"])
                        if r.get("pytorch_measured") else "-",
                        f"{r['speedup_vs_pytorch_measured']:.2f}x"
-                       if r.get("speedup_vs_pytorch_measured") else "-"]
+                       if r.get("speedup_vs_pytorch_measured") else "-",
+                       _seconds(r["qat"]["seconds_per_epoch"]) if r.get("qat") else "-",
+                       f"{r['qat_vs_float']:.2f}x" if r.get("qat_vs_float") else "-"]
                       for r in result["training_synthetic"]]
     inf = result["inference"]
     inference_rows = [[name, f"{row['clips_per_second']:,.0f}",
@@ -347,7 +402,9 @@ def format_benchmark(result: dict[str, Any]) -> str:
         "(above 1: lstmq is faster).", "",
         common.markdown_table(["hidden", "batch shards", "clips", "frames", "s / epoch",
                                "clips / s", "PyTorch quoted s", "speed-up", "PyTorch here s",
-                               "speed-up"], synthetic_rows), "",
+                               "speed-up", "QAT s / epoch", "QAT throughput vs float"],
+                              synthetic_rows), "",
+        *_compile_lines(result.get("compile")),
         f"## (c) Inference, hidden {inf['hidden']} x {inf['layers']} layers, {inf['frames']} "
         f"frames, random parameters", "",
         f"Batched: {s['inference_batch']} clips per call, median of {s['inference_repeats']}. "
@@ -362,7 +419,7 @@ def format_benchmark(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common.script_parser(__doc__, "python -m experiments.benchmark", "runs/benchmark")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[24, 128])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[24, 48, 67, 128])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 3],
                         help="seed counts trained together; the first is the ratio's baseline")
     parser.add_argument("--batch-shards", type=int, nargs="+", default=[1, 2],

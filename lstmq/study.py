@@ -34,18 +34,23 @@ from lstmq.runner import test_report
 from lstmq.runs import load_run, model_from_config
 from lstmq.timing import each_timed, repeat_timed
 
-QUICK = ["train.seeds=1", "train.epochs=2", "augment.copies=0"]
+# --quick: one seed, no waveform copies, short schedules chosen so the 36 KB integer model
+# still means something (a few minutes on 2 cores; docs/benchmark.md has the measurement).
+QUICK = ["train.seeds=1", "augment.copies=0", "train.batch_shards=2"]
+QUICK_EPOCHS = {"task_a": 4, "float_int8_budget": 20, "qat": 5, "float32_budget": 12}
 
 
 def study_configs(out: Path, quick: bool, overrides: Sequence[str] = (),
                   qat_epochs: int = 15, split: str = "random") -> dict[str, Config]:
     """Run name -> config: Task A, then the PTQ-vs-QAT trio (QAT fine-tunes the float run)."""
-    settings = [*(QUICK if quick else []), *overrides]
-    return {
-        "task_a": load_config("task_a", [f"data.split={split}", *settings]),
-        **ptq_qat_configs(split, settings, out / "runs" / split / "float_int8_budget",
-                          1 if quick else qat_epochs),
-    }
+    def settings(name: str) -> list[str]:
+        short = [*QUICK, f"train.epochs={QUICK_EPOCHS[name]}"] if quick else []
+        return [*short, *overrides]
+
+    trio = {name: ptq_qat_configs(split, settings(name), out / "runs" / split / "float_int8_budget",
+                                  QUICK_EPOCHS["qat"] if quick else qat_epochs)[name]
+            for name in ("float_int8_budget", "qat", "float32_budget")}
+    return {"task_a": load_config("task_a", [f"data.split={split}", *settings("task_a")]), **trio}
 
 
 def reproduce(out: str | Path, quick: bool = False, overrides: Sequence[str] = (),

@@ -68,6 +68,10 @@ def test_benchmark_writes_report(tmp_path: Path, tiny: list[str]):
         assert set(row["seconds_per_epoch"]) >= {"median", "min", "max", "values"}
         assert row["clip_seeds_per_second"] > 0
     assert saved["training_real"][0]["multi_seed_ratio"] == pytest.approx(1.0)
+    assert saved["training_synthetic"][0]["qat"]["seconds_per_epoch"]["median"] > 0
+    compiled = saved["compile"]
+    assert compiled["cold"]["returncode"] == 0 == compiled["warm"]["returncode"]
+    assert compiled["warm"]["cached_programs"] > compiled["cold"]["cached_programs"] == 0
     # 64 clips is not the reference setting: no ratio against the PyTorch figures.
     assert saved["training_synthetic"][0]["speedup_vs_pytorch_quoted"] is None
     paths = saved["inference"]["paths"]
@@ -93,7 +97,8 @@ def test_benchmark_times_pytorch_in_the_same_run(tmp_path: Path, tiny: list[str]
     pytest.importorskip("torch")
     saved = benchmark.run(tmp_path, hidden=(4,), seeds=(1,), shards=(1,), epochs=1,
                           synthetic_clips=32, inference_hidden=4, inference_batch=8,
-                          inference_repeats=1, latency_clips=2, overrides=tiny, pytorch=True)
+                          inference_repeats=1, latency_clips=2, overrides=tiny, pytorch=True,
+                          compile_check=False)
     row = saved["training_synthetic"][0]
     assert row["pytorch_measured"]["hidden"] == 4
     assert row["speedup_vs_pytorch_measured"] == pytest.approx(
