@@ -45,8 +45,8 @@ def synthetic_traces(count: int = 480, seed: int = 0) -> tuple[np.ndarray, np.nd
     return x, lengths, np.array([ACTIVITIES[a] for a in labels])
 
 
-def run(out: Path, epochs: int = 10, qat_epochs: int = 4) -> dict:
-    x, lengths, labels = synthetic_traces()
+def run(out: Path, epochs: int = 10, qat_epochs: int = 4, count: int = 480) -> dict:
+    x, lengths, labels = synthetic_traces(count)
     settings = ["model.hidden=16", "model.layers=1", "model.dropout=0.1", "train.seeds=1",
                 "train.batch_size=16", "model.readout=mean", "features.normalize=global", "data.val_fraction=0.15"]
     config = lstmq.load_config(overrides=[*settings, f"train.epochs={epochs}"])

@@ -79,16 +79,18 @@ def integer_models(run: Run, path: str | None = None) -> list[dict[str, np.ndarr
 
 
 ENGINES = ("auto", "c", "jnp")
+C_ENGINE_MIN_CLIPS = 256  # auto: below this, building the C library costs more than it saves
 
 
 def integer_logits(models: list[IntegerModel], split: SplitArrays, weight_bits: int,
                    classes: tuple[str, ...], engine: str = "auto", batch_size: int = 512,
                    bucket: int = 16) -> np.ndarray:
     """``<int32>[seeds, n, classes]`` of integer models on a split: the C runtime (``c``,
-    ``lstmq.c_engine``) or ``jnp``; ``auto``: C when a compiler exists. Bit-exact alike."""
+    ``lstmq.c_engine``) or ``jnp``; ``auto``: C when a compiler exists and the split has at
+    least ``C_ENGINE_MIN_CLIPS`` clips. Bit-exact alike."""
     if engine not in ENGINES:
         raise PathError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
-    if engine != "jnp":
+    if engine == "c" or (engine == "auto" and len(split) >= C_ENGINE_MIN_CLIPS):
         from lstmq.c_engine import c_engine  # pylint: disable=import-outside-toplevel
         from lstmq.integer import quantize_input  # pylint: disable=import-outside-toplevel
 

@@ -152,3 +152,21 @@ def test_the_integer_side_never_imports_aqt():
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'aqt'))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@needs_cc
+def test_integer_logits_are_the_same_from_either_engine():
+    from lstmq.paths import integer_logits
+    from lstmq.pipeline import SplitArrays
+
+    device = make_device(bits=8, readout="last", layers=1)
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(1, 30, 40).astype(np.int32)
+    x = rng.normal(0, 1.2, (40, 32, 13)).astype(np.float32)
+    split = SplitArrays(x, lengths, np.zeros(40, np.int32), np.array([""] * 40),
+                        tuple(map(str, range(40))))
+    models = [device.model, make_device(bits=8, readout="last", layers=1, seed=1).model]
+    by_c = integer_logits(models, split, 8, device.classes, engine="c")
+    by_jnp = integer_logits(models, split, 8, device.classes, engine="jnp")
+    assert by_c.shape == (2, 40, 4)
+    np.testing.assert_array_equal(by_c, by_jnp)

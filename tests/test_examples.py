@@ -27,7 +27,7 @@ def test_own_audio_example_exports_an_integer_model(tmp_path, capsys):
 
 
 def test_sensor_example_runs_qat_conversion_and_the_audit(tmp_path, capsys):
-    result = sensor_sequences.run(tmp_path, epochs=2, qat_epochs=1)
+    result = sensor_sequences.run(tmp_path, epochs=2, qat_epochs=1, count=160)
     assert result["classes"] == list(sensor_sequences.ACTIVITIES)
     assert result["agreement"] >= 0.9 and result["bytes"] > 0
     assert "predict_int float-free" in capsys.readouterr().out
