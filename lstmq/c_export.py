@@ -227,28 +227,10 @@ def _frontend_tables(device: DeviceModel) -> list[tuple[str, np.ndarray, str]]:
             ("LSTMQ_FEATURE_SHIFT", quantizer.shift, "")]
 
 
-def _golden_source(clips: list[np.ndarray], logits: np.ndarray) -> str:
-    offsets = np.cumsum([0] + [c.size for c in clips]).astype(np.int32)
-    return "\n".join([
-        "/* lstmq_golden.c: clips and the logits the model must give for them (generated). */",
-        '#include "lstmq.h"', "",
-        f"const int32_t LSTMQ_GOLDEN_COUNT = {len(clips)};",
-        _array("LSTMQ_GOLDEN_OFFSETS", offsets),
-        _array("LSTMQ_GOLDEN_PCM", np.concatenate(clips).astype(np.int16)),
-        _array("LSTMQ_GOLDEN_LOGITS", np.asarray(logits, np.int32)), ""])
-
-
-CHECK_PROGRAM = r"""/* lstmq_check.c: runs every golden clip and compares its logits (generated). */
-#include <stdio.h>
-
-#include "lstmq.h"
-
-extern const int32_t LSTMQ_GOLDEN_COUNT;
-extern const int32_t LSTMQ_GOLDEN_OFFSETS[];
-extern const int16_t LSTMQ_GOLDEN_PCM[];
-extern const int32_t LSTMQ_GOLDEN_LOGITS[];
-
-int main(void) {
+GOLDEN_CHECK = r"""
+/* Runs every golden clip, hands each result to `report`; returns the mismatches. */
+int32_t lstmq_golden_check(void (*report)(int32_t clip, int32_t label, const int32_t *logits,
+                                          int32_t same)) {
   int32_t clip, c, mismatches = 0, logits[LSTMQ_NUM_CLASSES];
   for (clip = 0; clip < LSTMQ_GOLDEN_COUNT; clip++) {
     int32_t start = LSTMQ_GOLDEN_OFFSETS[clip];
@@ -259,9 +241,41 @@ int main(void) {
       same = same && logits[c] == LSTMQ_GOLDEN_LOGITS[clip * LSTMQ_NUM_CLASSES + c];
     }
     mismatches += !same;
-    printf("clip %ld: %s %s\n", (long)clip, label >= 0 ? LSTMQ_CLASS_NAMES[label] : "error",
-           same ? "bit-exact" : "MISMATCH");
+    report(clip, label, logits, same);
   }
+  return mismatches;
+}
+"""
+
+
+def _golden_source(clips: list[np.ndarray], logits: np.ndarray) -> str:
+    offsets = np.cumsum([0] + [c.size for c in clips]).astype(np.int32)
+    return "\n".join([
+        "/* lstmq_golden.c: clips, the logits the model must give for them, and the check that"
+        " compares them (generated). */",
+        '#include "lstmq.h"', "",
+        f"const int32_t LSTMQ_GOLDEN_COUNT = {len(clips)};",
+        _array("LSTMQ_GOLDEN_OFFSETS", offsets),
+        _array("LSTMQ_GOLDEN_PCM", np.concatenate(clips).astype(np.int16)),
+        _array("LSTMQ_GOLDEN_LOGITS", np.asarray(logits, np.int32)), GOLDEN_CHECK])
+
+
+CHECK_PROGRAM = r"""/* lstmq_check.c: the golden check on the host (generated). */
+#include <stdio.h>
+
+#include "lstmq.h"
+
+extern const int32_t LSTMQ_GOLDEN_COUNT;
+int32_t lstmq_golden_check(void (*report)(int32_t, int32_t, const int32_t *, int32_t));
+
+static void print(int32_t clip, int32_t label, const int32_t *logits, int32_t same) {
+  (void)logits;
+  printf("clip %ld: %s %s\n", (long)clip, label >= 0 ? LSTMQ_CLASS_NAMES[label] : "error",
+         same ? "bit-exact" : "MISMATCH");
+}
+
+int main(void) {
+  int32_t mismatches = lstmq_golden_check(print);
   printf("lstmq check: %ld of %ld clips bit-exact\n", (long)(LSTMQ_GOLDEN_COUNT - mismatches),
          (long)LSTMQ_GOLDEN_COUNT);
   return mismatches == 0 ? 0 : 1;
