@@ -164,7 +164,7 @@ def format_report(result: dict[str, Any]) -> str:
              f"from PCM; PCM path equals the features path: {result['pcm_equals_features_path']}.",
              "", f"- C host build: {host.get('bit_exact', '-')} of {host.get('clips', '-')} "
              "test clips bit-exact with jnp.",
-             f"- Cortex-M3 (QEMU mps2-an385): " + (
+             "- Cortex-M3 (QEMU mps2-an385): " + (
                  f"{cortex['bit_exact']} of {cortex['clips']} golden clips bit-exact; soft-float "
                  f"symbols: {cortex['soft_float_symbols'] or 'none'}; flash {cortex['flash_bytes']:,} "
                  f"B (.text {cortex['text_bytes']:,} + .rodata {cortex['rodata_bytes']:,}); RAM "

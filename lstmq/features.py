@@ -20,7 +20,7 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
 
 import joblib
 import librosa

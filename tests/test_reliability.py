@@ -7,7 +7,6 @@ seed, one epoch) on the synthetic FSDD-named folder.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -23,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from lstmq import data
 from lstmq.artifact import ArtifactError, load_artifact, manifest_checksum
