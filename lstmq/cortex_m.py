@@ -128,6 +128,8 @@ class CortexMError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class CortexM3Report:
+    """Golden clips run and bit-exact, soft-float symbols linked, and the library's sections."""
+
     clips: int
     bit_exact: int
     soft_float_symbols: tuple[str, ...]

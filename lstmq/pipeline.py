@@ -191,7 +191,9 @@ def check_class_count(config: Config, count: int, source: str) -> None:
 
 
 def concatenate_splits(splits: list[SplitArrays]) -> SplitArrays:
-    """One split made of several (padded to the longest)."""
+    """One split made of several (padded to the longest); a single split is returned as is."""
+    if len(splits) == 1:
+        return splits[0]
     frames = max(s.x.shape[1] for s in splits)
     x = np.concatenate([np.pad(s.x, ((0, 0), (0, frames - s.x.shape[1]), (0, 0)))
                         for s in splits])
