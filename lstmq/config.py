@@ -85,6 +85,7 @@ class FeatureConfig:
     n_mels: int = 40
     fmin: float = 20.0
     fmax: float | None = None  # None: the Nyquist frequency
+    mel_norm: Literal["slaney", "none"] = "slaney"  # triangles / width (librosa's), or peak 1
     deltas: int = 0  # 0: MFCC only; 1: + delta; 2: + delta and delta-delta
     trim_db: float | None = None  # trim leading/trailing silence below this many dB under peak
     top_db: float | None = 80.0  # floor of the log-mel spectrum, dB under the clip's peak (None: none)

@@ -38,7 +38,7 @@ FEATURE_VERSION = 2  # bump when extract_mfcc changes what it computes
 CLIPS_PER_WORKER = 5000
 _DELTA_WIDTH = 9
 # Fields that change the features; workers and cache only change how they are obtained.
-_KEY_FIELDS = ("frontend", "n_mfcc", "window_ms", "hop_ms", "n_mels", "fmin", "fmax", "deltas", "trim_db",
+_KEY_FIELDS = ("frontend", "n_mfcc", "window_ms", "hop_ms", "n_mels", "fmin", "fmax", "mel_norm", "deltas", "trim_db",
                "top_db", "min_frames", "max_frames")
 _log = logging.getLogger(__name__)
 
@@ -78,6 +78,14 @@ def num_features(cfg: FeatureConfig) -> int:
     return cfg.n_mfcc * (1 + cfg.deltas)
 
 
+def mel_filter_norm(cfg: FeatureConfig) -> str | None:
+    """librosa's ``norm`` for ``features.mel_norm``: slaney (each triangle divided by its
+    width, equal area) or None (peak-1 triangles)."""
+    if cfg.mel_norm not in ("slaney", "none"):
+        raise ValueError(f"features.mel_norm must be slaney or none, got {cfg.mel_norm!r}")
+    return "slaney" if cfg.mel_norm == "slaney" else None
+
+
 def extract_mfcc(audio: npt.ArrayLike, sample_rate: int, cfg: FeatureConfig) -> np.ndarray:
     """MFCCs (and deltas) of one clip.
 
@@ -109,6 +117,7 @@ def extract_mfcc(audio: npt.ArrayLike, sample_rate: int, cfg: FeatureConfig) -> 
     mel_power = librosa.feature.melspectrogram(
         y=y, sr=sample_rate, n_fft=sizes.n_fft, hop_length=sizes.hop, win_length=sizes.window,
         window="hann", center=True, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=sizes.fmax,
+        norm=mel_filter_norm(cfg),
     )
     # The floor (top_db under the clip's peak) sets where silence and background noise sit.
     log_mel = librosa.power_to_db(mel_power, top_db=cfg.top_db)

@@ -9,7 +9,9 @@ computes. Steps per frame (rules in docs/numerics.md, "Front end"):
    times a periodic Hann window of ``window`` samples in Q15 (centred), ``rsr(x w, 15)``;
 2. block scaling: shift the frame so its peak lies in [2^13, 2^14) (``dsp.block_shift``);
 3. real FFT (``dsp.rfft_q15``), magnitudes ``isqrt(re^2 + im^2)``;
-4. mel filterbank: peak-1 triangles in Q``mel_frac_bits`` (largest that cannot overflow);
+4. mel filterbank: the float front end's triangles (``features.mel_norm``: slaney divides
+   each by its width) scaled so the largest weight is 1, in Q``mel_frac_bits`` (the most
+   fraction bits that cannot overflow); the scale only moves every log by one constant;
 5. ``log2_q10``, minus the block shift (so loud and quiet frames share one scale);
 6. floor ``top_db`` under the clip's peak (in log2 units: top_db / 6.0206 * 1024);
 7. DCT-II (orthonormal) in Q``dct_frac_bits``: ``c`` in Q10 log2 units (int32);
@@ -33,13 +35,13 @@ import numpy as np
 from lstmq import dsp
 from lstmq import fixedpoint as fx
 from lstmq.config import FeatureConfig
-from lstmq.features import frame_sizes
+from lstmq.features import frame_sizes, mel_filter_norm
 
 MAG_MAX = 23171  # isqrt(2 * (2^14 + 16)^2): the largest magnitude a bin can reach
 MAX_FRAMES = 4096  # the utterance sums of a longer clip could leave int32
 MAD_FRAC_BITS = 8  # utterance-normalised values are in Q8 units of the mean absolute deviation
 LOG_DB = 20.0 * math.log10(2.0)  # dB per log2 unit of magnitude (6.0206)
-FRONTEND_VERSION = 1
+FRONTEND_VERSION = 2  # 2: features.mel_norm (slaney triangles by default)
 
 
 class FrontendError(ValueError):
@@ -118,11 +120,12 @@ def make_tables(cfg: FeatureConfig, sample_rate: int) -> FrontendTables:
         2 * np.pi * np.arange(sizes.window) / sizes.window)
     window = np.round(32767 * hann).astype(np.int16)
     mel = librosa.filters.mel(sr=sample_rate, n_fft=n, n_mels=cfg.n_mels, fmin=cfg.fmin,
-                              fmax=sizes.fmax, norm=None).astype(np.float64)
+                              fmax=sizes.fmax, norm=mel_filter_norm(cfg)).astype(np.float64)
     empty = np.flatnonzero(mel.max(axis=1) <= 0)
     if empty.size:
         raise FrontendError(f"mel band(s) {empty.tolist()} hold no FFT bin at n_fft={n}; "
                             "use fewer features.n_mels or a longer features.window_ms")
+    mel /= mel.max()
     mel_bits = _largest_frac_bits(mel, MAG_MAX)
     dct = scipy.fft.dct(np.eye(cfg.n_mels), type=2, norm="ortho", axis=0)[:cfg.n_mfcc]
     log_max = 31 * 1024 + dsp.MAX_SHIFT * 1024  # |L| after the block-shift correction
