@@ -26,6 +26,40 @@ def _phase_vocoder_fft(sample_rate: int) -> int:
     return 1 << max(6, round(np.log2(0.032 * sample_rate)))
 
 
+def change_speed(audio: np.ndarray, sample_rate: int, factor: float) -> np.ndarray:
+    """The clip played ``factor`` times faster (tempo and pitch together)."""
+    import librosa
+
+    return librosa.resample(np.asarray(audio, np.float32), orig_sr=sample_rate * factor,
+                            target_sr=sample_rate, res_type="soxr_mq").astype(np.float32)
+
+
+def shift_pitch(audio: np.ndarray, sample_rate: int, semitones: float) -> np.ndarray:
+    """Every frequency moved by ``semitones``, the duration kept (32 ms phase vocoder)."""
+    import librosa
+
+    n_fft = _phase_vocoder_fft(sample_rate)
+    return librosa.effects.pitch_shift(np.asarray(audio, np.float32), sr=sample_rate,
+                                       n_steps=semitones, n_fft=n_fft, hop_length=n_fft // 4,
+                                       res_type="soxr_mq").astype(np.float32)
+
+
+def add_at_snr(audio: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """``audio`` plus ``noise`` scaled so that mean(audio^2) / mean(noise^2) is ``snr_db``
+    (both over the whole clip), clipped to [-1, 1]. A silent clip gets noise at the level
+    of an RMS of 1e-4."""
+    audio = np.asarray(audio, np.float32)
+    noise = np.asarray(noise, np.float64)
+    if noise.shape != audio.shape:
+        raise ValueError(f"noise of shape {noise.shape} for audio of shape {audio.shape}")
+    rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) or 1e-4
+    noise_rms = float(np.sqrt(np.mean(noise**2)))
+    if noise_rms == 0:
+        raise ValueError("the noise is silent: no signal-to-noise ratio can be set")
+    scaled = noise * (rms / 10 ** (snr_db / 20) / noise_rms)
+    return np.clip(audio + scaled, -1.0, 1.0).astype(np.float32)
+
+
 def augment_clip(audio: np.ndarray, sample_rate: int, cfg: AugmentConfig,
                  rng: np.random.Generator) -> np.ndarray:
     """One randomly perturbed copy of a clip ``<float32>[samples]``.
@@ -43,19 +77,11 @@ def augment_clip(audio: np.ndarray, sample_rate: int, cfg: AugmentConfig,
     - noise_snr_db: white noise at this signal-to-noise ratio (drawn uniformly up to
       noise_snr_db_max when that is set).
     """
-    import librosa
-
     out = np.asarray(audio, np.float32)
     if cfg.speed > 0:
-        factor = rng.uniform(1 - cfg.speed, 1 + cfg.speed)
-        out = librosa.resample(out, orig_sr=sample_rate * factor, target_sr=sample_rate,
-                               res_type="soxr_mq").astype(np.float32)
+        out = change_speed(out, sample_rate, rng.uniform(1 - cfg.speed, 1 + cfg.speed))
     if cfg.pitch > 0:
-        steps = rng.uniform(-cfg.pitch, cfg.pitch)
-        n_fft = _phase_vocoder_fft(sample_rate)
-        out = librosa.effects.pitch_shift(out, sr=sample_rate, n_steps=steps, n_fft=n_fft,
-                                          hop_length=n_fft // 4,
-                                          res_type="soxr_mq").astype(np.float32)
+        out = shift_pitch(out, sample_rate, rng.uniform(-cfg.pitch, cfg.pitch))
     if cfg.time_shift > 0:
         lead = int(rng.uniform(0, cfg.time_shift) * len(out))
         out = np.concatenate([np.zeros(lead, np.float32), out])
