@@ -1,4 +1,4 @@
-"""Command line: ``lstmq train|eval|predict|export|budget|reproduce`` (also ``python -m lstmq``).
+"""Command line: ``lstmq train|eval|predict|export|robustness|budget|reproduce`` (also ``python -m lstmq``).
 
 Parsing and printing only; the work is the library's. Every expected failure (bad config,
 data, run folder, artifact) is one line on stderr and exit code 2; Ctrl-C is one line and
@@ -73,6 +73,17 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _robustness(args: argparse.Namespace) -> int:
+    from lstmq.robustness import format_markdown, robustness_report, write_report
+
+    report = robustness_report(args.run, args.path, args.condition, seed=args.seed,
+                               talkers=args.talkers, progress=not args.quiet)
+    files = write_report(report, args.out or args.run[0] / "robustness")
+    print(format_markdown(report).split("\n\nPer speaker")[0])
+    print(f"-> {', '.join(map(str, files))}")
+    return 0
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from lstmq.study import reproduce
 
@@ -142,6 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--max-seconds", type=float,
                         help="longest clip the C library's static buffers hold (default 3 s)")
     export.set_defaults(handler=_export)
+
+    robust = commands.add_parser(
+        "robustness", help="score a run's test split under noise, babble, pitch and speed")
+    robust.add_argument("--run", type=Path, action="append", required=True,
+                        help="run directory (repeatable: a float run and its QAT fine-tune "
+                             "are scored on the same corrupted clips)")
+    robust.add_argument("--out", type=Path,
+                        help="folder for robustness.json/.md/.png (default RUN/robustness)")
+    robust.add_argument("--path", action="append", choices=PATHS,
+                        help="numerics path (repeatable; default: as trained and integer)")
+    robust.add_argument("--condition", action="append", metavar="KIND[:VALUE]",
+                        help="clean, white:SNR, babble:SNR, pitch:SEMITONES or speed:FACTOR "
+                             "(repeatable; default: clean, white and babble at 20/10/5 dB, "
+                             "pitch -4/+4, speed 0.85/1.15)")
+    robust.add_argument("--talkers", type=int, default=4, help="voices in the babble")
+    robust.add_argument("--seed", type=int, default=0,
+                        help="noise seed (the same seed gives every run the same audio)")
+    robust.add_argument("--quiet", action="store_true", help="no progress bars")
+    robust.set_defaults(handler=_robustness)
 
     reproduce = commands.add_parser(
         "reproduce", help="the whole study: Task A, Task B float, PTQ, QAT and the integer model")

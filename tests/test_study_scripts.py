@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import budget_sweep, loso, tune
+from experiments import budget_sweep, loso, robustness, tune
 from lstmq.folds import leave_one_speaker_out, nested_speaker_folds
 from lstmq.study import reproduce
 
@@ -49,6 +49,19 @@ def test_loso_quick_reports_each_path(tmp_path: Path, tiny: list[str], wav_folde
     assert set(row["noisy"]) == set(loso.PATHS) == set(result["noisy_mean_over_speakers"])
     table = (tmp_path / "loso.md").read_text()
     assert f"| {speaker} |" in table and "integer at 10 dB SNR" in table
+
+
+def test_robustness_quick_scores_the_official_split_along_four_paths(tmp_path: Path,
+                                                                     tiny: list[str]):
+    result = robustness.run(tmp_path, "task_b_speaker", [*tiny, "model.hidden=8"], quick=True,
+                            talkers=1, progress=False)
+    assert result["paths"] == ["float", "ptq-integer", "qat", "qat-integer"]
+    assert result["split"] == "official" and result["test_count"] == 40  # takes 0 and 4
+    assert len(result["rows"]) == 4 * len(result["conditions"]) == 44
+    saved = json.loads((tmp_path / "robustness.json").read_text())
+    assert saved["settings"]["quick"] and saved["rows"] == result["rows"]
+    assert "| babble 5 dB |" in (tmp_path / "robustness.md").read_text()
+    assert (tmp_path / "robustness.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_budget_sweep_counts_bytes_and_marks_the_front(tmp_path: Path, tiny: list[str]):
