@@ -1,5 +1,5 @@
-"""Training-time augmentation: waveform copies (speed, pitch, shift, reverb, band limits, noise)
-and SpecAugment masks.
+"""Training-time augmentation: waveform copies (speed, pitch, shift, reverb, band limits, white
+noise, babble of other speakers) and SpecAugment masks.
 
 Waveform augmentation makes ``augment.copies`` extra versions of every training clip
 before featurization (each copy is a Dataset of its own, so its features are cached like
@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lstmq.config import AugmentConfig
-from lstmq.data import Dataset
+from lstmq.data import DataError, Dataset
 
 
 def _phase_vocoder_fft(sample_rate: int) -> int:
@@ -58,6 +59,57 @@ def add_at_snr(audio: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarra
         raise ValueError("the noise is silent: no signal-to-noise ratio can be set")
     scaled = noise * (rms / 10 ** (snr_db / 20) / noise_rms)
     return np.clip(audio + scaled, -1.0, 1.0).astype(np.float32)
+
+
+def _unit_rms(clip: np.ndarray) -> np.ndarray:
+    clip = np.asarray(clip, np.float64)
+    return clip / np.sqrt(np.mean(clip**2))
+
+
+def babble_talkers(pool: Dataset, speaker: str, label: int, count: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Indices into ``pool`` of ``count`` clips to talk over a clip of ``speaker`` saying
+    class ``label``: never that speaker (when known) nor that class, distinct speakers
+    first, then further clips of the same speakers. ``pool`` holds audible clips only.
+
+    Raises:
+      DataError: no clip of ``pool`` qualifies.
+    """
+    allowed = pool.labels != label
+    if speaker:
+        allowed &= pool.speakers != speaker
+    candidates = np.flatnonzero(allowed)
+    if candidates.size == 0:
+        raise DataError(f"{pool.source}: no audible clip of another speaker and "
+                        f"another class than {speaker or 'an unknown speaker'}'s "
+                        f"{pool.classes[label]!r} to make babble from")
+    by_speaker: dict[str, list[int]] = {}
+    for i in rng.permutation(candidates):
+        by_speaker.setdefault(str(pool.speakers[i]), []).append(int(i))
+    order = [by_speaker[s] for s in rng.permutation(sorted(by_speaker))]
+    chosen: list[int] = []
+    while len(chosen) < count:  # round-robin over speakers: distinct voices first
+        for clips in order:
+            if len(chosen) < count:
+                chosen.append(clips[(len(chosen) // len(order)) % len(clips)])
+    return np.array(chosen, np.int64)
+
+
+def babble_noise(talkers: Sequence[np.ndarray], length: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """``<float64>[length]``: the sum of the talkers' clips, each at unit RMS, looped from a
+    random offset to ``length`` samples."""
+    out = np.zeros(length, np.float64)
+    for clip in talkers:
+        clip = _unit_rms(clip)
+        start = int(rng.integers(len(clip)))
+        out += np.resize(np.roll(clip, -start), length)
+    return out
+
+
+def audible(dataset: Dataset) -> Dataset:
+    """The clips of ``dataset`` that are not all zeros (babble voices)."""
+    return dataset.subset(np.array([np.any(a != 0) for a in dataset.audio], bool))
 
 
 def augment_clip(audio: np.ndarray, sample_rate: int, cfg: AugmentConfig,
@@ -161,20 +213,50 @@ def check_augment_config(cfg: AugmentConfig, sample_rate: int | None = None) -> 
                              f"({sample_rate / 2:g} Hz at {sample_rate} Hz)")
     if not 0 <= cfg.pitch <= 12:
         raise ValueError(f"augment.pitch must be in [0, 12] semitones, got {cfg.pitch}")
+    if cfg.babble_snr_db_max is not None and (cfg.babble_snr_db is None
+                                              or cfg.babble_snr_db_max < cfg.babble_snr_db):
+        raise ValueError(f"augment.babble_snr_db_max {cfg.babble_snr_db_max} needs "
+                         f"augment.babble_snr_db <= it, got {cfg.babble_snr_db}")
+    if cfg.babble_talkers < 1 or not 0 <= cfg.babble_prob <= 1:
+        raise ValueError("augment.babble_talkers must be at least 1 and augment.babble_prob in "
+                         f"[0, 1], got {cfg.babble_talkers} and {cfg.babble_prob}")
 
 
 def waveform_augmentation_enabled(cfg: AugmentConfig) -> bool:
     return cfg.copies > 0 and (cfg.speed > 0 or cfg.pitch > 0 or cfg.time_shift > 0
                                or cfg.reverb_rt60 > 0 or cfg.lowpass_hz is not None
                                or cfg.highpass_hz is not None
-                               or cfg.noise_snr_db is not None)
+                               or cfg.noise_snr_db is not None
+                               or (cfg.babble_snr_db is not None and cfg.babble_prob > 0))
+
+
+def add_babble(audio: np.ndarray, dataset: Dataset, index: int, voices: Dataset,
+               cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Clip ``index`` of ``dataset`` (``audio``, already augmented) under babble of
+    ``voices`` (other speakers, other classes), with probability ``babble_prob``."""
+    if cfg.babble_snr_db is None or rng.uniform() >= cfg.babble_prob:
+        return audio
+    snr_db = cfg.babble_snr_db
+    if cfg.babble_snr_db_max is not None:
+        snr_db = rng.uniform(cfg.babble_snr_db, cfg.babble_snr_db_max)
+    chosen = babble_talkers(voices, str(dataset.speakers[index]), int(dataset.labels[index]),
+                            cfg.babble_talkers, rng)
+    noise = babble_noise([voices.audio[j] for j in chosen], len(audio), rng)
+    return add_at_snr(audio, noise, snr_db)
 
 
 def augment_dataset(dataset: Dataset, cfg: AugmentConfig, seed: int, copy: int) -> Dataset:
-    """Copy number ``copy`` of every clip, deterministic in (seed, copy, clip index)."""
+    """Copy number ``copy`` of every clip, deterministic in (seed, copy, clip index). The
+    babble's voices are the dataset's own clips (of other speakers and classes)."""
     check_augment_config(cfg, dataset.sample_rate)
-    audio = tuple(augment_clip(a, dataset.sample_rate, cfg, np.random.default_rng([seed, copy, i]))
-                  for i, a in enumerate(dataset.audio))
+    voices = audible(dataset) if cfg.babble_snr_db is not None and cfg.babble_prob > 0 else None
+    audio = []
+    for i, clip in enumerate(dataset.audio):
+        out = augment_clip(clip, dataset.sample_rate, cfg, np.random.default_rng([seed, copy, i]))
+        if voices is not None:  # a stream of its own: the other transformations stay as they were
+            out = add_babble(out, dataset, i, voices, cfg, np.random.default_rng([seed, copy, i, 1]))
+        audio.append(out)
+    audio = tuple(audio)
     spec = json.dumps({"parent": dataset.fingerprint, "augment": dataclasses.asdict(cfg),
                        "seed": seed, "copy": copy}, sort_keys=True)
     return dataclasses.replace(dataset, audio=audio,

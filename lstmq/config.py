@@ -143,6 +143,10 @@ class AugmentConfig:
     pitch: float = 0.0  # max pitch shift in semitones, duration kept (frequency warp)
     freq_mask: int = 0  # SpecAugment: max masked MFCC coefficients
     time_mask: int = 0  # SpecAugment: max masked frames
+    babble_snr_db: float | None = None  # babble of other training speakers at this SNR
+    babble_snr_db_max: float | None = None  # if set: SNR uniform in [babble_snr_db, this]
+    babble_talkers: int = 4  # voices summed into the babble
+    babble_prob: float = 1.0  # share of the copies that get babble
     copies: int = 0  # augmented copies of each training clip per epoch
 
 

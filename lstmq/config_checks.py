@@ -79,6 +79,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "augment.pitch": (lambda v: 0 <= v <= 12, "in [0, 12] semitones"),
     "augment.freq_mask": (_non_negative, "0 (off) or more"),
     "augment.time_mask": (_non_negative, "0 (off) or more"),
+    "augment.babble_talkers": (_positive, "at least 1"),
+    "augment.babble_prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "augment.copies": (_non_negative, "0 (off) or more"),
     "train.epochs": (_positive, "at least 1"),
     "train.batch_size": (_positive, "at least 1"),
@@ -139,6 +141,10 @@ def _check_combinations(config: Config) -> None:
                                            or a.noise_snr_db_max < a.noise_snr_db):
         raise ConfigError("augment.noise_snr_db_max needs augment.noise_snr_db at or below it, "
                           f"got {a.noise_snr_db} and {a.noise_snr_db_max}")
+    if a.babble_snr_db_max is not None and (a.babble_snr_db is None
+                                            or a.babble_snr_db_max < a.babble_snr_db):
+        raise ConfigError("augment.babble_snr_db_max needs augment.babble_snr_db at or below "
+                          f"it, got {a.babble_snr_db} and {a.babble_snr_db_max}")
     if t.batch_size % t.batch_shards:
         raise ConfigError(f"train.batch_shards ({t.batch_shards}) must divide train.batch_size "
                           f"({t.batch_size})")

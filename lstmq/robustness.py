@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from lstmq import evaluate
-from lstmq.augment import add_at_snr, change_speed, shift_pitch
+from lstmq.augment import (add_at_snr, audible, babble_noise, babble_talkers, change_speed,
+                           shift_pitch)
 from lstmq.data import DataError, Dataset
 from lstmq.io import atomic_write_json, atomic_write_text
 
@@ -84,52 +85,6 @@ class Condition:
         return f"{self.kind} {self.value:g} dB"
 
 
-def _unit_rms(clip: np.ndarray) -> np.ndarray:
-    clip = np.asarray(clip, np.float64)
-    return clip / np.sqrt(np.mean(clip**2))
-
-
-def babble_talkers(pool: Dataset, speaker: str, label: int, count: int,
-                   rng: np.random.Generator) -> np.ndarray:
-    """Indices into ``pool`` of ``count`` clips to talk over a clip of ``speaker`` saying
-    class ``label``: never that speaker (when known) nor that class, distinct speakers
-    first, then further clips of the same speakers. ``pool`` holds audible clips only.
-
-    Raises:
-      DataError: no clip of ``pool`` qualifies.
-    """
-    allowed = pool.labels != label
-    if speaker:
-        allowed &= pool.speakers != speaker
-    candidates = np.flatnonzero(allowed)
-    if candidates.size == 0:
-        raise DataError(f"{pool.source}: no audible clip of another speaker and "
-                        f"another class than {speaker or 'an unknown speaker'}'s "
-                        f"{pool.classes[label]!r} to make babble from")
-    by_speaker: dict[str, list[int]] = {}
-    for i in rng.permutation(candidates):
-        by_speaker.setdefault(str(pool.speakers[i]), []).append(int(i))
-    order = [by_speaker[s] for s in rng.permutation(sorted(by_speaker))]
-    chosen: list[int] = []
-    while len(chosen) < count:  # round-robin over speakers: distinct voices first
-        for clips in order:
-            if len(chosen) < count:
-                chosen.append(clips[(len(chosen) // len(order)) % len(clips)])
-    return np.array(chosen, np.int64)
-
-
-def babble_noise(talkers: Sequence[np.ndarray], length: int,
-                 rng: np.random.Generator) -> np.ndarray:
-    """``<float64>[length]``: the sum of the talkers' clips, each at unit RMS, looped from a
-    random offset to ``length`` samples."""
-    out = np.zeros(length, np.float64)
-    for clip in talkers:
-        clip = _unit_rms(clip)
-        start = int(rng.integers(len(clip)))
-        out += np.resize(np.roll(clip, -start), length)
-    return out
-
-
 def corrupt_clip(audio: np.ndarray, condition: Condition, sample_rate: int,
                  rng: np.random.Generator, talkers: Sequence[np.ndarray] = ()) -> np.ndarray:
     """One clip under ``condition`` (``talkers``: the babble's clips)."""
@@ -157,7 +112,7 @@ def corrupt_dataset(test: Dataset, condition: Condition, pool: Dataset, seed: in
         raise DataError(f"babble clips at {pool.sample_rate} Hz for test clips at "
                         f"{test.sample_rate} Hz")
     if condition.kind == "babble":
-        pool = pool.subset(np.array([np.any(a != 0) for a in pool.audio], bool))
+        pool = audible(pool)
     stream = zlib.crc32(condition.name.encode())
     audio = []
     for i, clip in enumerate(test.audio):

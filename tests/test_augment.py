@@ -194,3 +194,33 @@ def test_augmented_copies_extend_training_split_only(wav_folder):
     assert len(augmented.train) == 3 * len(plain.train)
     assert len(augmented.test) == len(plain.test)
     np.testing.assert_array_equal(augmented.normalizer.mean, plain.normalizer.mean)
+
+
+def test_babble_copies_mix_other_speakers_at_the_snr_and_leave_other_draws_alone(wav_folder):
+    from lstmq.data import load_recordings
+
+    dataset = load_recordings(wav_folder)
+    babble = augment_dataset(dataset, AugmentConfig(babble_snr_db=10.0, copies=1), 0, 0)
+    for clean, noisy in zip(dataset.audio, babble.audio):
+        clean = clean.astype(np.float64)
+        snr = 10 * np.log10(np.mean(clean**2) / np.mean((noisy - clean) ** 2))
+        assert abs(snr - 10.0) < 0.05
+    white = AugmentConfig(noise_snr_db=20.0, copies=1)
+    both = dataclasses.replace(white, babble_snr_db=0.0, babble_snr_db_max=5.0, babble_prob=0.5)
+    plain, mixed = augment_dataset(dataset, white, 3, 0), augment_dataset(dataset, both, 3, 0)
+    same = [np.array_equal(a, b) for a, b in zip(plain.audio, mixed.audio)]
+    assert 0 < sum(same) < len(same)  # about half the copies get babble on top, the rest are as before
+    assert plain.fingerprint != mixed.fingerprint
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(babble_snr_db=10.0, babble_snr_db_max=5.0), "babble_snr_db_max"),
+    (dict(babble_snr_db_max=5.0), "babble_snr_db_max"),
+    (dict(babble_talkers=0), "babble_talkers"),
+    (dict(babble_prob=1.5), "babble_prob"),
+])
+def test_impossible_babble_is_refused_by_the_config(bad, message):
+    from lstmq.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [f"augment.{k}={v}" for k, v in bad.items()])
