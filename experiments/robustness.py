@@ -12,6 +12,8 @@ clean, white noise and babble of other speakers' training clips at 20/10/5 dB SN
 copies depend on ``--noise-seed`` only, so every config meets the same audio. A finished
 training is reused on a re-run. ``--quick``: 1 seed, 2 + 1 epochs, no waveform copies.
 Produces <out>/robustness.json, .md and .png; <out>/runs/{float,qat}/ are the runs.
+``--on val`` scores the validation clips instead (babble still from training clips), into
+<out>/val/: what settings are chosen on.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from lstmq.robustness import DEFAULT_TALKERS, format_markdown, robustness_report
 def run(out: str | Path, config: str | Path = "task_b_speaker", overrides: Sequence[str] = (),
         seeds: int | None = None, epochs: int | None = None, qat_epochs: int = 15,
         talkers: int = DEFAULT_TALKERS, noise_seed: int = 0, quick: bool = False,
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True, on: str = "test") -> dict[str, Any]:
     out = Path(out)
     seeds, epochs, overrides = common.quick_defaults(quick, seeds, epochs, overrides)
     qat_epochs = 1 if quick else qat_epochs
@@ -41,11 +43,12 @@ def run(out: str | Path, config: str | Path = "task_b_speaker", overrides: Seque
     common.say(f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test clips")
     common.train_or_resume(float_config, float_dir, data, progress)
     common.train_or_resume(qat_config, qat_dir, data, progress)
-    report = robustness_report([float_dir, qat_dir], None, None, noise_seed, talkers, progress)
+    report = robustness_report([float_dir, qat_dir], None, None, noise_seed, talkers, progress,
+                               on)
     report["settings"] = {"config": str(config), "overrides": list(overrides), "seeds": seeds,
                           "epochs": epochs, "qat_epochs": qat_epochs, "quick": quick}
     report["environment"] = common.environment()
-    write_report(common.jsonable(report), out)
+    write_report(common.jsonable(report), out if on == "test" else out / "val")
     return report
 
 
@@ -59,10 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--qat-epochs", type=int, default=15)
     parser.add_argument("--talkers", type=int, default=DEFAULT_TALKERS)
     parser.add_argument("--noise-seed", type=int, default=0)
+    parser.add_argument("--on", choices=("test", "val"), default="test",
+                        help="val: score the validation clips (choosing settings), into <out>/val")
     args = parser.parse_args(argv)
     common.setup_logging()
     result = run(args.out, args.config, args.set, args.seeds, args.epochs, args.qat_epochs,
-                 args.talkers, args.noise_seed, args.quick, not args.quiet)
+                 args.talkers, args.noise_seed, args.quick, not args.quiet, args.on)
     print(format_markdown(result))
     return 0
 

@@ -77,8 +77,9 @@ def _robustness(args: argparse.Namespace) -> int:
     from lstmq.robustness import format_markdown, robustness_report, write_report
 
     report = robustness_report(args.run, args.path, args.condition, seed=args.seed,
-                               talkers=args.talkers, progress=not args.quiet)
-    files = write_report(report, args.out or args.run[0] / "robustness")
+                               talkers=args.talkers, progress=not args.quiet, on=args.on)
+    default = args.run[0] / ("robustness" if args.on == "test" else "robustness_val")
+    files = write_report(report, args.out or default)
     print(format_markdown(report).split("\n\nPer speaker")[0])
     print(f"-> {', '.join(map(str, files))}")
     return 0
@@ -168,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(repeatable; default: clean, white and babble at 20/10/5 dB, "
                              "pitch -4/+4, speed 0.85/1.15)")
     robust.add_argument("--talkers", type=int, default=4, help="voices in the babble")
+    robust.add_argument("--on", choices=("test", "val"), default="test",
+                        help="score the test split, or the validation split (to choose "
+                             "settings without looking at test clips)")
     robust.add_argument("--seed", type=int, default=0,
                         help="noise seed (the same seed gives every run the same audio)")
     robust.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -158,12 +158,12 @@ def _plan(runs: list[Any], paths: Sequence[str] | None) -> list[tuple[Any, str]]
 
 def robustness_report(directories: str | Path | Sequence[str | Path],
                       paths: Sequence[str] | None = None, conditions: Sequence[str] | None = None,
-                      seed: int = 0, talkers: int = DEFAULT_TALKERS,
-                      progress: bool = True) -> dict[str, Any]:
+                      seed: int = 0, talkers: int = DEFAULT_TALKERS, progress: bool = True,
+                      on: str = "test") -> dict[str, Any]:
     """Scores of one run, or of runs sharing their data and split (a float run and its QAT
-    fine-tune), on the test split under every condition along ``paths`` (default: each
-    run as trained and its integer model), per seed and per speaker; ``conditions`` default
-    to ``DEFAULT_CONDITIONS``."""
+    fine-tune), on the test split (``on="val"``: the validation split, for choosing settings)
+    under every condition along ``paths`` (default: each run as trained and its integer
+    model), per seed and per speaker; ``conditions`` default to ``DEFAULT_CONDITIONS``."""
     # pylint: disable=import-outside-toplevel
     from lstmq.inference import run_dataset
     from lstmq.paths import integer_models, predict_path
@@ -172,6 +172,8 @@ def robustness_report(directories: str | Path | Sequence[str | Path],
     from lstmq.runs import load_run
     from lstmq.splits import make_split
 
+    if on not in ("test", "val"):
+        raise ValueError(f"robustness is scored on the test or the val split, not {on!r}")
     parsed = list({c.name: c for c in map(Condition.parse, conditions or DEFAULT_CONDITIONS)
                    }.values())  # each condition once, in the order given
     single = isinstance(directories, (str, Path))
@@ -183,10 +185,13 @@ def robustness_report(directories: str | Path | Sequence[str | Path],
     split = make_split(dataset, runs[0].config.data)
     for run in runs[1:]:
         if (run.data.get("fingerprint") != runs[0].data.get("fingerprint")
-                or not np.array_equal(make_split(dataset, run.config.data).test, split.test)):
-            raise ValueError(f"{run.directory} was not tested on the test split of "
+                or not np.array_equal(getattr(make_split(dataset, run.config.data), on),
+                                      getattr(split, on))):
+            raise ValueError(f"{run.directory} does not share the {on} split of "
                              f"{runs[0].directory}: robustness compares runs on the same clips")
-    test, pool = dataset.subset(split.test), dataset.subset(split.train)
+    test, pool = dataset.subset(getattr(split, on)), dataset.subset(split.train)
+    if len(test) == 0:
+        raise ValueError(f"{runs[0].directory}: its {on} split holds no clip")
     models = {p: integer_models(run, p) for run, p in plan if p.endswith("-integer")}
     rows = []
     for condition in parsed:
@@ -208,7 +213,7 @@ def robustness_report(directories: str | Path | Sequence[str | Path],
                          "per_seed": report["test_accuracy_per_seed"],
                          "per_speaker": report["per_speaker"]})
     return {"run": str(runs[0].directory) if single else [str(r.directory) for r in runs],
-            "data": dataset.source, "split": runs[0].config.data.split,
+            "data": dataset.source, "split": runs[0].config.data.split, "scored": on,
             "test_count": int(len(test)), "seeds": list(runs[0].derived.seeds),
             "noise_seed": seed, "talkers": talkers, "paths": [p for _, p in plan],
             "conditions": [c.name for c in parsed], "rows": rows}
@@ -226,7 +231,7 @@ def format_markdown(report: dict[str, Any]) -> str:
     labels = {r["condition"]: r["label"] for r in rows}
     cell = {(r["condition"], r["path"]): r for r in rows}
     runs = report["run"] if isinstance(report["run"], str) else " and ".join(report["run"])
-    lines = [f"Robustness of {runs} on {report['test_count']} test clips "
+    lines = [f"Robustness of {runs} on {report['test_count']} {report.get('scored', 'test')} clips "
              f"({report['split']} split, {len(report['seeds'])} seed(s) "
              f"{', '.join(map(str, report['seeds']))}; noise seed {report['noise_seed']}, "
              f"babble of {report['talkers']} talkers). Accuracy %, mean (min-max) over seeds.",
@@ -266,12 +271,13 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
         ax.bar(x, acc[:, 0], width, label=p,
                yerr=[acc[:, 0] - acc[:, 1], acc[:, 2] - acc[:, 0]], capsize=2)
     ax.set_xticks(np.arange(len(names)), [labels[n] for n in names], rotation=30, ha="right")
-    ax.set_ylabel("test accuracy %")
+    ax.set_ylabel(f"{report.get('scored', 'test')} accuracy %")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     runs = [report["run"]] if isinstance(report["run"], str) else report["run"]
-    ax.set_title(f"{', '.join(Path(r).name for r in runs)}: {report['test_count']} test clips, "
+    ax.set_title(f"{', '.join(Path(r).name for r in runs)}: {report['test_count']} "
+                 f"{report.get('scored', 'test')} clips, "
                  f"{len(report['seeds'])} seed(s)")
     evaluate.save_figure(fig, path)
     plt.close(fig)

@@ -156,6 +156,10 @@ def test_robustness_cli_scores_every_condition_and_path(make_folders_dataset, tm
     assert both["paths"] == ["float", "ptq-integer", "qat", "qat-integer"]
     assert [r["per_seed"] for r in both["rows"] if r["condition"] == "clean"][:2] == [
         clean["float"]["per_seed"], clean["ptq-integer"]["per_seed"]]
+    assert main(["robustness", "--run", str(run), "--on", "val", "--quiet",
+                 "--condition", "white:10"]) == 0
+    on_val = read_json(run / "robustness_val" / "robustness.json")
+    assert on_val["scored"] == "val" and on_val["test_count"] != report["test_count"]
     capsys.readouterr()
     assert main(["robustness", "--run", str(run), "--run", str(run), "--quiet"]) == 2
     assert "belongs to 2 of the runs" in capsys.readouterr().err
