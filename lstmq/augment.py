@@ -254,7 +254,8 @@ def augment_dataset(dataset: Dataset, cfg: AugmentConfig, seed: int, copy: int) 
     for i, clip in enumerate(dataset.audio):
         out = augment_clip(clip, dataset.sample_rate, cfg, np.random.default_rng([seed, copy, i]))
         if voices is not None:  # a stream of its own: the other transformations stay as they were
-            out = add_babble(out, dataset, i, voices, cfg, np.random.default_rng([seed, copy, i, 1]))
+            out = add_babble(out, dataset, i, voices, cfg,
+                             np.random.default_rng([seed, copy, i, 1]))
         audio.append(out)
     audio = tuple(audio)
     spec = json.dumps({"parent": dataset.fingerprint, "augment": dataclasses.asdict(cfg),

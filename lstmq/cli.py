@@ -80,7 +80,7 @@ def _robustness(args: argparse.Namespace) -> int:
                                talkers=args.talkers, progress=not args.quiet, on=args.on)
     default = args.run[0] / ("robustness" if args.on == "test" else "robustness_val")
     files = write_report(report, args.out or default)
-    print(format_markdown(report).split("\n\nPer speaker")[0])
+    print(format_markdown(report, per_speaker=False))
     print(f"-> {', '.join(map(str, files))}")
     return 0
 

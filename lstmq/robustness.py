@@ -61,10 +61,11 @@ class Condition:
         except ValueError:
             raise ValueError(f"robustness condition {text!r}: {kind} needs a number after "
                              f"':' (e.g. {kind}:{'1.15' if kind == 'speed' else '10'})") from None
-        if not np.isfinite(number) or (kind == "speed" and not 0.25 <= number <= 4):
-            raise ValueError(f"robustness condition {text!r}: "
-                             + ("the speed factor must be in [0.25, 4]" if kind == "speed"
-                                else "the value must be finite"))
+        if not np.isfinite(number):
+            raise ValueError(f"robustness condition {text!r}: the value must be finite")
+        if kind == "speed" and not 0.25 <= number <= 4:
+            raise ValueError(f"robustness condition {text!r}: the speed factor must be in "
+                             "[0.25, 4]")
         if kind == "pitch" and abs(number) > 12:
             raise ValueError(f"robustness condition {text!r}: at most 12 semitones either way")
         return cls(kind, number)
@@ -166,7 +167,7 @@ def robustness_report(directories: str | Path | Sequence[str | Path],
     model), per seed and per speaker; ``conditions`` default to ``DEFAULT_CONDITIONS``."""
     # pylint: disable=import-outside-toplevel
     from lstmq.inference import run_dataset
-    from lstmq.paths import integer_models, predict_path
+    from lstmq.paths import INTEGER_PATHS, integer_models, predict_path
     from lstmq.pipeline import prepare_recordings
     from lstmq.runner import test_report
     from lstmq.runs import load_run
@@ -192,7 +193,7 @@ def robustness_report(directories: str | Path | Sequence[str | Path],
     test, pool = dataset.subset(getattr(split, on)), dataset.subset(split.train)
     if len(test) == 0:
         raise ValueError(f"{runs[0].directory}: its {on} split holds no clip")
-    models = {p: integer_models(run, p) for run, p in plan if p.endswith("-integer")}
+    models = {p: integer_models(run, p) for run, p in plan if p in INTEGER_PATHS}
     rows = []
     for condition in parsed:
         data = corrupt_dataset(test, condition, pool, seed, talkers)
@@ -225,8 +226,9 @@ def _cell(summary: dict[str, float]) -> str:
     return f"{summary['mean'] * 100:.2f} ({summary['min'] * 100:.2f}-{summary['max'] * 100:.2f})"
 
 
-def format_markdown(report: dict[str, Any]) -> str:
-    """Condition x path accuracies (mean and range over seeds), then per speaker."""
+def format_markdown(report: dict[str, Any], per_speaker: bool = True) -> str:
+    """Condition x path accuracies (mean and range over seeds), then (``per_speaker``) a
+    table per path and speaker."""
     paths, rows = report["paths"], report["rows"]
     labels = {r["condition"]: r["label"] for r in rows}
     cell = {(r["condition"], r["path"]): r for r in rows}
@@ -241,7 +243,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {labels[name]} | "
                      + " | ".join(_cell(cell[name, p]["accuracy"]) for p in paths) + " |")
     speakers = sorted({s for r in rows for s in r["per_speaker"]})
-    for path in paths:
+    for path in paths if per_speaker else ():
         lines += ["", f"Per speaker, {path} (pooled over seeds), %:", "",
                   "| condition | " + " | ".join(s or "(unknown)" for s in speakers) + " |",
                   "|:--|" + "--:|" * len(speakers)]
