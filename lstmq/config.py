@@ -168,6 +168,10 @@ class TrainConfig:
     batch_shards: int = 1  # threads each batch is split over (gradients summed); divides batch_size
     seed_devices: int = 1  # devices the seed axis is split over (jax.sharding); 0: all
     bucket_frames: int = 16  # pad each batch to a multiple of this many frames
+    # float LSTM recurrence: "native" the C++ kernel (lstmq.ffi_recurrence, CPU), "xla" the
+    # jax scan (lstmq.recurrence); "auto": native on a CPU backend where it builds, else xla.
+    # QAT with activations: native = lstm_qat_recurrence_native, xla = nn.scan(RecurrentStep)
+    recurrence: Literal["auto", "xla", "native"] = "auto"
     select: Literal["last", "best_val"] = "best_val"  # which epoch's parameters are kept
 
 

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lstmq import ffi_recurrence
 from lstmq.recurrence import lstm_recurrence
 
 
@@ -96,12 +97,48 @@ class _KernelOnly(nn.Module):
         return self.param("kernel", init, (self.features // 4, self.features), jnp.float32)
 
 
+def float_recurrence(choice: str):
+    """The float recurrence function for ``train.recurrence``: ``"xla"`` the jax scan,
+    ``"native"`` the C++ kernel (raises where it cannot be built, or off the CPU backend),
+    ``"auto"`` the kernel on a CPU backend where it builds, else the scan. Both have the
+    same signature and equal values and gradients within float32 rounding."""
+    if choice == "xla":
+        return lstm_recurrence
+    on_cpu = jax.default_backend() == "cpu"
+    if choice == "native":
+        if not on_cpu:
+            raise ValueError(f"train.recurrence=native runs on the CPU backend only, "
+                             f"not {jax.default_backend()}")
+        if not ffi_recurrence.available():
+            raise ValueError(f"train.recurrence=native: the C++ kernel is not available "
+                             f"({ffi_recurrence.unavailable_reason()})")
+        return ffi_recurrence.lstm_recurrence_native
+    if choice != "auto":
+        raise ValueError(f"train.recurrence must be auto, xla or native, got {choice!r}")
+    if on_cpu and ffi_recurrence.available():
+        return ffi_recurrence.lstm_recurrence_native
+    return lstm_recurrence
+
+
+def qat_recurrence(choice: str, numerics: Numerics | None):
+    """``lstmq.ffi_recurrence.lstm_qat_recurrence_native`` where ``train.recurrence``
+    (``choice``, as in :func:`float_recurrence`) picks the native kernel and ``numerics``
+    asks for it (``QATNumerics`` with ``activations=True``: ``native_recurrence``), else
+    None (the ``nn.scan`` of ``RecurrentStep``)."""
+    if numerics is None or not getattr(numerics, "native_recurrence", False):
+        return None
+    if float_recurrence(choice) is lstm_recurrence:  # "xla", or "auto" without the kernel
+        return None
+    return ffi_recurrence.lstm_qat_recurrence_native
+
+
 class LSTMLayer(nn.Module):
     """One LSTM layer over a whole sequence: a batched input projection, then a scan."""
 
     hidden: int
     numerics: Numerics | None = None
     first: bool = True
+    recurrence: str = "auto"  # see ``float_recurrence`` and ``qat_recurrence``
 
     @nn.compact
     def __call__(self, x: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -114,7 +151,15 @@ class LSTMLayer(nn.Module):
         z_input = z_input.reshape(*x.shape[:-1], 4 * self.hidden)
         if self.numerics is None:  # float: fused recurrence, same parameters
             kernel = RecurrentKernel(self.hidden, name="cell")()
-            outputs = lstm_recurrence(z_input.transpose(1, 0, 2), kernel, valid.T)
+            recur = float_recurrence(self.recurrence)
+            outputs = recur(z_input.transpose(1, 0, 2), kernel, valid.T)
+            outputs = outputs.transpose(1, 0, 2)
+            return outputs, outputs[:, -1]
+        qat_native = qat_recurrence(self.recurrence, self.numerics)
+        if qat_native is not None:  # QAT: fused recurrence, same parameters (no "aqt" state)
+            kernel = RecurrentKernel(self.hidden, name="cell")()
+            outputs = qat_native(z_input.transpose(1, 0, 2), kernel,
+                                 self.numerics.recurrent_kernel(kernel), valid.T)
             outputs = outputs.transpose(1, 0, 2)
             return outputs, outputs[:, -1]
         scan = nn.scan(
@@ -148,6 +193,7 @@ class LSTMClassifier(nn.Module):
     dropout: float = 0.0
     numerics: Numerics | None = None
     readout: str = "last"
+    recurrence: str = "auto"  # the float recurrence: see ``float_recurrence``
 
     @nn.compact
     def __call__(self, x: jax.Array, lengths: jax.Array, train: bool = False) -> jax.Array:
@@ -162,7 +208,7 @@ class LSTMClassifier(nn.Module):
             if index > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
             x, last = LSTMLayer(self.hidden, self.numerics, first=index == 0,
-                                name=f"lstm_{index}")(x, valid)
+                                recurrence=self.recurrence, name=f"lstm_{index}")(x, valid)
         summary = last
         if self.readout == "mean":
             summary = masked_mean(x, valid, lengths)

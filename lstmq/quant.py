@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import jax
 import jax.numpy as jnp
 from aqt.jax.v2 import aqt_dot_general, calibration
 from aqt.jax.v2 import config as aqt_config
@@ -102,6 +103,22 @@ class QATNumerics:
     def hidden(self, h):
         return fake_quant_fixed(h, HIDDEN_FRAC_BITS, 8) if self.activations else h
 
+    @property
+    def native_recurrence(self) -> bool:
+        """Whether ``lstmq.ffi_recurrence.lstm_qat_recurrence_native`` (whose formats are
+        fixed in C++) computes this recurrence: activations fake-quantized, the formats of
+        ``lstmq.recipe``, and a hidden bound that makes AQT's lhs quantization the identity
+        on the Q0.7 grid."""
+        return (self.activations and HIDDEN_BOUND == 127 / 128
+                and (PREACT_FRAC_BITS, GATE_FRAC_BITS, CELL_FRAC_BITS, HIDDEN_FRAC_BITS)
+                == (12, 15, 11, 7))
+
+    def recurrent_kernel(self, kernel: jax.Array) -> jax.Array:
+        """The recurrent weights as the ``"recurrent"`` AQT dot fake-quantizes them (per
+        output channel abs-max, ``weight_bits``; values equal to AQT's), gradient straight
+        through (AQT's ``clip_gradient=False``)."""
+        return fake_quant_weights(kernel, self.weight_bits)
+
 
 def aqt_weight_only_config(weight_bits: int = 8, per_tensor_rhs: bool = False):
     """AQT config quantizing only the weights (activations stay float)."""
@@ -114,3 +131,15 @@ def aqt_weight_only_config(weight_bits: int = 8, per_tensor_rhs: bool = False):
     aqt_config.set_fwd_dequant_mode(cfg, rhs_dequant_mode=aqt_dot_general.DequantMode.THIS_INPUT)
     aqt_config.set_accumulator_dtype(cfg, fwd_dtype=None, dlhs_dtype=None, drhs_dtype=None)
     return cfg
+
+
+def fake_quant_weights(kernel: jax.Array, bits: int) -> jax.Array:
+    """``kernel [in, out]`` on AQT's symmetric per-output-channel grid (``_int8_numerics``
+    with ``bits``: scale = abs-max / (2^(bits-1) - 1), round half to even, clip), as the
+    dequantized rhs of ``aqt_int8_config``; an all-zero channel stays zero. Gradient 1."""
+    top = 2.0 ** (bits - 1) - 1
+    scale = jnp.max(jnp.abs(kernel), axis=0, keepdims=True) / top
+    scale = jnp.where(scale == 0, jnp.ones_like(scale), scale)
+    q = jnp.clip(jnp.round(kernel / scale), -top, top) * scale
+    q = jax.lax.stop_gradient(q)
+    return q + (kernel - jax.lax.stop_gradient(kernel))

@@ -70,7 +70,8 @@ def model_from_config(config: Config, derived: Derived, path: str | None = None)
     return LSTMClassifier(hidden=derived.hidden, layers=config.model.layers,
                           num_classes=derived.num_classes, dropout=config.model.dropout,
                           numerics=path_numerics(config, derived, path or config.quant.mode),
-                          readout=config.model.readout)
+                          readout=config.model.readout,
+                          recurrence=config.train.recurrence)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,10 +41,10 @@ def strict_promotion():
 
 
 def qat_model(hidden: int = 16, layers: int = 2, classes: int = CLASSES, bits: int = 8,
-              readout: str = "last"):
+              readout: str = "last", recurrence: str = "auto"):
     return LSTMClassifier(hidden=hidden, layers=layers, num_classes=classes,
                           numerics=QATNumerics(input_clip=CLIP, weight_bits=bits),
-                          readout=readout)
+                          readout=readout, recurrence=recurrence)
 
 
 def random_params(hidden: int = 16, layers: int = 2, scale: float = 1.0, seed: int = 0):
@@ -212,7 +212,7 @@ def test_4bit_weights_stay_within_plus_minus_7():
 
 
 def train_qat_on_separable_task(steps: int = 100, classes: int = 4, noise: float = 5.0,
-                                readout: str = "last"):
+                                readout: str = "last", recurrence: str = "auto"):
     """A QAT model trained ~100 Adam steps on noisy class prototypes (~75 % accuracy, so many
     test clips sit near a decision boundary). Returns (model, params, sample_fn)."""
     protos = np.random.default_rng(42).standard_normal((classes, FEATURES)).astype(np.float32)
@@ -224,7 +224,7 @@ def train_qat_on_separable_task(steps: int = 100, classes: int = 4, noise: float
         lengths = rng.integers(8, 25, n).astype(np.int32)
         return x.astype(np.float32), lengths, y
 
-    model = qat_model(classes=classes, readout=readout)
+    model = qat_model(classes=classes, readout=readout, recurrence=recurrence)
     tx = optax.adam(1e-2)
 
     @jax.jit
