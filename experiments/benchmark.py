@@ -121,7 +121,12 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
             row["pytorch_reference_seconds"] = reference
             row["speedup_vs_pytorch_quoted"] = (reference / row["seconds_per_epoch"]["median"]
                                                 if reference else None)
-            if shard == shards[0]:  # the same step quantization-aware (AQT fake quant)
+            if shard == shards[0]:  # the same step on the jax-scan recurrence, and QAT
+                xla = load_config(None, [*overrides, f"model.hidden={h}", "train.seeds=1",
+                                         f"train.batch_shards={shard}", "train.recurrence=xla"])
+                row["xla"] = _time_training(xla, synthetic_split, data.input_size, epochs)
+                row["native_vs_xla"] = (row["xla"]["seconds_per_epoch"]["median"]
+                                        / row["seconds_per_epoch"]["median"])
                 qat = load_config(None, [*overrides, f"model.hidden={h}", "train.seeds=1",
                                          f"train.batch_shards={shard}", "quant.mode=qat",
                                          f"quant.input_clip={SYNTHETIC_INPUT_CLIP}",
@@ -163,6 +168,7 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
                      "batch_shards": list(shards),
                      "layers": base.model.layers, "batch_size": base.train.batch_size,
                      "bucket_frames": base.train.bucket_frames, "input_size": data.input_size,
+                     "recurrence": base.train.recurrence,
                      "synthetic_clips": synthetic_clips, "synthetic_frames": synthetic_frames,
                      "inference_hidden": inference_hidden, "inference_batch": inference_batch,
                      "inference_repeats": inference_repeats, "latency_clips": latency_clips,
@@ -366,6 +372,8 @@ def format_benchmark(result: dict[str, Any]) -> str:
                        if r.get("pytorch_measured") else "-",
                        f"{r['speedup_vs_pytorch_measured']:.2f}x"
                        if r.get("speedup_vs_pytorch_measured") else "-",
+                       _seconds(r["xla"]["seconds_per_epoch"]) if r.get("xla") else "-",
+                       f"{r['native_vs_xla']:.2f}x" if r.get("native_vs_xla") else "-",
                        _seconds(r["qat"]["seconds_per_epoch"]) if r.get("qat") else "-",
                        f"{r['qat_vs_float']:.2f}x" if r.get("qat_vs_float") else "-"]
                       for r in result["training_synthetic"]]
@@ -399,10 +407,13 @@ def format_benchmark(result: dict[str, Any]) -> str:
         "setting (measured on another machine). PyTorch here s: the reference model and loop "
         "(`experiments.pytorch_reference`, nn.LSTM + Adam, tensors in memory) timed in this "
         "run on this machine, when torch is installed. Speed-up = PyTorch's seconds / ours "
-        "(above 1: lstmq is faster).", "",
+        "(above 1: lstmq is faster). lstmq's float rows use `train.recurrence` as configured "
+        f"({s.get('recurrence', 'auto')}: the C++ kernel where it builds); XLA scan: the same "
+        "step with `train.recurrence=xla`, and its time / the configured one.", "",
         common.markdown_table(["hidden", "batch shards", "clips", "frames", "s / epoch",
                                "clips / s", "PyTorch quoted s", "speed-up", "PyTorch here s",
-                               "speed-up", "QAT s / epoch", "QAT throughput vs float"],
+                               "speed-up", "XLA scan s / epoch", "kernel vs scan",
+                               "QAT s / epoch", "QAT throughput vs float"],
                               synthetic_rows), "",
         *_compile_lines(result.get("compile")),
         f"## (c) Inference, hidden {inf['hidden']} x {inf['layers']} layers, {inf['frames']} "
