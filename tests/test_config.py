@@ -188,7 +188,8 @@ BUILTIN = sorted((Path(__file__).resolve().parents[1] / "lstmq" / "configs").glo
 
 
 def test_the_builtin_configs_are_found():
-    assert [p.stem for p in BUILTIN] == ["task_a", "task_b_float", "task_b_qat", "task_b_speaker"]
+    assert [p.stem for p in BUILTIN] == ["task_a", "task_b_float", "task_b_qat", "task_b_robust",
+                                           "task_b_speaker"]
 
 
 @pytest.mark.parametrize("path", BUILTIN, ids=lambda p: p.name)
@@ -197,3 +198,11 @@ def test_every_builtin_config_loads_by_path_and_by_name(path):
     assert config.model.layers >= 1 and config.train.epochs >= 1
     assert load_config(path.stem) == config
     assert "Run:" in path.read_text() and "Result:" in path.read_text()  # a short header
+
+
+def test_the_deploy_config_is_task_b_speaker_plus_babble_copies_and_the_integer_front_end():
+    robust, speaker = load_config("task_b_robust"), load_config("task_b_speaker")
+    assert robust.features == dataclasses.replace(speaker.features, frontend="integer")
+    assert robust.augment == dataclasses.replace(
+        speaker.augment, babble_snr_db=0.0, babble_snr_db_max=20.0, babble_prob=0.5)
+    assert dataclasses.replace(robust, features=speaker.features, augment=speaker.augment) == speaker
