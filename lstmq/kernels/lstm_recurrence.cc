@@ -384,19 +384,22 @@ struct ForwardWork {
         rows(d.B) {}
 };
 
+// Zeroes lanes live.. of the four gate vectors (a gate's last vector past H).
+inline void zero_lanes_from(int live, vf& zi, vf& zf, vf& zg, vf& zo) {
+  const vi mask = lane_mask(live);
+  zi = select(mask, zi, vf{});
+  zf = select(mask, zf, vf{});
+  zg = select(mask, zg, vf{});
+  zo = select(mask, zo, vf{});
+}
+
 // One step of one valid row. z: pre-activations, gate g at z[g*H]; the last vector of a
 // gate also reads the next gate's (or the slack's) first lanes, which are zeroed here.
 // Updates h, c [Hp]; writes the row's residuals res [6Hp].
 inline void cell_forward(const float* z, float* h, float* c, float* res, int H, int Hp) {
   for (int j = 0; j < Hp; j += kVW) {
     vf zi = load(z + j), zf = load(z + H + j), zg = load(z + 2 * H + j), zo = load(z + 3 * H + j);
-    if (j + kVW > H) {
-      const vi live = lane_mask(H - j);
-      zi = select(live, zi, vf{});
-      zf = select(live, zf, vf{});
-      zg = select(live, zg, vf{});
-      zo = select(live, zo, vf{});
-    }
+    if (j + kVW > H) zero_lanes_from(H - j, zi, zf, zg, zo);
     const vf i = sigmoid_v(zi), f = sigmoid_v(zf), g = tanh_v(zg), o = sigmoid_v(zo);
     const vf c_new = f * load(c + j) + i * g;  // padding lanes: 0.5 * 0 + 0.5 * 0
     const vf tc = tanh_v(c_new);
@@ -420,13 +423,7 @@ inline void cell_forward_qat(const float* zx, const float* zd, float* h, float* 
     vf zi = load(zx + j) + load(zd + j), zf = load(zx + H + j) + load(zd + H + j);
     vf zg = load(zx + 2 * H + j) + load(zd + 2 * H + j);
     vf zo = load(zx + 3 * H + j) + load(zd + 3 * H + j);
-    if (j + kVW > H) {
-      const vi live = lane_mask(H - j);
-      zi = select(live, zi, vf{});
-      zf = select(live, zf, vf{});
-      zg = select(live, zg, vf{});
-      zo = select(live, zo, vf{});
-    }
+    if (j + kVW > H) zero_lanes_from(H - j, zi, zf, zg, zo);
     const vf si = sigmoid_v(fq16(zi, kPreactScale)), sf = sigmoid_v(fq16(zf, kPreactScale));
     const vf tg = tanh_v(fq16(zg, kPreactScale)), so = sigmoid_v(fq16(zo, kPreactScale));
     const vf i = fq16(si, kGateScale), f = fq16(sf, kGateScale);
@@ -638,18 +635,25 @@ void backward_instance(const float* dy, const float* res, const float* kernel,
     copy_out(d_kernel + k * 4 * H, dw + static_cast<size_t>(k) * Gs, 4 * H);
 }
 
+// The leading instances, T and B of a [..., T, B, X] sequence buffer (`what` names it in
+// the error), then the checks of the kernel and mask shapes against them.
+ffi::Error sequence_dims(ffi::Span<const int64_t> shape, const std::string& what,
+                         ffi::Span<const int64_t> kd, ffi::Span<const int64_t> vd, Dims& d) {
+  if (shape.size() < 3)
+    return ffi::Error::InvalidArgument(what + " must be [..., T, B, X], got " + shape_text(shape));
+  d.instances = leading(shape, 3);
+  d.T = static_cast<int>(shape[shape.size() - 3]);
+  d.B = static_cast<int>(shape[shape.size() - 2]);
+  return check_common(kd, vd, d);
+}
+
 template <bool kQat>
 ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> kernel,
                            ffi::Buffer<ffi::PRED> valid, ffi::ResultBuffer<ffi::F32> out,
                            ffi::ResultBuffer<ffi::F32> res) {
   const auto zd = z.dimensions();
-  if (zd.size() < 3)
-    return ffi::Error::InvalidArgument("z_input must be [..., T, B, 4H], got " + shape_text(zd));
   Dims d;
-  d.instances = leading(zd, 3);
-  d.T = static_cast<int>(zd[zd.size() - 3]);
-  d.B = static_cast<int>(zd[zd.size() - 2]);
-  ffi::Error error = check_common(kernel.dimensions(), valid.dimensions(), d);
+  ffi::Error error = sequence_dims(zd, "z_input", kernel.dimensions(), valid.dimensions(), d);
   if (error.failure()) return error;
   if (zd[zd.size() - 1] != 4 * d.H)
     return ffi::Error::InvalidArgument("z_input's last dim must be 4H, got " + shape_text(zd));
@@ -679,13 +683,8 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> res,
                             ffi::Buffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> dz,
                             ffi::ResultBuffer<ffi::F32> d_kernel) {
   const auto yd = dy.dimensions();
-  if (yd.size() < 3)
-    return ffi::Error::InvalidArgument("d_outputs must be [..., T, B, H], got " + shape_text(yd));
   Dims d;
-  d.instances = leading(yd, 3);
-  d.T = static_cast<int>(yd[yd.size() - 3]);
-  d.B = static_cast<int>(yd[yd.size() - 2]);
-  ffi::Error error = check_common(kernel.dimensions(), valid.dimensions(), d);
+  ffi::Error error = sequence_dims(yd, "d_outputs", kernel.dimensions(), valid.dimensions(), d);
   if (error.failure()) return error;
   const size_t tb = static_cast<size_t>(d.T) * d.B;
   if (yd[yd.size() - 1] != d.H)
@@ -720,40 +719,30 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> res,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmqLstmForward, LstmForwardImpl<false>,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+// The handlers' signatures (the float and QAT kernels take the same buffers).
+static auto ForwardBinding() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::Buffer<ffi::F32>>()    // z_input
+      .Arg<ffi::Buffer<ffi::F32>>()    // kernel (QAT: fake-quantized)
+      .Arg<ffi::Buffer<ffi::PRED>>()   // valid
+      .Ret<ffi::Buffer<ffi::F32>>()    // hidden states
+      .Ret<ffi::Buffer<ffi::F32>>();   // residuals
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmqLstmBackward, LstmBackwardImpl<false>,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+static auto BackwardBinding() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::Buffer<ffi::F32>>()    // d_outputs
+      .Arg<ffi::Buffer<ffi::F32>>()    // residuals
+      .Arg<ffi::Buffer<ffi::F32>>()    // kernel
+      .Arg<ffi::Buffer<ffi::PRED>>()   // valid
+      .Arg<ffi::Buffer<ffi::F32>>()    // the forward's hidden states
+      .Ret<ffi::Buffer<ffi::F32>>()    // dz
+      .Ret<ffi::Buffer<ffi::F32>>();   // d_kernel
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmqLstmQatForward, LstmForwardImpl<true>,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmqLstmQatBackward, LstmBackwardImpl<true>,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmqLstmForward, LstmForwardImpl<false>, ForwardBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmqLstmBackward, LstmBackwardImpl<false>, BackwardBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmqLstmQatForward, LstmForwardImpl<true>, ForwardBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmqLstmQatBackward, LstmBackwardImpl<true>, BackwardBinding());
 
 extern "C" int lstmq_lstm_padding() { return kVW; }
