@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import jax
@@ -122,10 +123,14 @@ def _build(compiler: list[str], target: Path) -> None:
         try:
             command = [*compiler, *CXXFLAGS, "-isystem", jax.ffi.include_dir(), "-o", temporary,
                        str(SOURCE)]
-            _log.info("building the native LSTM kernel: %s", shlex.join(command))
+            _log.info("building the native LSTM kernel (once per machine): %s",
+                      shlex.join(command))
+            started = time.perf_counter()
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise RuntimeError(f"{shlex.join(command)} failed:\n{done.stderr[-4000:]}")
+            _log.info("built the native LSTM kernel in %.1f s: %s",
+                      time.perf_counter() - started, target)
             os.chmod(temporary, 0o755)  # mkstemp made it private
             os.replace(temporary, target)
         finally:
