@@ -133,7 +133,8 @@ def qat_recurrence(choice: str, numerics: Numerics | None):
 
 
 class LSTMLayer(nn.Module):
-    """One LSTM layer over a whole sequence: a batched input projection, then a scan."""
+    """One LSTM layer over a whole sequence, time-major: a batched input projection, then
+    the recurrence."""
 
     hidden: int
     numerics: Numerics | None = None
@@ -141,45 +142,61 @@ class LSTMLayer(nn.Module):
     recurrence: str = "auto"  # see ``float_recurrence`` and ``qat_recurrence``
 
     @nn.compact
-    def __call__(self, x: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Returns (``[batch, time, hidden]`` outputs, ``[batch, hidden]`` last valid state)."""
+    def __call__(self, x: jax.Array, valid: jax.Array) -> jax.Array:
+        """``x <f32>[time, batch, features]``, ``valid <bool>[time, batch]`` -> outputs
+        ``<f32>[time, batch, hidden]`` (the last row is each clip's last valid state).
+
+        Time-major throughout: the recurrences scan the leading axis, so neither the input
+        projection nor its gradient is ever transposed."""
         role = "input0" if self.first else "input"
-        # [batch * time, features]: the weight gradient is then one plain matmul (about 1.5x
+        # [time * batch, features]: the weight gradient is then one plain matmul (about 1.5x
         # faster on CPU than contracting batch and time as two dimensions).
         flat = x.reshape(-1, x.shape[-1])
         z_input = _dense(4 * self.hidden, self.numerics, role, name="input")(flat)
         z_input = z_input.reshape(*x.shape[:-1], 4 * self.hidden)
         if self.numerics is None:  # float: fused recurrence, same parameters
             kernel = RecurrentKernel(self.hidden, name="cell")()
-            recur = float_recurrence(self.recurrence)
-            outputs = recur(z_input.transpose(1, 0, 2), kernel, valid.T)
-            outputs = outputs.transpose(1, 0, 2)
-            return outputs, outputs[:, -1]
+            return float_recurrence(self.recurrence)(z_input, kernel, valid)
         qat_native = qat_recurrence(self.recurrence, self.numerics)
         if qat_native is not None:  # QAT: fused recurrence, same parameters (no "aqt" state)
             kernel = RecurrentKernel(self.hidden, name="cell")()
-            outputs = qat_native(z_input.transpose(1, 0, 2), kernel,
-                                 self.numerics.recurrent_kernel(kernel), valid.T)
-            outputs = outputs.transpose(1, 0, 2)
-            return outputs, outputs[:, -1]
+            return qat_native(z_input, kernel, self.numerics.recurrent_kernel(kernel), valid)
         scan = nn.scan(
             RecurrentStep,
             variable_broadcast=["params", "aqt"],
             split_rngs={"params": False},
-            in_axes=1,
-            out_axes=1,
+            in_axes=0,
+            out_axes=0,
         )
-        batch = x.shape[0]
-        zeros = jnp.zeros((batch, self.hidden), z_input.dtype)
-        (_, last_h), outputs = scan(self.hidden, self.numerics, name="cell")(
-            (zeros, zeros), (z_input, valid)
-        )
-        return outputs, last_h
+        zeros = jnp.zeros((x.shape[1], self.hidden), z_input.dtype)
+        _, outputs = scan(self.hidden, self.numerics, name="cell")((zeros, zeros),
+                                                                   (z_input, valid))
+        return outputs
+
+
+class TimeMajorDropout(nn.Module):
+    """``nn.Dropout`` of time-major activations with the mask of their batch-major view:
+    the same random mask, hence the same training, as dropout of ``[batch, time, ...]``."""
+
+    rate: float
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        if keep == 0.0:
+            return jnp.zeros_like(x)
+        shape = (x.shape[1], x.shape[0], *x.shape[2:])
+        mask = jax.random.bernoulli(self.make_rng("dropout"), p=keep, shape=shape)
+        return jax.lax.select(jnp.swapaxes(mask, 0, 1), x / keep, jnp.zeros_like(x))
 
 
 def masked_mean(outputs: jax.Array, valid: jax.Array, lengths: jax.Array) -> jax.Array:
-    """Mean of ``outputs <f32>[batch, time, hidden]`` over each clip's valid frames."""
-    total = jnp.sum(jnp.where(valid[:, :, None], outputs, 0.0), axis=1)
+    """Mean of time-major ``outputs <f32>[time, batch, hidden]`` over each clip's valid
+    frames (``valid <bool>[time, batch]``)."""
+    total = jnp.sum(jnp.where(valid[:, :, None], outputs, 0.0), axis=0)
     return total / jnp.maximum(lengths, 1)[:, None].astype(outputs.dtype)
 
 
@@ -198,21 +215,23 @@ class LSTMClassifier(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, lengths: jax.Array, train: bool = False) -> jax.Array:
         """Returns ``<float32>[batch, num_classes]`` logits."""
-        valid = jnp.arange(x.shape[1])[None, :] < lengths[:, None]  # [batch, time]
+        x = jnp.swapaxes(x, 0, 1)  # time-major from here on: [time, batch, features]
+        valid = jnp.arange(x.shape[0])[:, None] < lengths[None, :]  # [time, batch]
         if self.numerics is not None:
             x = self.numerics.input(x)
         if self.readout not in ("last", "mean"):
             raise ValueError(f"model.readout must be 'last' or 'mean', got {self.readout!r}")
-        last = None
         for index in range(self.layers):
             if index > 0:
-                x = nn.Dropout(self.dropout, deterministic=not train)(x)
-            x, last = LSTMLayer(self.hidden, self.numerics, first=index == 0,
-                                recurrence=self.recurrence, name=f"lstm_{index}")(x, valid)
-        summary = last
+                x = TimeMajorDropout(self.dropout, deterministic=not train,
+                                     name=f"Dropout_{index - 1}")(x)
+            x = LSTMLayer(self.hidden, self.numerics, first=index == 0,
+                          recurrence=self.recurrence, name=f"lstm_{index}")(x, valid)
+        summary = x[-1]
         if self.readout == "mean":
             summary = masked_mean(x, valid, lengths)
             if self.numerics is not None:  # the integer path rounds the mean to Q0.7
                 summary = self.numerics.hidden(summary)
-        summary = nn.Dropout(self.dropout, deterministic=not train)(summary)
+        summary = nn.Dropout(self.dropout, deterministic=not train,
+                             name=f"Dropout_{self.layers - 1}")(summary)
         return _dense(self.num_classes, self.numerics, "readout", name="readout")(summary)
