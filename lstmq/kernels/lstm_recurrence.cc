@@ -2,7 +2,8 @@
 //
 // The same math as lstmq/recurrence.py (gates i, f, g, o; sigmoid(x) = (1 + tanh(x/2)) / 2;
 // invalid steps keep the previous state), one call per layer instead of one XLA while-loop
-// iteration per time step. Single-threaded: callers already run seeds and shards in parallel.
+// iteration per time step. The batch is cut into fixed chunks of rows (kChunkRows), run in
+// parallel on XLA's intra-op thread pool; results do not depend on the thread count.
 //
 // Handlers (row-major arrays; leading batch dims, from jax.vmap's "broadcast_all", are
 // looped over):
@@ -35,11 +36,15 @@
 //   c++ -std=c++17 -O3 -march=native -ffp-contract=fast -fno-math-errno -fPIC -shared
 //       -isystem INCLUDE -o lstm_recurrence.so lstm_recurrence.cc
 
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <vector>
@@ -367,21 +372,19 @@ ffi::Error check_common(ffi::Span<const int64_t> kd, ffi::Span<const int64_t> vd
 // ---------------------------------------------------------------------------------------
 // Forward
 
-struct ForwardWork {
-  Floats w;     // [H, Gs] kernel, rows padded to whole vectors
-  Floats h, c;  // [B, Hp] carried state
+struct ForwardWork {  // one chunk of rows (nb of them)
+  Floats h, c;  // [nb, Hp] carried state
   Floats hc;    // [B, Hp] state of the valid rows, gathered (when some rows are invalid)
   Floats zc;    // [B, Gs] (+ Hp slack) pre-activations of the valid rows
   Floats zx;    // [B, Gs] (+ Hp slack) QAT: z_input of the valid rows (zc holds h @ W)
   std::vector<int> rows;
-  explicit ForwardWork(const Dims& d)
-      : w(zeros(static_cast<size_t>(d.H) * d.Gs)),
-        h(zeros(static_cast<size_t>(d.B) * d.Hp)),
-        c(zeros(static_cast<size_t>(d.B) * d.Hp)),
-        hc(zeros(static_cast<size_t>(d.B) * d.Hp)),
-        zc(zeros(static_cast<size_t>(d.B) * d.Gs + d.Hp)),
-        zx(zeros(static_cast<size_t>(d.B) * d.Gs + d.Hp)),
-        rows(d.B) {}
+  ForwardWork(const Dims& d, int nb)
+      : h(zeros(static_cast<size_t>(nb) * d.Hp)),
+        c(zeros(static_cast<size_t>(nb) * d.Hp)),
+        hc(zeros(static_cast<size_t>(nb) * d.Hp)),
+        zc(zeros(static_cast<size_t>(nb) * d.Gs + d.Hp)),
+        zx(zeros(static_cast<size_t>(nb) * d.Gs + d.Hp)),
+        rows(nb) {}
 };
 
 // Zeroes lanes live.. of the four gate vectors (a gate's last vector past H).
@@ -440,21 +443,27 @@ inline void cell_forward_qat(const float* zx, const float* zd, float* h, float* 
   }
 }
 
+// The kernel [H, 4H] with rows padded to whole vectors: w [H, Gs].
+void pad_kernel(const float* kernel, const Dims& d, float* w) {
+  for (int k = 0; k < d.H; ++k)
+    copy_in(w + static_cast<size_t>(k) * d.Gs, kernel + k * 4 * d.H, 4 * d.H);
+}
+
+// The forward of rows b0 .. b0 + nb of one instance (w: pad_kernel's layout). Arrays are
+// indexed as [t, b, ...] with B rows per step; the chunk touches only its own rows.
 template <bool kQat>
-void forward_instance(const float* z, const float* kernel, const bool* valid, float* out,
-                      float* res, const Dims& d, ForwardWork& work) {
+void forward_rows(const float* z, const float* w, const bool* valid, float* out, float* res,
+                  const Dims& d, int b0, int nb, ForwardWork& work) {
   const int T = d.T, B = d.B, H = d.H, Hp = d.Hp, Gs = d.Gs, R = slots(kQat) * Hp;
-  float *w = work.w.get(), *h = work.h.get(), *c = work.c.get();
+  float *h = work.h.get(), *c = work.c.get();
   float *hc = work.hc.get(), *zc = work.zc.get(), *zx = work.zx.get();
-  for (int k = 0; k < H; ++k) copy_in(w + static_cast<size_t>(k) * Gs, kernel + k * 4 * H, 4 * H);
-  std::memset(h, 0, sizeof(float) * B * Hp);
-  std::memset(c, 0, sizeof(float) * B * Hp);
   for (int t = 0; t < T; ++t) {
-    const float* zt = z + static_cast<size_t>(t) * B * 4 * H;
-    float* rt = res + static_cast<size_t>(t) * B * R;
+    const float* zt = z + (static_cast<size_t>(t) * B + b0) * 4 * H;
+    float* rt = res + (static_cast<size_t>(t) * B + b0) * R;
+    const bool* vt = valid + static_cast<size_t>(t) * B + b0;
     int n = 0;
-    for (int b = 0; b < B; ++b) {
-      if (valid[t * B + b]) {
+    for (int b = 0; b < nb; ++b) {
+      if (vt[b]) {
         work.rows[n++] = b;
       } else {  // keeps the state; of its residuals only the carried c is read back
         float* rb = rt + static_cast<size_t>(b) * R;
@@ -463,7 +472,7 @@ void forward_instance(const float* z, const float* kernel, const bool* valid, fl
       }
     }
     if (n > 0) {
-      const bool all = n == B;
+      const bool all = n == nb;
       for (int j = 0; j < n; ++j) {
         const int b = work.rows[j];
         copy_in((kQat ? zx : zc) + j * Gs, zt + b * 4 * H, 4 * H);
@@ -479,31 +488,27 @@ void forward_instance(const float* z, const float* kernel, const bool* valid, fl
           cell_forward(zc + j * Gs, h + b * Hp, c + b * Hp, rb, H, Hp);
       }
     }
-    float* ot = out + static_cast<size_t>(t) * B * H;
-    for (int b = 0; b < B; ++b) copy_out(ot + b * H, h + b * Hp, H);
+    float* ot = out + (static_cast<size_t>(t) * B + b0) * H;
+    for (int b = 0; b < nb; ++b) copy_out(ot + b * H, h + b * Hp, H);
   }
 }
 
 // ---------------------------------------------------------------------------------------
 // Backward
 
-struct BackwardWork {
-  Floats wt;      // [4H, Hp] transposed kernel, rows padded to whole vectors
-  Floats dh, dc;  // [B, Hp] carried gradients
+struct BackwardWork {  // one chunk of rows (nb of them)
+  Floats dh, dc;  // [nb, Hp] carried gradients
   Floats dzc;     // [B, Gs] dz of the valid rows
   Floats dhc;     // [B, Hp] dz @ W^T of the valid rows (when some rows are invalid)
   Floats hpc;     // [B, Hp] h_prev of the valid rows (when some rows are invalid)
-  Floats dw;      // [H, Gs] kernel gradient
   std::vector<int> rows;
-  explicit BackwardWork(const Dims& d)
-      : wt(zeros(static_cast<size_t>(4) * d.H * d.Hp)),
-        dh(zeros(static_cast<size_t>(d.B) * d.Hp)),
-        dc(zeros(static_cast<size_t>(d.B) * d.Hp)),
-        dzc(zeros(static_cast<size_t>(d.B) * d.Gs)),
-        dhc(zeros(static_cast<size_t>(d.B) * d.Hp)),
-        hpc(zeros(static_cast<size_t>(d.B) * d.Hp)),
-        dw(zeros(static_cast<size_t>(d.H) * d.Gs)),
-        rows(d.B) {}
+  BackwardWork(const Dims& d, int nb)
+      : dh(zeros(static_cast<size_t>(nb) * d.Hp)),
+        dc(zeros(static_cast<size_t>(nb) * d.Hp)),
+        dzc(zeros(static_cast<size_t>(nb) * d.Gs)),
+        dhc(zeros(static_cast<size_t>(nb) * d.Hp)),
+        hpc(zeros(static_cast<size_t>(nb) * d.Hp)),
+        rows(nb) {}
 };
 
 void transpose_kernel(const float* kernel, const Dims& d, float* wt) {
@@ -583,30 +588,30 @@ inline void cell_backward(const float* dh_total, float* dc, const float* r, cons
   }
 }
 
+// The backward of rows b0 .. b0 + nb of one instance (wt: transpose_kernel's layout);
+// adds the chunk's kernel gradient sum over t and its rows of h_prev^T dz to dw [H, Gs]
+// (zero on entry).
 template <bool kQat>
-void backward_instance(const float* dy, const float* res, const float* kernel,
-                       const bool* valid, const float* out, float* dz, float* d_kernel,
-                       const Dims& d, BackwardWork& work) {
+void backward_rows(const float* dy, const float* res, const float* wt, const bool* valid,
+                   const float* out, float* dz, float* dw, const Dims& d, int b0, int nb,
+                   BackwardWork& work) {
   const int T = d.T, B = d.B, H = d.H, Hp = d.Hp, Gs = d.Gs, R = slots(kQat) * Hp;
-  float *wt = work.wt.get(), *dh = work.dh.get(), *dc = work.dc.get();
-  float *dzc = work.dzc.get(), *dhc = work.dhc.get(), *hpc = work.hpc.get(), *dw = work.dw.get();
-  transpose_kernel(kernel, d, wt);
-  std::memset(dh, 0, sizeof(float) * B * Hp);
-  std::memset(dc, 0, sizeof(float) * B * Hp);
-  std::memset(dw, 0, sizeof(float) * H * Gs);
+  float *dh = work.dh.get(), *dc = work.dc.get();
+  float *dzc = work.dzc.get(), *dhc = work.dhc.get(), *hpc = work.hpc.get();
   for (int t = T - 1; t >= 0; --t) {
-    const float* dyt = dy + static_cast<size_t>(t) * B * H;
-    const float* rt = res + static_cast<size_t>(t) * B * R;
-    float* dzt = dz + static_cast<size_t>(t) * B * 4 * H;
-    for (int b = 0; b < B; ++b) {  // dh_total = dh + dy (it is dh_prev at invalid steps)
+    const float* dyt = dy + (static_cast<size_t>(t) * B + b0) * H;
+    const float* rt = res + (static_cast<size_t>(t) * B + b0) * R;
+    float* dzt = dz + (static_cast<size_t>(t) * B + b0) * 4 * H;
+    const bool* vt = valid + static_cast<size_t>(t) * B + b0;
+    for (int b = 0; b < nb; ++b) {  // dh_total = dh + dy (it is dh_prev at invalid steps)
       float* dhb = dh + b * Hp;
       int j = 0;
       for (; j + kVW <= H; j += kVW) store(dhb + j, load(dhb + j) + load(dyt + b * H + j));
       if (j < H) store(dhb + j, load(dhb + j) + load_partial(dyt + b * H + j, H - j));
     }
     int n = 0;
-    for (int b = 0; b < B; ++b) {
-      if (valid[t * B + b]) {
+    for (int b = 0; b < nb; ++b) {
+      if (vt[b]) {
         const float* c_prev = t > 0 ? rt - static_cast<size_t>(B) * R + b * R + 4 * Hp : nullptr;
         cell_backward<kQat>(dh + b * Hp, dc + b * Hp, rt + static_cast<size_t>(b) * R, c_prev,
                       dzc + n * Gs, dzt + b * 4 * H, H, Hp);
@@ -616,14 +621,14 @@ void backward_instance(const float* dy, const float* res, const float* kernel,
       }
     }
     if (n == 0) continue;
-    const bool all = n == B;
+    const bool all = n == nb;
     // dh_prev = dz @ W^T (written in place when every row is valid: dh_total is used up)
     gemm<false>({dzc, Gs, 1, 4 * H, wt, Hp, all ? dh : dhc, Hp, Hp / kVW}, n);
     if (!all)
       for (int j = 0; j < n; ++j) copy_vectors(dh + work.rows[j] * Hp, dhc + j * Hp, Hp);
     if (t == 0) continue;  // h_prev = 0
     // dW[k, :] += sum over valid rows r of h_prev[r, k] * dz[r, :]
-    const float* ht = out + static_cast<size_t>(t - 1) * B * H;
+    const float* ht = out + (static_cast<size_t>(t - 1) * B + b0) * H;
     if (all) {
       gemm<true>({ht, 1, H, n, dzc, Gs, dw, Gs, Gs / kVW}, H);
     } else {
@@ -631,8 +636,6 @@ void backward_instance(const float* dy, const float* res, const float* kernel,
       gemm<true>({hpc, 1, Hp, n, dzc, Gs, dw, Gs, Gs / kVW}, H);
     }
   }
-  for (int k = 0; k < H; ++k)
-    copy_out(d_kernel + k * 4 * H, dw + static_cast<size_t>(k) * Gs, 4 * H);
 }
 
 // The leading instances, T and B of a [..., T, B, X] sequence buffer (`what` names it in
@@ -647,10 +650,55 @@ ffi::Error sequence_dims(ffi::Span<const int64_t> shape, const std::string& what
   return check_common(kd, vd, d);
 }
 
+// Rows per chunk: the batch is cut into chunks of this many rows (fixed, so results do not
+// depend on the thread count), run in parallel on XLA's intra-op thread pool.
+constexpr int kChunkRows = 16;
+
+inline int chunk_count(int B) { return (B + kChunkRows - 1) / kChunkRows; }
+
+// Runs task(0 .. total-1) on the calling thread and up to threads-1 tasks scheduled on the
+// pool, each task taken once from a shared counter. The caller takes whatever the pool has
+// not started, so a busy (or missing) pool only means fewer helpers, never a deadlock; it
+// waits only for tasks already running elsewhere. Returns false if any task threw
+// std::bad_alloc.
+template <typename Task>
+bool run_tasks(ffi::ThreadPool& pool, int total, const Task& task) {
+  struct Shared {
+    std::atomic<int> next{0}, done{0};
+    std::atomic<bool> failed{false};
+    std::mutex mutex;
+    std::condition_variable finished;
+    int total = 0;
+    const Task* task = nullptr;
+  };
+  auto shared = std::make_shared<Shared>();
+  shared->total = total;
+  shared->task = &task;
+  auto work = [shared] {  // holds the shared state alive: a late helper finds nothing to do
+    for (int i; (i = shared->next.fetch_add(1)) < shared->total;) {
+      try {
+        (*shared->task)(i);
+      } catch (const std::bad_alloc&) {
+        shared->failed = true;
+      }
+      if (shared->done.fetch_add(1) + 1 == shared->total) {
+        std::lock_guard<std::mutex> lock(shared->mutex);
+        shared->finished.notify_all();
+      }
+    }
+  };
+  const int helpers = static_cast<int>(std::min<int64_t>(pool.num_threads(), total) - 1);
+  for (int i = 0; i < helpers; ++i) pool.Schedule(decltype(work)(work));  // a copy each
+  work();
+  std::unique_lock<std::mutex> lock(shared->mutex);
+  shared->finished.wait(lock, [&] { return shared->done.load() == shared->total; });
+  return !shared->failed;
+}
+
 template <bool kQat>
-ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> kernel,
-                           ffi::Buffer<ffi::PRED> valid, ffi::ResultBuffer<ffi::F32> out,
-                           ffi::ResultBuffer<ffi::F32> res) {
+ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z,
+                           ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::PRED> valid,
+                           ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> res) {
   const auto zd = z.dimensions();
   Dims d;
   ffi::Error error = sequence_dims(zd, "z_input", kernel.dimensions(), valid.dimensions(), d);
@@ -662,26 +710,35 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> kernel
     return ffi::Error::InvalidArgument("residuals must be [..., T, B, " +
                                        std::to_string(slots(kQat)) + "*Hp]");
   if (d.instances == 0 || d.T == 0 || d.B == 0) return ffi::Error::Success();
+  const char* oom = kQat ? "LstmqLstmQatForward: out of memory" : "LstmqLstmForward: out of memory";
   try {
-    ForwardWork work(d);
-    const size_t tb = static_cast<size_t>(d.T) * d.B;
+    const size_t tb = static_cast<size_t>(d.T) * d.B, w_size = static_cast<size_t>(d.H) * d.Gs;
+    Floats weights = zeros(d.instances * w_size);
     for (int64_t n = 0; n < d.instances; ++n)
-      forward_instance<kQat>(z.typed_data() + n * tb * 4 * d.H,
-                       kernel.typed_data() + n * static_cast<size_t>(d.H) * 4 * d.H,
-                       valid.typed_data() + n * tb, out->typed_data() + n * tb * d.H,
-                       res->typed_data() + n * tb * R, d, work);
+      pad_kernel(kernel.typed_data() + n * static_cast<size_t>(d.H) * 4 * d.H, d,
+                 weights.get() + n * w_size);
+    const int chunks = chunk_count(d.B);
+    auto task = [&](int i) {
+      const int64_t n = i / chunks;
+      const int b0 = (i % chunks) * kChunkRows, nb = std::min(kChunkRows, d.B - b0);
+      ForwardWork work(d, nb);
+      forward_rows<kQat>(z.typed_data() + n * tb * 4 * d.H, weights.get() + n * w_size,
+                         valid.typed_data() + n * tb, out->typed_data() + n * tb * d.H,
+                         res->typed_data() + n * tb * R, d, b0, nb, work);
+    };
+    if (!run_tasks(pool, static_cast<int>(d.instances * chunks), task))
+      return ffi::Error::Internal(oom);
   } catch (const std::bad_alloc&) {
-    return ffi::Error::Internal(kQat ? "LstmqLstmQatForward: out of memory"
-                                     : "LstmqLstmForward: out of memory");
+    return ffi::Error::Internal(oom);
   }
   return ffi::Error::Success();
 }
 
 template <bool kQat>
-ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> res,
-                            ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::PRED> valid,
-                            ffi::Buffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> dz,
-                            ffi::ResultBuffer<ffi::F32> d_kernel) {
+ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
+                            ffi::Buffer<ffi::F32> res, ffi::Buffer<ffi::F32> kernel,
+                            ffi::Buffer<ffi::PRED> valid, ffi::Buffer<ffi::F32> out,
+                            ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> d_kernel) {
   const auto yd = dy.dimensions();
   Dims d;
   ffi::Error error = sequence_dims(yd, "d_outputs", kernel.dimensions(), valid.dimensions(), d);
@@ -703,16 +760,39 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> res,
   if (d.instances > 0 && (d.T == 0 || d.B == 0))
     std::memset(d_kernel->typed_data(), 0, d.instances * kernel_size * sizeof(float));
   if (d.instances == 0 || d.T == 0 || d.B == 0) return ffi::Error::Success();
+  const char* oom =
+      kQat ? "LstmqLstmQatBackward: out of memory" : "LstmqLstmBackward: out of memory";
   try {
-    BackwardWork work(d);
+    const size_t wt_size = static_cast<size_t>(4) * d.H * d.Hp;
+    const size_t dw_size = static_cast<size_t>(d.H) * d.Gs;
+    const int chunks = chunk_count(d.B);
+    Floats transposed = zeros(d.instances * wt_size);
+    Floats partial = zeros(d.instances * chunks * dw_size);  // each chunk's kernel gradient
     for (int64_t n = 0; n < d.instances; ++n)
-      backward_instance<kQat>(dy.typed_data() + n * tb * d.H, res.typed_data() + n * tb * R,
-                        kernel.typed_data() + n * kernel_size, valid.typed_data() + n * tb,
-                        out.typed_data() + n * tb * d.H, dz->typed_data() + n * tb * 4 * d.H,
-                        d_kernel->typed_data() + n * kernel_size, d, work);
+      transpose_kernel(kernel.typed_data() + n * kernel_size, d, transposed.get() + n * wt_size);
+    auto task = [&](int i) {
+      const int64_t n = i / chunks;
+      const int b0 = (i % chunks) * kChunkRows, nb = std::min(kChunkRows, d.B - b0);
+      BackwardWork work(d, nb);
+      backward_rows<kQat>(dy.typed_data() + n * tb * d.H, res.typed_data() + n * tb * R,
+                          transposed.get() + n * wt_size, valid.typed_data() + n * tb,
+                          out.typed_data() + n * tb * d.H, dz->typed_data() + n * tb * 4 * d.H,
+                          partial.get() + static_cast<size_t>(i) * dw_size, d, b0, nb, work);
+    };
+    if (!run_tasks(pool, static_cast<int>(d.instances * chunks), task))
+      return ffi::Error::Internal(oom);
+    for (int64_t n = 0; n < d.instances; ++n) {  // chunks summed in order: thread-count free
+      float* dw = partial.get() + n * chunks * dw_size;
+      for (int ch = 1; ch < chunks; ++ch) {
+        const float* other = dw + static_cast<size_t>(ch) * dw_size;
+        for (size_t j = 0; j < dw_size; j += kVW) store(dw + j, load(dw + j) + load(other + j));
+      }
+      for (int k = 0; k < d.H; ++k)
+        copy_out(d_kernel->typed_data() + n * kernel_size + k * 4 * d.H,
+                 dw + static_cast<size_t>(k) * d.Gs, 4 * d.H);
+    }
   } catch (const std::bad_alloc&) {
-    return ffi::Error::Internal(kQat ? "LstmqLstmQatBackward: out of memory"
-                                     : "LstmqLstmBackward: out of memory");
+    return ffi::Error::Internal(oom);
   }
   return ffi::Error::Success();
 }
@@ -722,6 +802,7 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> res,
 // The handlers' signatures (the float and QAT kernels take the same buffers).
 static auto ForwardBinding() {
   return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()          // XLA's intra-op pool: chunks of rows in parallel
       .Arg<ffi::Buffer<ffi::F32>>()    // z_input
       .Arg<ffi::Buffer<ffi::F32>>()    // kernel (QAT: fake-quantized)
       .Arg<ffi::Buffer<ffi::PRED>>()   // valid
@@ -731,6 +812,7 @@ static auto ForwardBinding() {
 
 static auto BackwardBinding() {
   return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
       .Arg<ffi::Buffer<ffi::F32>>()    // d_outputs
       .Arg<ffi::Buffer<ffi::F32>>()    // residuals
       .Arg<ffi::Buffer<ffi::F32>>()    // kernel
