@@ -15,9 +15,12 @@ Produces: <out>/benchmark.json + <out>/benchmark.md. Nothing is asserted; it rep
       batches of 64): seconds per epoch and clip-seeds per second for hidden 24 and 128,
       2 layers, 13 MFCCs, for 1 and 3 seeds in each thread layout, and the multi-seed ratio
       time(N seeds) / (N x time(1 seed)) (below 1: seeds share the work);
-  (b) the same on synthetic fixed 36-frame batches of 2400 clips, against the PyTorch
-      reproduction's quoted figures and, when torch is installed, against the reference
-      PyTorch model timed in the same run (``experiments.pytorch_reference``);
+  (b) the same on synthetic fixed 36-frame batches of 2400 clips (batch 32 and 64, the
+      reference's model: no dropout), against the PyTorch reproduction's quoted figures and,
+      when torch is installed, against the reference PyTorch model timed in the same run
+      (``experiments.pytorch_reference``), with the XLA scan and QAT beside it;
+  compile time cold and warm (new processes), and N seeds in one ``lstmq train`` process
+      against N single-seed processes (whole-process seconds, warm caches);
   (c) inference at the int8 budget size (hidden 48, random params): batched clips/s and
       batch-1 latency (median ms per clip) of float, QAT fake-quant and the integer path
       (``predict_int`` jitted and vmapped over seeds, as ``predict_int_split`` runs it),
@@ -61,7 +64,9 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
         inference_hidden: int | None = None, inference_batch: int = 512,
         inference_repeats: int = 5, latency_clips: int = 50, overrides: Sequence[str] = (),
         quick: bool = False, shards: Sequence[int] = (1, 2),
-        pytorch: bool | None = None, compile_check: bool = True) -> dict[str, Any]:
+        pytorch: bool | None = None, compile_check: bool = True,
+        batch_sizes: Sequence[int] = (32, 64), seed_run_hidden: int = 48,
+        seed_run_epochs: int = 10) -> dict[str, Any]:
     """Measure training and inference throughput; write ``benchmark.json``/``.md``.
 
     Args:
@@ -71,6 +76,9 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
         larger count is timed with all seeds vmapped on one thread (``train.seed_threads=1``),
         with one thread per seed (the default), and with each of ``shards`` beyond the first.
       shards: ``train.batch_shards`` values (threads per batch); the first is the baseline.
+      batch_sizes: batch sizes of the synthetic epoch (lstmq and PyTorch alike).
+      seed_run_hidden, seed_run_epochs: whole ``lstmq train`` processes, ``max(seeds)``
+        seeds together against as many single-seed ones (0 epochs: skipped).
       epochs: timed epochs after one warm-up epoch.
       synthetic_clips, synthetic_frames: size of the synthetic fixed-length epoch.
       inference_hidden: hidden size of the inference benchmark (default: solved for the
@@ -88,6 +96,7 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
         pytorch = pytorch_reference.torch_available()
     if quick:
         hidden, epochs, latency_clips, inference_repeats = (hidden[0],), 1, 10, 3
+        batch_sizes, seed_run_epochs = (batch_sizes[-1],), 0
     hidden, seeds = tuple(int(h) for h in hidden), tuple(int(s) for s in seeds)
     environment = common.environment()
     common.say(f"benchmark: hidden {hidden}, seeds {seeds}, {epochs} timed epoch(s); "
@@ -110,47 +119,53 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
     synthetic_split = _synthetic_split(synthetic_clips, synthetic_frames, data.input_size)
     synthetic = []
     for h in hidden:
-        for shard in shards:
-            config = load_config(None, [*overrides, f"model.hidden={h}", "train.seeds=1",
-                                        f"train.batch_shards={shard}"])
-            row = {"hidden": h, "seeds": 1, "batch_shards": shard, "clips": synthetic_clips,
-                   "frames": synthetic_frames,
-                   **_time_training(config, synthetic_split, data.input_size, epochs)}
-            reference = PYTORCH_REFERENCE_SECONDS.get(h) if (
-                synthetic_clips, synthetic_frames) == (2400, 36) else None
-            row["pytorch_reference_seconds"] = reference
-            row["speedup_vs_pytorch_quoted"] = (reference / row["seconds_per_epoch"]["median"]
-                                                if reference else None)
-            if shard == shards[0]:  # the same step on the jax-scan recurrence, and QAT
-                xla = load_config(None, [*overrides, f"model.hidden={h}", "train.seeds=1",
-                                         f"train.batch_shards={shard}", "train.recurrence=xla"])
-                row["xla"] = _time_training(xla, synthetic_split, data.input_size, epochs)
-                row["native_vs_xla"] = (row["xla"]["seconds_per_epoch"]["median"]
-                                        / row["seconds_per_epoch"]["median"])
-                qat = load_config(None, [*overrides, f"model.hidden={h}", "train.seeds=1",
-                                         f"train.batch_shards={shard}", "quant.mode=qat",
-                                         f"quant.input_clip={SYNTHETIC_INPUT_CLIP}",
-                                         f"quant.weight_bits={8 if h <= 48 else 4}"])
-                row["qat"] = _time_training(qat, synthetic_split, data.input_size, epochs)
-                row["qat_vs_float"] = (row["seconds_per_epoch"]["median"]
-                                       / row["qat"]["seconds_per_epoch"]["median"])
-            synthetic.append(row)
+        for batch in batch_sizes:
+            # The PyTorch reference's model: no dropout, so both sides do the same work.
+            same = [*overrides, f"model.hidden={h}", "train.seeds=1", "model.dropout=0",
+                    f"train.batch_size={batch}"]
+            for shard in shards:
+                config = load_config(None, [*same, f"train.batch_shards={shard}"])
+                row = {"hidden": h, "batch_size": batch, "seeds": 1, "batch_shards": shard,
+                       "clips": synthetic_clips, "frames": synthetic_frames,
+                       **_time_training(config, synthetic_split, data.input_size, epochs)}
+                reference = PYTORCH_REFERENCE_SECONDS.get(h) if (
+                    synthetic_clips, synthetic_frames, batch) == (2400, 36, 64) else None
+                row["pytorch_reference_seconds"] = reference
+                row["speedup_vs_pytorch_quoted"] = (
+                    reference / row["seconds_per_epoch"]["median"] if reference else None)
+                if shard == shards[0]:  # the same step on the jax-scan recurrence, and QAT
+                    xla = load_config(None, [*same, f"train.batch_shards={shard}",
+                                             "train.recurrence=xla"])
+                    row["xla"] = _time_training(xla, synthetic_split, data.input_size, epochs)
+                    row["native_vs_xla"] = (row["xla"]["seconds_per_epoch"]["median"]
+                                            / row["seconds_per_epoch"]["median"])
+                    qat = load_config(None, [*same, f"train.batch_shards={shard}",
+                                             "quant.mode=qat",
+                                             f"quant.input_clip={SYNTHETIC_INPUT_CLIP}",
+                                             f"quant.weight_bits={8 if h <= 48 else 4}"])
+                    row["qat"] = _time_training(qat, synthetic_split, data.input_size, epochs)
+                    row["qat_vs_float"] = (row["seconds_per_epoch"]["median"]
+                                           / row["qat"]["seconds_per_epoch"]["median"])
+                synthetic.append(row)
     compile_times = _time_compile(overrides, hidden[0]) if compile_check else None
+    seed_runs = (_time_seed_runs(overrides, seed_run_hidden, max(seeds), seed_run_epochs)
+                 if seed_run_epochs and max(seeds) > 1 else None)
     # PyTorch runs after every lstmq timing: its thread pool stays warm (and may spin) after
     # each epoch, which would slow the XLA threads timed next.
     for h in hidden:
-        measured = _time_pytorch(h, base, data.input_size, synthetic_clips, synthetic_frames,
-                                 epochs) if pytorch else None
-        for row in (r for r in synthetic if r["hidden"] == h):
-            ours = row["seconds_per_epoch"]["median"]
-            row["pytorch_measured"] = measured
-            row["speedup_vs_pytorch_measured"] = (
-                measured["seconds_per_epoch"]["median"] / ours if measured else None)
-            if measured:
-                common.say(f"  hidden {h}, {row['batch_shards']} batch shard(s): {ours:.3f} "
-                           f"s/epoch, PyTorch in this run "
-                           f"{measured['seconds_per_epoch']['median']:.3f} s: "
-                           f"{row['speedup_vs_pytorch_measured']:.2f}x its throughput")
+        for batch in batch_sizes:
+            measured = _time_pytorch(h, base, data.input_size, synthetic_clips,
+                                     synthetic_frames, epochs, batch) if pytorch else None
+            for row in (r for r in synthetic if (r["hidden"], r["batch_size"]) == (h, batch)):
+                ours = row["seconds_per_epoch"]["median"]
+                row["pytorch_measured"] = measured
+                row["speedup_vs_pytorch_measured"] = (
+                    measured["seconds_per_epoch"]["median"] / ours if measured else None)
+                if measured:
+                    common.say(f"  hidden {h}, batch {batch}, {row['batch_shards']} batch "
+                               f"shard(s): {ours:.3f} s/epoch, PyTorch in this run "
+                               f"{measured['seconds_per_epoch']['median']:.3f} s: "
+                               f"{row['speedup_vs_pytorch_measured']:.2f}x its throughput")
 
     if inference_hidden is None:
         solution = solve_hidden_size(36864, base.model.layers, data.input_size,
@@ -170,6 +185,8 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
                      "bucket_frames": base.train.bucket_frames, "input_size": data.input_size,
                      "recurrence": base.train.recurrence,
                      "synthetic_clips": synthetic_clips, "synthetic_frames": synthetic_frames,
+                     "synthetic_batch_sizes": list(batch_sizes),
+                     "seed_run_hidden": seed_run_hidden, "seed_run_epochs": seed_run_epochs,
                      "inference_hidden": inference_hidden, "inference_batch": inference_batch,
                      "inference_repeats": inference_repeats, "latency_clips": latency_clips,
                      "overrides": list(overrides), "quick": quick},
@@ -177,6 +194,7 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
         "training_real": real,
         "training_synthetic": synthetic,
         "compile": compile_times,
+        "seed_runs": seed_runs,
         "inference": inference,
         "environment": environment,
     }
@@ -217,12 +235,11 @@ def _time_training(config, split: SplitArrays, input_size: int, epochs: int) -> 
 
 
 def _time_pytorch(hidden: int, config, input_size: int, clips: int, frames: int,
-                  epochs: int) -> dict[str, Any]:
+                  epochs: int, batch_size: int) -> dict[str, Any]:
     row = pytorch_reference.time_training(
         hidden, layers=config.model.layers, features=input_size,
-        classes=10, clips=clips, frames=frames,
-        batch_size=config.train.batch_size, epochs=epochs)
-    common.say(f"  PyTorch {row['torch']} hidden {hidden}: "
+        classes=10, clips=clips, frames=frames, batch_size=batch_size, epochs=epochs)
+    common.say(f"  PyTorch {row['torch']} hidden {hidden}, batch {batch_size}: "
                f"{row['seconds_per_epoch']['median']:.3f} s/epoch ({row['threads']} threads)")
     return row
 
@@ -255,6 +272,38 @@ def _time_compile(overrides: Sequence[str], hidden: int = 48) -> dict[str, Any]:
         common.say(f"  {name} compilation: process {seconds:.1f} s, compiling "
                    f"{rows[name]['compile_seconds']} s")
     return {"hidden": hidden, **rows}
+
+
+def _time_seed_runs(overrides: Sequence[str], hidden: int, seeds: int,
+                    epochs: int) -> dict[str, Any]:
+    """Whole ``lstmq train`` processes on the real data: one training ``seeds`` seeds
+    together, against ``seeds`` single-seed trainings (seed 0, 1, ...) one after another,
+    all with warm feature and compilation caches (a first, untimed run fills them)."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    folder = Path(tempfile.mkdtemp(prefix="lstmq-seeds-"))
+
+    def train(name: str, settings: Sequence[str]) -> float:
+        command = [sys.executable, "-m", "lstmq", "train", "--quiet", "--out",
+                   str(folder / name), "--set", f"model.hidden={hidden}",
+                   "--set", f"train.epochs={epochs}"]
+        for override in [*overrides, *settings]:
+            command += ["--set", override]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+        return time.perf_counter() - start
+
+    train("warm", ["train.seeds=1", "train.seed=100"])
+    together = train("together", [f"train.seeds={seeds}"])
+    alone = [train(f"alone_{s}", ["train.seeds=1", f"train.seed={s}"]) for s in range(seeds)]
+    ratio = together / sum(alone)
+    common.say(f"  whole runs, hidden {hidden}, {epochs} epochs: {seeds} seeds together "
+               f"{together:.1f} s, one at a time {sum(alone):.1f} s (ratio {ratio:.2f})")
+    return {"hidden": hidden, "epochs": epochs, "seeds": seeds, "together_seconds": together,
+            "alone_seconds": alone, "ratio": ratio}
 
 
 def _training_layouts(seeds: Sequence[int], shards: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -355,13 +404,26 @@ def _compile_lines(compile_times: dict[str, Any] | None) -> list[str]:
                                    "programs from the cache"], rows), ""]
 
 
+def _seed_run_lines(runs: dict[str, Any] | None) -> list[str]:
+    if not runs:
+        return []
+    alone = runs["alone_seconds"]
+    return [f"## Seeds in one program: whole `lstmq train` processes (hidden {runs['hidden']}, "
+            f"{runs['epochs']} epochs, FSDD, warm caches)", "",
+            common.markdown_table(
+                ["seeds", "together s", "one at a time s", "ratio"],
+                [[runs["seeds"], f"{runs['together_seconds']:.1f}",
+                  " + ".join(f"{a:.1f}" for a in alone) + f" = {sum(alone):.1f}",
+                  f"{runs['ratio']:.2f}"]]), ""]
+
+
 def format_benchmark(result: dict[str, Any]) -> str:
     s, env = result["settings"], result["environment"]
     real_rows = [[r["hidden"], r["seeds"], _layout(r), r["batches"],
                   _seconds(r["seconds_per_epoch"]),
                   f"{r['clip_seeds_per_second']:,.0f}", f"{r['multi_seed_ratio']:.2f}",
                   f"{r['warmup_seconds']:.1f}"] for r in result["training_real"]]
-    synthetic_rows = [[r["hidden"], r["batch_shards"], r["clips"], r["frames"],
+    synthetic_rows = [[r["hidden"], r.get("batch_size", s["batch_size"]), r["batch_shards"],
                        _seconds(r["seconds_per_epoch"]),
                        f"{r['clip_seeds_per_second']:,.0f}",
                        f"{r['pytorch_reference_seconds']:.2f}" if r["pytorch_reference_seconds"]
@@ -402,7 +464,8 @@ def format_benchmark(result: dict[str, Any]) -> str:
                                "clip-seeds / s",
                                "multi-seed ratio", "warm-up s"], real_rows), "",
         f"## (b) Synthetic fixed-length epoch ({s['synthetic_clips']} clips x "
-        f"{s['synthetic_frames']} frames, batch {s['batch_size']}, 1 seed)", "",
+        f"{s['synthetic_frames']} frames, 1 seed, the same model on both sides: no dropout)",
+        "",
         "PyTorch quoted s: the PyTorch reproduction's reported seconds per epoch for this "
         "setting (measured on another machine). PyTorch here s: the reference model and loop "
         "(`experiments.pytorch_reference`, nn.LSTM + Adam, tensors in memory) timed in this "
@@ -410,12 +473,13 @@ def format_benchmark(result: dict[str, Any]) -> str:
         "(above 1: lstmq is faster). lstmq's float rows use `train.recurrence` as configured "
         f"({s.get('recurrence', 'auto')}: the C++ kernel where it builds); XLA scan: the same "
         "step with `train.recurrence=xla`, and its time / the configured one.", "",
-        common.markdown_table(["hidden", "batch shards", "clips", "frames", "s / epoch",
+        common.markdown_table(["hidden", "batch", "batch shards", "s / epoch",
                                "clips / s", "PyTorch quoted s", "speed-up", "PyTorch here s",
                                "speed-up", "XLA scan s / epoch", "kernel vs scan",
                                "QAT s / epoch", "QAT throughput vs float"],
                               synthetic_rows), "",
         *_compile_lines(result.get("compile")),
+        *_seed_run_lines(result.get("seed_runs")),
         f"## (c) Inference, hidden {inf['hidden']} x {inf['layers']} layers, {inf['frames']} "
         f"frames, random parameters", "",
         f"Batched: {s['inference_batch']} clips per call, median of {s['inference_repeats']}. "
@@ -438,6 +502,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up")
     parser.add_argument("--synthetic-clips", type=int, default=2400)
     parser.add_argument("--synthetic-frames", type=int, default=36)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64],
+                        help="batch sizes of the synthetic epoch, lstmq and PyTorch alike")
+    parser.add_argument("--seed-run-epochs", type=int, default=10,
+                        help="epochs of the whole-process multi-seed runs (0: skip them)")
     parser.add_argument("--inference-hidden", type=int,
                         help="default: solved for the 36,864-byte int8 budget")
     parser.add_argument("--inference-batch", type=int, default=512)
@@ -450,7 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run(args.out, args.hidden, args.seeds, args.epochs, args.synthetic_clips,
         args.synthetic_frames, args.inference_hidden, args.inference_batch,
         latency_clips=args.latency_clips, overrides=args.set, quick=args.quick,
-        shards=args.batch_shards, pytorch=args.pytorch)
+        shards=args.batch_shards, pytorch=args.pytorch, batch_sizes=args.batch_sizes,
+        seed_run_epochs=args.seed_run_epochs)
     return 0
 
 

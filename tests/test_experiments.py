@@ -57,13 +57,19 @@ def test_task_a_writes_summary_and_reuses_its_run(tmp_path: Path, tiny: list[str
 def test_benchmark_writes_report(tmp_path: Path, tiny: list[str]):
     result = benchmark.run(tmp_path, hidden=(4,), seeds=(1, 2), epochs=1, synthetic_clips=64,
                            inference_hidden=4, inference_batch=8, inference_repeats=1,
-                           latency_clips=3, overrides=tiny, pytorch=False)
+                           latency_clips=3, overrides=tiny, pytorch=False,
+                           batch_sizes=(16, 32), seed_run_hidden=4, seed_run_epochs=1)
     saved = _read(tmp_path / "benchmark.json")
     assert saved["settings"]["hidden"] == [4]
     layouts = [(r["hidden"], r["seeds"], r["seed_threads"], r["batch_shards"])
                for r in saved["training_real"]]
     assert layouts == [(4, 1, 0, 1), (4, 1, 0, 2), (4, 2, 1, 1), (4, 2, 0, 1), (4, 2, 0, 2)]
-    assert [r["batch_shards"] for r in saved["training_synthetic"]] == [1, 2]
+    assert [(r["batch_size"], r["batch_shards"]) for r in saved["training_synthetic"]] == [
+        (16, 1), (16, 2), (32, 1), (32, 2)]
+    seed_runs = saved["seed_runs"]
+    assert (seed_runs["seeds"], len(seed_runs["alone_seconds"])) == (2, 2)
+    assert seed_runs["ratio"] == pytest.approx(seed_runs["together_seconds"]
+                                               / sum(seed_runs["alone_seconds"]))
     for row in saved["training_real"] + saved["training_synthetic"]:
         assert set(row["seconds_per_epoch"]) >= {"median", "min", "max", "values"}
         assert row["clip_seeds_per_second"] > 0
@@ -81,6 +87,7 @@ def test_benchmark_writes_report(tmp_path: Path, tiny: list[str]):
     markdown = (tmp_path / "benchmark.md").read_text()
     assert "multi-seed ratio" in markdown and "| integer |" in markdown
     assert "| vmapped |" in markdown and "per seed x 2 shards" in markdown
+    assert "Seeds in one program" in markdown
     assert result["environment"]["cores"] >= 1
 
 
