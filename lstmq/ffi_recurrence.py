@@ -6,7 +6,9 @@ custom call per layer and direction instead of one while-loop iteration per time
 The backward kernel also returns the recurrent weight gradient, summed over valid frames
 only. Works under ``jit``, ``grad``, ``vmap`` (``vmap_method="broadcast_all"``: the kernel
 loops over the batch) and ``shard_map`` (also with ``check_vma=True``, which the XLA scan
-does not pass); the kernel itself is single-threaded.
+does not pass). Each call cuts the batch into fixed chunks of 16 rows and runs them on XLA's
+intra-op thread pool (the calling thread takes the chunks no pool thread has started, so a
+busy pool costs speed, never a deadlock); results do not depend on the thread count.
 
 The kernel (``lstmq/kernels/lstm_recurrence.cc``) is built on first use with the system
 C++ compiler (``$CXX``, c++, g++ or clang++; flags :data:`CXXFLAGS`, ``-march=native``)
