@@ -4,7 +4,7 @@
 same arguments and semantics, values and gradients equal within float32 rounding, one XLA
 custom call per layer and direction instead of one while-loop iteration per time step.
 The backward kernel also returns the recurrent weight gradient, summed over valid frames
-only, and, with ``bias`` (added to the input projection in the kernel), the bias gradient. Works under ``jit``, ``grad``, ``vmap`` (``vmap_method="broadcast_all"``: the kernel
+only. Works under ``jit``, ``grad``, ``vmap`` (``vmap_method="broadcast_all"``: the kernel
 loops over the batch) and ``shard_map`` (also with ``check_vma=True``, which the XLA scan
 does not pass). Each call cuts the batch into fixed chunks of 16 rows and runs them on XLA's
 intra-op thread pool (the calling thread takes the chunks no pool thread has started, so a
@@ -197,19 +197,14 @@ def _padding() -> int:
     return state["padding"]
 
 
-def _check_inputs(z_input: jax.Array, kernel: jax.Array, bias: jax.Array) -> None:
-    for name, value in (("z_input", z_input), ("kernel", kernel), ("bias", bias)):
+def _check_inputs(z_input: jax.Array, kernel: jax.Array) -> None:
+    for name, value in (("z_input", z_input), ("kernel", kernel)):
         if jnp.dtype(value.dtype) != jnp.float32:
             raise TypeError(f"lstm_recurrence_native needs float32 {name}, got {value.dtype}")
     hidden = kernel.shape[0]
-    if (z_input.ndim != 3 or kernel.shape != (hidden, 4 * hidden)
-            or z_input.shape[2] != 4 * hidden or bias.shape != (4 * hidden,)):
-        raise ValueError(f"need z_input [T, B, 4H], kernel [H, 4H] and bias [4H], got "
-                         f"{z_input.shape}, {kernel.shape} and {bias.shape}")
-
-
-def _bias_or_zeros(bias, z_input) -> jax.Array:
-    return jnp.zeros(z_input.shape[-1:], jnp.float32) if bias is None else bias
+    if z_input.ndim != 3 or kernel.shape != (hidden, 4 * hidden) or z_input.shape[2] != 4 * hidden:
+        raise ValueError(f"need z_input [T, B, 4H] and kernel [H, 4H], got {z_input.shape} "
+                         f"and {kernel.shape}")
 
 
 def _varying(x) -> frozenset:
@@ -237,9 +232,9 @@ class _Axes(tuple):
     """Static residual: the varying axes of (z_input, kernel)."""
 
 
-def _forward_call(z_input, bias, kernel, valid, target=FORWARD_TARGET, slots=RESIDUAL_SLOTS):
+def _forward_call(z_input, kernel, valid, target=FORWARD_TARGET, slots=RESIDUAL_SLOTS):
     """(outputs <f32>[T, B, H], residuals <f32>[T, B, slots*Hp]) from the forward kernel."""
-    _check_inputs(z_input, kernel, bias)
+    _check_inputs(z_input, kernel)
     time, batch, _ = z_input.shape
     hidden = kernel.shape[0]
     padded = -(-hidden // _padding()) * _padding()
@@ -247,73 +242,64 @@ def _forward_call(z_input, bias, kernel, valid, target=FORWARD_TARGET, slots=RES
               jax.ShapeDtypeStruct((time, batch, slots * padded), jnp.float32))
     call = jax.ffi.ffi_call(target, shapes, vmap_method="broadcast_all")
     valid = jnp.asarray(valid, jnp.bool_)
-    axes = _varying(z_input) | _varying(bias) | _varying(kernel) | _varying(valid)
-    return tuple(_cast_varying(x, axes) for x in call(z_input, bias, kernel, valid))
+    axes = _varying(z_input) | _varying(kernel) | _varying(valid)
+    return tuple(_cast_varying(x, axes) for x in call(z_input, kernel, valid))
 
 
 def _backward_call(d_outputs, residuals, kernel, valid, outputs, target=BACKWARD_TARGET):
-    """(dz <f32>[T, B, 4H], d_kernel <f32>[H, 4H], d_bias <f32>[4H]) from the backward
-    kernel."""
+    """(dz <f32>[T, B, 4H], d_kernel <f32>[H, 4H]) from the backward kernel."""
     time, batch, hidden = d_outputs.shape
     shapes = (jax.ShapeDtypeStruct((time, batch, 4 * hidden), jnp.float32),
-              jax.ShapeDtypeStruct((hidden, 4 * hidden), jnp.float32),
-              jax.ShapeDtypeStruct((4 * hidden,), jnp.float32))
+              jax.ShapeDtypeStruct((hidden, 4 * hidden), jnp.float32))
     call = jax.ffi.ffi_call(target, shapes, vmap_method="broadcast_all")
     args = (d_outputs.astype(jnp.float32), residuals, kernel, valid, outputs)
     axes = frozenset().union(*map(_varying, args))
     return tuple(_cast_varying(x, axes) for x in call(*args))
 
 
-def lstm_recurrence_native(z_input: jax.Array, kernel: jax.Array, valid: jax.Array,
-                           bias: jax.Array | None = None) -> jax.Array:
+@jax.custom_vjp
+def lstm_recurrence_native(z_input: jax.Array, kernel: jax.Array, valid: jax.Array) -> jax.Array:
     """Hidden states of an LSTM given its input projection (the C++ kernel; CPU only).
 
     Args:
-      z_input: <float32>[time, batch, 4*hidden] input projection (gates i, f, g, o).
+      z_input: <float32>[time, batch, 4*hidden] input projection plus bias (gates i, f, g, o).
       kernel: <float32>[hidden, 4*hidden] recurrent weights.
       valid: <bool>[time, batch]; invalid steps keep the previous state (and get zero
         gradient; what z_input holds there is never read).
-      bias: <float32>[4*hidden] added to z_input in the kernel (its gradient, the sum of
-        dz, comes from the kernel too); None: no bias.
 
     Returns:
       <float32>[time, batch, hidden] state after each step, as
-      :func:`lstmq.recurrence.lstm_recurrence` of ``z_input + bias``.
+      :func:`lstmq.recurrence.lstm_recurrence`.
 
     Raises:
       RuntimeError: the kernel is unavailable (check :func:`available` first).
       TypeError, ValueError: inputs that are not float32 or not of these shapes.
     """
-    return _float_native(z_input, _bias_or_zeros(bias, z_input), kernel, valid)
+    return _forward_call(z_input, kernel, valid)[0]
 
 
-@jax.custom_vjp
-def _float_native(z_input, bias, kernel, valid):
-    return _forward_call(z_input, bias, kernel, valid)[0]
-
-
-def _fwd(z_input, bias, kernel, valid):
-    outputs, residuals = _forward_call(z_input, bias, kernel, valid)
-    axes = _Axes((_varying(z_input), _varying(bias), _varying(kernel)))
+def _fwd(z_input, kernel, valid):
+    outputs, residuals = _forward_call(z_input, kernel, valid)
+    axes = _Axes((_varying(z_input), _varying(kernel)))
     return outputs, (kernel, jnp.asarray(valid, jnp.bool_), outputs, residuals, axes)
 
 
 def _bwd(saved, d_outputs):
-    kernel, valid, outputs, residuals, (z_axes, bias_axes, kernel_axes) = saved
-    dz, d_kernel, d_bias = _backward_call(d_outputs, residuals, kernel, valid, outputs)
-    return (_cotangent_like(dz, z_axes), _cotangent_like(d_bias, bias_axes),
-            _cotangent_like(d_kernel, kernel_axes), None)
+    kernel, valid, outputs, residuals, (z_axes, kernel_axes) = saved
+    dz, d_kernel = _backward_call(d_outputs, residuals, kernel, valid, outputs)
+    return _cotangent_like(dz, z_axes), _cotangent_like(d_kernel, kernel_axes), None
 
 
-_float_native.defvjp(_fwd, _bwd)
+lstm_recurrence_native.defvjp(_fwd, _bwd)
 
 
+@jax.custom_vjp
 def lstm_qat_recurrence_native(z_input: jax.Array, kernel: jax.Array, kernel_q: jax.Array,
-                               valid: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+                               valid: jax.Array) -> jax.Array:
     """The QAT recurrence of ``lstmq.model.RecurrentStep`` with ``QATNumerics`` (C++; CPU).
 
-    Per valid step: ``z = (z_input + bias) + h @ kernel_q``, then the fixed-point roundings
-    of ``lstmq.recipe.fake_quant_fixed``: z to Q3.12, the gates and tanh(c) to Q0.15, c to
+    Per valid step: ``z = z_input + h @ kernel_q``, then the fixed-point roundings of
+    ``lstmq.recipe.fake_quant_fixed``: z to Q3.12, the gates and tanh(c) to Q0.15, c to
     Q4.11, h to Q0.7 (+-127); invalid steps keep (c, h). ``h`` stays on the Q0.7 grid, where
     AQT's static lhs quantization (bound 127/128) is the identity, so the caller only
     fake-quantizes the weights (``QATNumerics.recurrent_kernel``).
@@ -325,41 +311,32 @@ def lstm_qat_recurrence_native(z_input: jax.Array, kernel: jax.Array, kernel_q: 
     (AQT passes it straight through to the float weights), and none to ``kernel``.
 
     Args:
-      z_input: <float32>[time, batch, 4*hidden] input projection.
+      z_input: <float32>[time, batch, 4*hidden] input projection plus bias.
       kernel: <float32>[hidden, 4*hidden] float recurrent weights (backward only).
       kernel_q: <float32>[hidden, 4*hidden] the same, fake-quantized (forward).
       valid: <bool>[time, batch].
-      bias: <float32>[4*hidden] added to z_input in the kernel; None: no bias.
 
     Returns:
       <float32>[time, batch, hidden] (rounded) state after each step.
     """
-    return _qat_native(z_input, _bias_or_zeros(bias, z_input), kernel, kernel_q, valid)
+    _check_inputs(z_input, kernel)
+    return _forward_call(z_input, kernel_q, valid, QAT_FORWARD_TARGET, QAT_RESIDUAL_SLOTS)[0]
 
 
-@jax.custom_vjp
-def _qat_native(z_input, bias, kernel, kernel_q, valid):
-    _check_inputs(z_input, kernel, bias)
-    return _forward_call(z_input, bias, kernel_q, valid, QAT_FORWARD_TARGET,
-                         QAT_RESIDUAL_SLOTS)[0]
-
-
-def _qat_fwd(z_input, bias, kernel, kernel_q, valid):
-    _check_inputs(z_input, kernel, bias)
-    outputs, residuals = _forward_call(z_input, bias, kernel_q, valid, QAT_FORWARD_TARGET,
+def _qat_fwd(z_input, kernel, kernel_q, valid):
+    _check_inputs(z_input, kernel)
+    outputs, residuals = _forward_call(z_input, kernel_q, valid, QAT_FORWARD_TARGET,
                                        QAT_RESIDUAL_SLOTS)
-    axes = _Axes((_varying(z_input), _varying(bias), _varying(kernel_q)))
+    axes = _Axes((_varying(z_input), _varying(kernel_q)))
     return outputs, (kernel, jnp.asarray(valid, jnp.bool_), outputs, residuals, axes)
 
 
 def _qat_bwd(saved, d_outputs):
-    kernel, valid, outputs, residuals, (z_axes, bias_axes, kernel_axes) = saved
-    dz, d_kernel, d_bias = _backward_call(d_outputs, residuals, kernel, valid, outputs,
-                                          QAT_BACKWARD_TARGET)
-    return (_cotangent_like(dz, z_axes), _cotangent_like(d_bias, bias_axes),
-            jnp.zeros_like(kernel), _cotangent_like(d_kernel, kernel_axes), None)
+    kernel, valid, outputs, residuals, (z_axes, kernel_axes) = saved
+    dz, d_kernel = _backward_call(d_outputs, residuals, kernel, valid, outputs,
+                                  QAT_BACKWARD_TARGET)
+    return (_cotangent_like(dz, z_axes), jnp.zeros_like(kernel),
+            _cotangent_like(d_kernel, kernel_axes), None)
 
 
-
-
-_qat_native.defvjp(_qat_fwd, _qat_bwd)
+lstm_qat_recurrence_native.defvjp(_qat_fwd, _qat_bwd)

@@ -34,31 +34,10 @@ class Numerics(Protocol):
     def hidden(self, h: jax.Array) -> jax.Array: ...
 
 
-def _dense(features: int, numerics: Numerics | None, role: str, cls=nn.Dense, **kwargs):
+def _dense(features: int, numerics: Numerics | None, role: str, **kwargs) -> nn.Dense:
     if numerics is not None:
         kwargs["dot_general_cls"] = numerics.dot_general_cls(role)
-    return cls(features, **kwargs)
-
-
-class InputProjection(nn.Dense):
-    """``nn.Dense`` (same parameters, initialisation and injected ``dot_general``) that
-    returns ``(inputs @ kernel, bias)`` instead of their sum: the native recurrences add the
-    bias in their kernels and return its gradient, which saves XLA a pass over
-    ``[time * batch, 4 * hidden]`` each way."""
-
-    @nn.compact
-    def __call__(self, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:  # type: ignore[override]
-        kernel = self.param("kernel", self.kernel_init, (jnp.shape(inputs)[-1], self.features),
-                            self.param_dtype)
-        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        if self.dot_general_cls is not None:
-            dot_general = self.dot_general_cls()
-        else:
-            dot_general = self.dot_general or jax.lax.dot_general
-        y = dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())),
-                        precision=self.precision)
-        return y, bias
+    return nn.Dense(features, **kwargs)
 
 
 class RecurrentStep(nn.Module):
@@ -173,21 +152,15 @@ class LSTMLayer(nn.Module):
         # [time * batch, features]: the weight gradient is then one plain matmul (about 1.5x
         # faster on CPU than contracting batch and time as two dimensions).
         flat = x.reshape(-1, x.shape[-1])
-        projected, bias = _dense(4 * self.hidden, self.numerics, role, InputProjection,
-                                 name="input")(flat)
-        projected = projected.reshape(*x.shape[:-1], 4 * self.hidden)
-        z_input = projected + bias  # what the XLA recurrences take (the kernels add it)
+        z_input = _dense(4 * self.hidden, self.numerics, role, name="input")(flat)
+        z_input = z_input.reshape(*x.shape[:-1], 4 * self.hidden)
         if self.numerics is None:  # float: fused recurrence, same parameters
             kernel = RecurrentKernel(self.hidden, name="cell")()
-            recur = float_recurrence(self.recurrence)
-            if recur is ffi_recurrence.lstm_recurrence_native:
-                return recur(projected, kernel, valid, bias)
-            return recur(z_input, kernel, valid)
+            return float_recurrence(self.recurrence)(z_input, kernel, valid)
         qat_native = qat_recurrence(self.recurrence, self.numerics)
         if qat_native is not None:  # QAT: fused recurrence, same parameters (no "aqt" state)
             kernel = RecurrentKernel(self.hidden, name="cell")()
-            return qat_native(projected, kernel, self.numerics.recurrent_kernel(kernel), valid,
-                              bias)
+            return qat_native(z_input, kernel, self.numerics.recurrent_kernel(kernel), valid)
         scan = nn.scan(
             RecurrentStep,
             variable_broadcast=["params", "aqt"],

@@ -130,29 +130,6 @@ def test_results_do_not_depend_on_the_thread_count(tmp_path):
         np.testing.assert_array_equal(array, one_cpu[f"arr_{index}"])
 
 
-@pytest.mark.parametrize("shape", [(7, 3, 5), (12, 37, 24)], ids=lambda s: "T%d-B%d-H%d" % s)
-def test_the_bias_added_in_the_kernel(shape):
-    """native(z, W, v, b) is the scan of z + b; the bias gradient is the sum of dz over valid
-    steps. The QAT kernel adds it as XLA adds it: bit-identical to passing z + b."""
-    z_input, kernel, valid, weights = make_inputs(*shape, seed=5)
-    bias = jax.random.normal(jax.random.PRNGKey(9), (4 * shape[2],), jnp.float32)
-
-    def loss(fn):
-        return jax.jit(jax.value_and_grad(
-            lambda z, w, b: jnp.sum(fn(z, w, b) * weights), argnums=(0, 1, 2)))
-
-    got = loss(lambda z, w, b: native(z, w, valid, b))(z_input, kernel, bias)
-    want = loss(lambda z, w, b: lstm_recurrence(z + b, w, valid))(z_input, kernel, bias)
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
-    assert_grads_close(got[1], want[1])
-    qat = ffi_recurrence.lstm_qat_recurrence_native
-    with_bias = jax.jit(lambda z, w, b: qat(z, w, w, valid, b))(z_input, kernel, bias)
-    added = jax.jit(lambda z, w, b: qat(z + b, w, w, valid))(z_input, kernel, bias)
-    np.testing.assert_array_equal(with_bias, added)
-    q_grads = loss(lambda z, w, b: qat(z, w, w, valid, b))(z_input, kernel, bias)[1]
-    np.testing.assert_allclose(q_grads[2], q_grads[0].sum(axis=(0, 1)), rtol=1e-5, atol=1e-5)
-
-
 def test_invalid_steps_hold_the_state_and_ignore_their_inputs():
     z_input, kernel, valid, weights = make_inputs(12, 8, 5, seed=3)
     outputs = np.asarray(jax.jit(native)(z_input, kernel, valid))

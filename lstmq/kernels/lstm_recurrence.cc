@@ -7,13 +7,12 @@
 //
 // Handlers (row-major arrays; leading batch dims, from jax.vmap's "broadcast_all", are
 // looped over):
-//   LstmqLstmForward(z f32[T,B,4H], bias f32[4H], kernel f32[H,4H], valid pred[T,B])
+//   LstmqLstmForward(z f32[T,B,4H], kernel f32[H,4H], valid pred[T,B])
 //       -> h f32[T,B,H], residuals f32[T,B,6Hp] (per row: i, f, g, o, carried c, tanh(c_new))
-//       (z + bias is the input projection of lstmq/recurrence.py: the bias is added here)
 //   LstmqLstmBackward(dy f32[T,B,H], residuals f32[T,B,6Hp], kernel f32[H,4H], valid pred[T,B],
 //                     h f32[T,B,H] (the forward's outputs))
 //       -> dz f32[T,B,4H]  (0 at invalid steps; dh, dc pass through them unchanged),
-//          d_kernel f32[H,4H] = sum over t, b of h_prev^T dz, d_bias f32[4H] = sum of dz
+//          d_kernel f32[H,4H] = sum over t, b of h_prev^T dz
 //   LstmqLstmQatForward / LstmqLstmQatBackward: the same signatures for the QAT recurrence
 //       (lstmq.model.RecurrentStep with QATNumerics): the forward's kernel is the already
 //       fake-quantized one and it rounds z (Q3.12), the gates and tanh(c) (Q0.15), c (Q4.11)
@@ -145,14 +144,6 @@ inline void copy_in(float* dst, const float* src, int n) {
   int j = 0;
   for (; j + kVW <= n; j += kVW) store(dst + j, load(src + j));
   if (j < n) store(dst + j, load_partial(src + j, n - j));
-}
-
-// n floats of src plus bias (zero-padded to whole vectors) to dst, zero-filled up to whole
-// vectors: the pre-activation z_input + b of one row, added as XLA adds a Dense's bias.
-inline void copy_in_plus(float* dst, const float* src, const float* bias, int n) {
-  int j = 0;
-  for (; j + kVW <= n; j += kVW) store(dst + j, load(src + j) + load(bias + j));
-  if (j < n) store(dst + j, load_partial(src + j, n - j) + load(bias + j));
 }
 
 // n floats from src (readable up to whole vectors) to dst; writes nothing past dst[n-1].
@@ -460,12 +451,11 @@ void pad_kernel(const float* kernel, const Dims& d, float* w) {
     copy_in(w + static_cast<size_t>(k) * d.Gs, kernel + k * 4 * d.H, 4 * d.H);
 }
 
-// The forward of rows b0 .. b0 + nb of one instance (w: pad_kernel's layout; bias [Gs],
-// zero-padded: added to z_input before the recurrent term). Arrays are
+// The forward of rows b0 .. b0 + nb of one instance (w: pad_kernel's layout). Arrays are
 // indexed as [t, b, ...] with B rows per step; the chunk touches only its own rows.
 template <bool kQat>
-void forward_rows(const float* z, const float* bias, const float* w, const bool* valid,
-                  float* out, float* res, const Dims& d, int b0, int nb, ForwardWork& work) {
+void forward_rows(const float* z, const float* w, const bool* valid, float* out, float* res,
+                  const Dims& d, int b0, int nb, ForwardWork& work) {
   const int T = d.T, B = d.B, H = d.H, Hp = d.Hp, Gs = d.Gs, R = slots(kQat) * Hp;
   float *h = work.h.get(), *c = work.c.get();
   float *hc = work.hc.get(), *zc = work.zc.get(), *zx = work.zx.get();
@@ -487,7 +477,7 @@ void forward_rows(const float* z, const float* bias, const float* w, const bool*
       const bool all = n == nb;
       for (int j = 0; j < n; ++j) {
         const int b = work.rows[j];
-        copy_in_plus((kQat ? zx : zc) + j * Gs, zt + b * 4 * H, bias, 4 * H);
+        copy_in((kQat ? zx : zc) + j * Gs, zt + b * 4 * H, 4 * H);
         if (!all) copy_vectors(hc + j * Hp, h + b * Hp, Hp);
       }
       gemm<!kQat>({all ? h : hc, Hp, 1, H, w, Gs, zc, Gs, Gs / kVW}, n);
@@ -602,11 +592,11 @@ inline void cell_backward(const float* dh_total, float* dc, const float* r, cons
 
 // The backward of rows b0 .. b0 + nb of one instance (wt: transpose_kernel's layout);
 // adds the chunk's kernel gradient sum over t and its rows of h_prev^T dz to dw [H, Gs]
-// and its bias gradient, the sum of dz, to db [Gs] (both zero on entry).
+// (zero on entry).
 template <bool kQat>
 void backward_rows(const float* dy, const float* res, const float* wt, const bool* valid,
-                   const float* out, float* dz, float* dw, float* db, const Dims& d, int b0,
-                   int nb, BackwardWork& work) {
+                   const float* out, float* dz, float* dw, const Dims& d, int b0, int nb,
+                   BackwardWork& work) {
   const int T = d.T, B = d.B, H = d.H, Hp = d.Hp, Gs = d.Gs, R = slots(kQat) * Hp;
   float *dh = work.dh.get(), *dc = work.dc.get();
   float *dzc = work.dzc.get(), *dhc = work.dhc.get(), *hpc = work.hpc.get();
@@ -627,8 +617,6 @@ void backward_rows(const float* dy, const float* res, const float* wt, const boo
         const float* c_prev = t > 0 ? rt - static_cast<size_t>(B) * R + b * R + 4 * Hp : nullptr;
         cell_backward<kQat>(dh + b * Hp, dc + b * Hp, rt + static_cast<size_t>(b) * R, c_prev,
                       dzc + n * Gs, dzt + b * 4 * H, H, Hp);
-        const float* dz_row = dzc + n * Gs;  // lanes past 4H are zero
-        for (int q = 0; q < Gs; q += kVW) store(db + q, load(db + q) + load(dz_row + q));
         work.rows[n++] = b;
       } else {
         std::memset(dzt + b * 4 * H, 0, 4 * H * sizeof(float));
@@ -711,18 +699,14 @@ bool run_tasks(ffi::ThreadPool& pool, int total, const Task& task) {
 
 template <bool kQat>
 ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z,
-                           ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> kernel,
-                           ffi::Buffer<ffi::PRED> valid, ffi::ResultBuffer<ffi::F32> out,
-                           ffi::ResultBuffer<ffi::F32> res) {
+                           ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::PRED> valid,
+                           ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> res) {
   const auto zd = z.dimensions();
   Dims d;
   ffi::Error error = sequence_dims(zd, "z_input", kernel.dimensions(), valid.dimensions(), d);
   if (error.failure()) return error;
   if (zd[zd.size() - 1] != 4 * d.H)
     return ffi::Error::InvalidArgument("z_input's last dim must be 4H, got " + shape_text(zd));
-  const auto bd = bias.dimensions();
-  if (bd.size() < 1 || bd[bd.size() - 1] != 4 * d.H || leading(bd, 1) != d.instances)
-    return ffi::Error::InvalidArgument("bias must be [..., 4H], got " + shape_text(bd));
   const int R = slots(kQat) * d.Hp;
   if (res->element_count() != static_cast<size_t>(d.instances) * d.T * d.B * R)
     return ffi::Error::InvalidArgument("residuals must be [..., T, B, " +
@@ -732,21 +716,17 @@ ffi::Error LstmForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z,
   try {
     const size_t tb = static_cast<size_t>(d.T) * d.B, w_size = static_cast<size_t>(d.H) * d.Gs;
     Floats weights = zeros(d.instances * w_size);
-    Floats biases = zeros(d.instances * d.Gs);  // zero-padded to whole vectors
-    for (int64_t n = 0; n < d.instances; ++n) {
+    for (int64_t n = 0; n < d.instances; ++n)
       pad_kernel(kernel.typed_data() + n * static_cast<size_t>(d.H) * 4 * d.H, d,
                  weights.get() + n * w_size);
-      copy_in(biases.get() + n * d.Gs, bias.typed_data() + n * 4 * d.H, 4 * d.H);
-    }
     const int chunks = chunk_count(d.B);
     auto task = [&](int i) {
       const int64_t n = i / chunks;
       const int b0 = (i % chunks) * kChunkRows, nb = std::min(kChunkRows, d.B - b0);
       ForwardWork work(d, nb);
-      forward_rows<kQat>(z.typed_data() + n * tb * 4 * d.H, biases.get() + n * d.Gs,
-                         weights.get() + n * w_size, valid.typed_data() + n * tb,
-                         out->typed_data() + n * tb * d.H, res->typed_data() + n * tb * R, d, b0,
-                         nb, work);
+      forward_rows<kQat>(z.typed_data() + n * tb * 4 * d.H, weights.get() + n * w_size,
+                         valid.typed_data() + n * tb, out->typed_data() + n * tb * d.H,
+                         res->typed_data() + n * tb * R, d, b0, nb, work);
     };
     if (!run_tasks(pool, static_cast<int>(d.instances * chunks), task))
       return ffi::Error::Internal(oom);
@@ -760,8 +740,7 @@ template <bool kQat>
 ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
                             ffi::Buffer<ffi::F32> res, ffi::Buffer<ffi::F32> kernel,
                             ffi::Buffer<ffi::PRED> valid, ffi::Buffer<ffi::F32> out,
-                            ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> d_kernel,
-                            ffi::ResultBuffer<ffi::F32> d_bias) {
+                            ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> d_kernel) {
   const auto yd = dy.dimensions();
   Dims d;
   ffi::Error error = sequence_dims(yd, "d_outputs", kernel.dimensions(), valid.dimensions(), d);
@@ -780,12 +759,8 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
   const size_t kernel_size = static_cast<size_t>(d.H) * 4 * d.H;
   if (d_kernel->element_count() != d.instances * kernel_size)
     return ffi::Error::InvalidArgument("d_kernel must be [..., H, 4H]");
-  if (d_bias->element_count() != static_cast<size_t>(d.instances) * 4 * d.H)
-    return ffi::Error::InvalidArgument("d_bias must be [..., 4H]");
-  if (d.instances > 0 && (d.T == 0 || d.B == 0)) {
+  if (d.instances > 0 && (d.T == 0 || d.B == 0))
     std::memset(d_kernel->typed_data(), 0, d.instances * kernel_size * sizeof(float));
-    std::memset(d_bias->typed_data(), 0, d.instances * 4 * d.H * sizeof(float));
-  }
   if (d.instances == 0 || d.T == 0 || d.B == 0) return ffi::Error::Success();
   const char* oom =
       kQat ? "LstmqLstmQatBackward: out of memory" : "LstmqLstmBackward: out of memory";
@@ -795,7 +770,6 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
     const int chunks = chunk_count(d.B);
     Floats transposed = zeros(d.instances * wt_size);
     Floats partial = zeros(d.instances * chunks * dw_size);  // each chunk's kernel gradient
-    Floats partial_bias = zeros(d.instances * chunks * d.Gs);  // ... and bias gradient
     for (int64_t n = 0; n < d.instances; ++n)
       transpose_kernel(kernel.typed_data() + n * kernel_size, d, transposed.get() + n * wt_size);
     auto task = [&](int i) {
@@ -805,21 +779,16 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
       backward_rows<kQat>(dy.typed_data() + n * tb * d.H, res.typed_data() + n * tb * R,
                           transposed.get() + n * wt_size, valid.typed_data() + n * tb,
                           out.typed_data() + n * tb * d.H, dz->typed_data() + n * tb * 4 * d.H,
-                          partial.get() + static_cast<size_t>(i) * dw_size,
-                          partial_bias.get() + static_cast<size_t>(i) * d.Gs, d, b0, nb, work);
+                          partial.get() + static_cast<size_t>(i) * dw_size, d, b0, nb, work);
     };
     if (!run_tasks(pool, static_cast<int>(d.instances * chunks), task))
       return ffi::Error::Internal(oom);
     for (int64_t n = 0; n < d.instances; ++n) {  // chunks summed in order: thread-count free
       float* dw = partial.get() + n * chunks * dw_size;
-      float* db = partial_bias.get() + n * chunks * d.Gs;
       for (int ch = 1; ch < chunks; ++ch) {
         const float* other = dw + static_cast<size_t>(ch) * dw_size;
         for (size_t j = 0; j < dw_size; j += kVW) store(dw + j, load(dw + j) + load(other + j));
-        const float* other_b = db + static_cast<size_t>(ch) * d.Gs;
-        for (int j = 0; j < d.Gs; j += kVW) store(db + j, load(db + j) + load(other_b + j));
       }
-      copy_out(d_bias->typed_data() + n * 4 * d.H, db, 4 * d.H);
       for (int k = 0; k < d.H; ++k)
         copy_out(d_kernel->typed_data() + n * kernel_size + k * 4 * d.H,
                  dw + static_cast<size_t>(k) * d.Gs, 4 * d.H);
@@ -836,8 +805,7 @@ ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
 static auto ForwardBinding() {
   return ffi::Ffi::Bind()
       .Ctx<ffi::ThreadPool>()          // XLA's intra-op pool: chunks of rows in parallel
-      .Arg<ffi::Buffer<ffi::F32>>()    // z_input (the input projection, without its bias)
-      .Arg<ffi::Buffer<ffi::F32>>()    // bias
+      .Arg<ffi::Buffer<ffi::F32>>()    // z_input
       .Arg<ffi::Buffer<ffi::F32>>()    // kernel (QAT: fake-quantized)
       .Arg<ffi::Buffer<ffi::PRED>>()   // valid
       .Ret<ffi::Buffer<ffi::F32>>()    // hidden states
@@ -853,8 +821,7 @@ static auto BackwardBinding() {
       .Arg<ffi::Buffer<ffi::PRED>>()   // valid
       .Arg<ffi::Buffer<ffi::F32>>()    // the forward's hidden states
       .Ret<ffi::Buffer<ffi::F32>>()    // dz
-      .Ret<ffi::Buffer<ffi::F32>>()    // d_kernel
-      .Ret<ffi::Buffer<ffi::F32>>();   // d_bias
+      .Ret<ffi::Buffer<ffi::F32>>();   // d_kernel
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmqLstmForward, LstmForwardImpl<false>, ForwardBinding());
