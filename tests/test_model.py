@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -274,3 +275,17 @@ def test_dropout_only_when_training(params):
     np.testing.assert_array_equal(train(x, lengths, key1), train(x, lengths, key1))
     with pytest.raises(Exception, match="dropout"):
         train(x, lengths)  # training needs a dropout key
+
+
+def test_time_major_dropout_draws_the_batch_major_mask():
+    """The time-major model's dropout between layers masks exactly what nn.Dropout masks on
+    the batch-major view (same module name, same key), so training did not change."""
+    from lstmq.model import TimeMajorDropout
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (9, 5, 7))  # [time, batch, hidden]
+    rngs = {"dropout": jax.random.PRNGKey(3)}
+    ours = TimeMajorDropout(0.3, deterministic=False).apply({}, x, rngs=rngs)
+    flax_view = nn.Dropout(0.3, deterministic=False).apply({}, jnp.swapaxes(x, 0, 1), rngs=rngs)
+    np.testing.assert_array_equal(ours, jnp.swapaxes(flax_view, 0, 1))
+    assert 0 < float(jnp.mean(ours == 0)) < 0.6  # it does drop
+    np.testing.assert_array_equal(TimeMajorDropout(0.3, deterministic=True).apply({}, x), x)
