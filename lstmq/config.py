@@ -89,6 +89,10 @@ class FeatureConfig:
     deltas: int = 0  # 0: MFCC only; 1: + delta; 2: + delta and delta-delta
     trim_db: float | None = None  # trim leading/trailing silence below this many dB under peak
     top_db: float | None = 80.0  # floor of the log-mel spectrum, dB under the clip's peak (None: none)
+    # "log": log-mel (floored at top_db); "pcen": per-channel energy normalisation of the mel
+    # magnitudes (librosa.pcen; float front end only), smoothed over pcen_time_ms
+    compression: Literal["log", "pcen"] = "log"
+    pcen_time_ms: float = 400.0
     normalize: Literal["global", "utterance", "none"] = "global"  # global stats from train only
     min_frames: int = 2
     max_frames: int | None = None  # truncate longer clips (None: keep all)

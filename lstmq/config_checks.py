@@ -59,6 +59,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "features.deltas": (lambda v: v in (0, 1, 2), "0, 1 or 2"),
     "features.trim_db": (_optional(_positive), "positive or null"),
     "features.top_db": (_optional(_positive), "positive or null"),
+    "features.compression": (lambda v: v in ("log", "pcen"), "log or pcen"),
+    "features.pcen_time_ms": (_positive, "positive"),
     "features.min_frames": (_positive, "at least 1"),
     "features.max_frames": (_optional(_positive), "at least 1 or null"),
     "features.workers": (_non_negative, "0 (one per core) or more"),
@@ -132,6 +134,9 @@ def _check_combinations(config: Config) -> None:
     if f.frontend == "integer" and (f.deltas or f.trim_db is not None):
         raise ConfigError("features.frontend=integer computes no deltas and trims no silence: "
                           "set features.deltas=0 and features.trim_db=null")
+    if f.frontend == "integer" and f.compression != "log":
+        raise ConfigError("features.frontend=integer computes log-mel features only: set "
+                          "features.compression=log or features.frontend=float")
     if f.fmax is not None and f.fmax <= f.fmin:
         raise ConfigError(f"features.fmax ({f.fmax}) must exceed features.fmin ({f.fmin})")
     if q.mode == "qat" and q.weight_bits not in (8, 4):

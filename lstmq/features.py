@@ -39,7 +39,7 @@ CLIPS_PER_WORKER = 5000
 _DELTA_WIDTH = 9
 # Fields that change the features; workers and cache only change how they are obtained.
 _KEY_FIELDS = ("frontend", "n_mfcc", "window_ms", "hop_ms", "n_mels", "fmin", "fmax", "mel_norm", "deltas", "trim_db",
-               "top_db", "min_frames", "max_frames")
+               "top_db", "min_frames", "max_frames", "compression", "pcen_time_ms")
 _log = logging.getLogger(__name__)
 
 
@@ -114,14 +114,19 @@ def extract_mfcc(audio: npt.ArrayLike, sample_rate: int, cfg: FeatureConfig) -> 
     needed = max((cfg.min_frames - 1) * sizes.hop, 1)
     if y.size < needed:
         y = np.pad(y, (0, needed - y.size))
-    mel_power = librosa.feature.melspectrogram(
+    mel = librosa.feature.melspectrogram(
         y=y, sr=sample_rate, n_fft=sizes.n_fft, hop_length=sizes.hop, win_length=sizes.window,
         window="hann", center=True, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=sizes.fmax,
-        norm=mel_filter_norm(cfg),
+        norm=mel_filter_norm(cfg), power=1.0 if cfg.compression == "pcen" else 2.0,
     )
-    # The floor (top_db under the clip's peak) sets where silence and background noise sit.
-    log_mel = librosa.power_to_db(mel_power, top_db=cfg.top_db)
-    mfcc = librosa.feature.mfcc(S=log_mel, n_mfcc=cfg.n_mfcc)
+    if cfg.compression == "pcen":
+        # Magnitudes scaled to int32 range, as librosa.pcen's defaults expect.
+        compressed = librosa.pcen(mel * 2.0**31, sr=sample_rate, hop_length=sizes.hop,
+                                  time_constant=cfg.pcen_time_ms / 1000.0)
+    else:
+        # The floor (top_db under the clip's peak) sets where silence and background noise sit.
+        compressed = librosa.power_to_db(mel, top_db=cfg.top_db)
+    mfcc = librosa.feature.mfcc(S=compressed, n_mfcc=cfg.n_mfcc)
     # mode="nearest" (edge replication, as HTK) is valid for clips shorter than the width.
     blocks = [mfcc] + [
         librosa.feature.delta(mfcc, width=_DELTA_WIDTH, order=order, mode="nearest")

@@ -102,6 +102,9 @@ def check_frontend_config(cfg: FeatureConfig) -> None:
     if cfg.trim_db is not None:
         raise FrontendError("features.frontend=integer does not trim silence; set "
                             "features.trim_db=null")
+    if cfg.compression != "log":
+        raise FrontendError("features.frontend=integer computes log-mel features only; set "
+                            "features.compression=log")
 
 
 def make_tables(cfg: FeatureConfig, sample_rate: int) -> FrontendTables:

@@ -95,12 +95,19 @@ def test_later_override_wins_and_file_values_are_kept(tmp_path):
     ("model.hidden=null", "model.hidden"),
     ("data.split=sideways", "data.split"),
     ("features.cache=1", "features.cache"),
+    ("features.compression=cubic", "features.compression"),
     ("data.path=[3]", "data.path"),
     ("train=5", "train"),  # a section given a scalar
 ])
 def test_bad_override_names_the_key(override, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_config(overrides=[override])
+
+
+def test_the_integer_front_end_refuses_pcen():
+    with pytest.raises(ConfigError, match=r"features\.compression"):
+        load_config(overrides=["features.frontend=integer", "features.compression=pcen"])
+    assert load_config(overrides=["features.compression=pcen"]).features.compression == "pcen"
 
 
 def test_override_without_equals_sign():

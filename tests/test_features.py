@@ -96,6 +96,19 @@ def test_top_db_floors_the_log_mel_spectrum_under_the_clip_peak():
     assert unfloored[gaps, 0].max() < features.extract_mfcc(silent_gaps, SR, FeatureConfig())[gaps, 0].min()
 
 
+def test_pcen_normalises_each_band_by_its_own_recent_level():
+    rng = np.random.default_rng(0)
+    clip = tone(0.5) + 0.05 * rng.standard_normal(SR // 2).astype(np.float32)
+    cfg = FeatureConfig(compression="pcen")
+    loud, quiet = (features.extract_mfcc(g * clip, SR, cfg) for g in (1.0, 0.01))
+    assert loud.shape == (32, 13) and np.isfinite(loud).all()
+    # 40 dB less level: the log-mel energy coefficient drops by ~40 dB, PCEN's barely moves
+    log_drop = np.subtract(*(features.extract_mfcc(g * clip, SR, FeatureConfig())[:, 0] for g in (1.0, 0.01)))
+    assert log_drop.mean() > 200 and np.abs(loud[:, 0] - quiet[:, 0]).mean() < 0.1 * log_drop.mean()
+    slow = features.extract_mfcc(clip, SR, dataclasses.replace(cfg, pcen_time_ms=2000.0))
+    assert not np.allclose(slow, loud)
+
+
 def test_bad_feature_configs_are_refused():
     with pytest.raises(ValueError, match="top_db"):
         features.extract_mfcc(tone(0.2), SR, FeatureConfig(top_db=0.0))
@@ -130,6 +143,7 @@ def test_cache_key_follows_feature_fields_and_data_only(tmp_path):
     assert features.feature_cache_key(dataset, FeatureConfig(n_mfcc=20)) != key
     assert features.feature_cache_key(dataset, FeatureConfig(trim_db=40.0)) != key
     assert features.feature_cache_key(dataset, FeatureConfig(top_db=40.0)) != key
+    assert features.feature_cache_key(dataset, FeatureConfig(compression="pcen")) != key
     assert features.feature_cache_key(toy_dataset([tone(0.2)] * 3, "other"), FeatureConfig()) != key
     assert features.feature_cache_key(dataset.subset([0, 1]), FeatureConfig()) != key
     assert features.feature_cache_key(dataclasses.replace(dataset, sample_rate=16000), FeatureConfig()) != key

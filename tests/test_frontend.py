@@ -173,6 +173,8 @@ def test_front_end_tables_cannot_overflow_and_are_counted():
         assert tables.table_bytes() == sum(a.nbytes for a in tables.arrays().values())
     with pytest.raises(frontend.FrontendError, match="deltas"):
         frontend.make_tables(FeatureConfig(deltas=1), 8000)
+    with pytest.raises(frontend.FrontendError, match="compression"):
+        frontend.make_tables(FeatureConfig(compression="pcen"), 8000)
 
 
 @pytest.mark.parametrize("mel_norm", ["slaney", "none"])
