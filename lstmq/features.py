@@ -39,7 +39,7 @@ CLIPS_PER_WORKER = 5000
 _DELTA_WIDTH = 9
 # Fields that change the features; workers and cache only change how they are obtained.
 _KEY_FIELDS = ("frontend", "n_mfcc", "window_ms", "hop_ms", "n_mels", "fmin", "fmax", "mel_norm", "deltas", "trim_db",
-               "top_db", "min_frames", "max_frames", "compression", "pcen_time_ms")
+               "top_db", "min_frames", "max_frames")
 _log = logging.getLogger(__name__)
 
 
@@ -169,6 +169,8 @@ def _extract_all(
 def feature_cache_key(dataset: Dataset, cfg: FeatureConfig) -> str:
     """sha256 of everything that determines the features of ``dataset``."""
     fields = {name: getattr(cfg, name) for name in _KEY_FIELDS}
+    if cfg.compression != "log":  # log-mel keys stay those of caches written before PCEN
+        fields.update(compression=cfg.compression, pcen_time_ms=cfg.pcen_time_ms)
     if cfg.frontend == "integer":
         from lstmq.frontend import FRONTEND_VERSION  # pylint: disable=import-outside-toplevel
 

@@ -144,6 +144,7 @@ def test_cache_key_follows_feature_fields_and_data_only(tmp_path):
     assert features.feature_cache_key(dataset, FeatureConfig(trim_db=40.0)) != key
     assert features.feature_cache_key(dataset, FeatureConfig(top_db=40.0)) != key
     assert features.feature_cache_key(dataset, FeatureConfig(compression="pcen")) != key
+    assert features.feature_cache_key(dataset, FeatureConfig(pcen_time_ms=100.0)) == key  # log: unused
     assert features.feature_cache_key(toy_dataset([tone(0.2)] * 3, "other"), FeatureConfig()) != key
     assert features.feature_cache_key(dataset.subset([0, 1]), FeatureConfig()) != key
     assert features.feature_cache_key(dataclasses.replace(dataset, sample_rate=16000), FeatureConfig()) != key
