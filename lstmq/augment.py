@@ -20,6 +20,10 @@ import numpy as np
 from lstmq.config import AugmentConfig
 from lstmq.data import DataError, Dataset
 
+# Augmentation applied in the train step, not to the copies' audio: kept out of the copies'
+# fingerprint (the SpecAugment masks, older, stay in it so existing caches stay valid).
+_STEP_ONLY = ("mixup",)
+
 
 def _phase_vocoder_fft(sample_rate: int) -> int:
     """FFT size of about 32 ms for the pitch shifter's phase vocoder (256 at 8 kHz):
@@ -258,7 +262,8 @@ def augment_dataset(dataset: Dataset, cfg: AugmentConfig, seed: int, copy: int) 
                              np.random.default_rng([seed, copy, i, 1]))
         audio.append(out)
     audio = tuple(audio)
-    spec = json.dumps({"parent": dataset.fingerprint, "augment": dataclasses.asdict(cfg),
+    waveform = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _STEP_ONLY}
+    spec = json.dumps({"parent": dataset.fingerprint, "augment": waveform,
                        "seed": seed, "copy": copy}, sort_keys=True)
     return dataclasses.replace(dataset, audio=audio,
                                fingerprint=hashlib.sha256(spec.encode()).hexdigest(),
@@ -288,3 +293,23 @@ def make_spec_augment(cfg: AugmentConfig):
     if cfg.freq_mask <= 0 and cfg.time_mask <= 0:
         return None
     return lambda key, x, lengths: spec_augment(key, x, lengths, cfg.freq_mask, cfg.time_mask)
+
+
+def mixup(key: jax.Array, x: jax.Array, lengths: jax.Array, weight: jax.Array, alpha: float
+          ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Mix each clip with another clip of the batch (mixup): ``lam * x + (1 - lam) * x[partner]``.
+
+    ``lam`` is drawn from Beta(alpha, alpha) per clip and folded into [0.5, 1], so a clip's
+    own label keeps the larger weight (the accuracy metric reads it); a partner of weight 0
+    (a padding entry) is not mixed in (``lam = 1``). The mixed clip lasts as long as the
+    longer of the two. Returns (mixed x, lengths, partner <int32>[batch], lam <float32>[batch]);
+    the loss weighs the two labels by ``lam`` and ``1 - lam``.
+    """
+    batch = x.shape[0]
+    k_lam, k_partner = jax.random.split(key)
+    lam = jax.random.beta(k_lam, alpha, alpha, (batch,), dtype=x.dtype)
+    partner = jax.random.permutation(k_partner, batch).astype(jnp.int32)
+    lam = jnp.where(weight[partner] > 0, jnp.maximum(lam, 1.0 - lam), 1.0)
+    mixed = lam[:, None, None] * x + (1.0 - lam[:, None, None]) * x[partner]
+    longer = jnp.where(lam < 1.0, jnp.maximum(lengths, lengths[partner]), lengths)
+    return mixed, longer, partner, lam

@@ -152,6 +152,7 @@ class AugmentConfig:
     babble_talkers: int = 4  # voices summed into the babble
     babble_prob: float = 1.0  # share of the copies that get babble
     copies: int = 0  # augmented copies of each training clip per epoch
+    mixup: float = 0.0  # > 0: each clip mixed with another of its batch, weight ~ Beta(a, a)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -84,6 +84,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "augment.babble_talkers": (_positive, "at least 1"),
     "augment.babble_prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "augment.copies": (_non_negative, "0 (off) or more"),
+    "augment.mixup": (_non_negative, "0 (off) or a positive Beta parameter"),
     "train.epochs": (_positive, "at least 1"),
     "train.batch_size": (_positive, "at least 1"),
     "train.learning_rate": (_positive, "positive"),

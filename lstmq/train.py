@@ -26,6 +26,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lstmq.augment import mixup
 from lstmq.config import Config, TrainConfig
 from lstmq.features import length_buckets
 from lstmq.pipeline import SplitArrays
@@ -131,17 +132,27 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, weight: jax.Array,
 
 def summed_gradients(state: TrainState, key: jax.Array, x: jax.Array, lengths: jax.Array,
                      labels: jax.Array, weight: jax.Array, label_smoothing: float = 0.0,
-                     augment: Callable | None = None) -> tuple[Any, dict[str, jax.Array]]:
+                     augment: Callable | None = None,
+                     mixup_alpha: float = 0.0) -> tuple[Any, dict[str, jax.Array]]:
     """Gradient of the weighted loss sum of one seed on a batch, and the batch's metric sums.
 
-    ``key`` drives dropout; ``fold_in(key, 1)`` drives augmentation.
+    ``key`` drives dropout; ``fold_in(key, 1)`` drives augmentation, ``fold_in(key, 2)``
+    mixup (``mixup_alpha > 0``: clips and their losses mixed in pairs, ``lstmq.augment.mixup``).
     """
     if augment is not None:
         x = augment(jax.random.fold_in(key, 1), x, lengths)
+    partner, lam = None, None
+    if mixup_alpha > 0:
+        x, lengths, partner, lam = mixup(jax.random.fold_in(key, 2), x, lengths, weight,
+                                        mixup_alpha)
 
     def loss_fn(params):
         logits = state.apply_fn({"params": params}, x, lengths, train=True, rngs={"dropout": key})
-        return cross_entropy(logits, labels, weight, label_smoothing), logits
+        if partner is None:
+            return cross_entropy(logits, labels, weight, label_smoothing), logits
+        loss = (cross_entropy(logits, labels, weight * lam, label_smoothing)
+                + cross_entropy(logits, labels[partner], weight * (1.0 - lam), label_smoothing))
+        return loss, logits
 
     (loss_sum, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     correct = jnp.sum(jnp.where(jnp.argmax(logits, -1) == labels, weight, 0.0))
@@ -170,12 +181,12 @@ def apply_summed_gradients(state: TrainState, grads: Any, count: jax.Array,
 
 def train_step(state: TrainState, x: jax.Array, lengths: jax.Array, labels: jax.Array,
                weight: jax.Array, label_smoothing: float = 0.0,
-               augment: Callable | None = None,
-               ema_decay: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+               augment: Callable | None = None, ema_decay: float = 0.0,
+               mixup_alpha: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step of one seed (vmapped over seeds by the caller)."""
     key = jax.random.fold_in(state.dropout_key, state.step)
     grads, metrics = summed_gradients(state, key, x, lengths, labels, weight, label_smoothing,
-                                      augment)
+                                      augment, mixup_alpha)
     return apply_summed_gradients(state, grads, metrics["count"], ema_decay), metrics
 
 
@@ -204,6 +215,7 @@ class Trainer:
         self.tx = make_optimizer(self.cfg, steps)
         smoothing = self.cfg.label_smoothing
         ema_decay = self.cfg.ema_decay
+        mixup_alpha = config.augment.mixup
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1) (0: off), got {ema_decay}")
 
@@ -214,13 +226,14 @@ class Trainer:
         def seeds_step(states, data, index, weight, frames):
             x, lengths, labels = gather(data, index, frames)
             step = lambda s: train_step(s, x, lengths, labels, weight, smoothing, augment,
-                                        ema_decay)
+                                        ema_decay, mixup_alpha)
             return jax.vmap(step)(states)
 
         def seeds_gradients(states, data, index, weight, frames, shard):
             x, lengths, labels = gather(data, index, frames)
             return jax.vmap(lambda s: summed_gradients(
-                s, shard_key(s, shard), x, lengths, labels, weight, smoothing, augment))(states)
+                s, shard_key(s, shard), x, lengths, labels, weight, smoothing, augment,
+                mixup_alpha))(states)
 
         def seeds_apply(states, parts):
             grads, metrics = jax.tree_util.tree_map(lambda *a: sum(a), *parts)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstmq.augment import (augment_clip, augment_dataset, band_limit, make_spec_augment,
+from lstmq.augment import (augment_clip, augment_dataset, band_limit, make_spec_augment, mixup,
                            reverberate, room_response, spec_augment)
 from lstmq.config import AugmentConfig, load_config
 from lstmq.pipeline import prepare_data
@@ -183,6 +183,38 @@ def test_spec_augment_masks_inside_clip_and_keeps_shape():
     frame_masked = zeros.all(axis=2)
     assert not frame_masked[:, 16:].any()
     assert make_spec_augment(AugmentConfig()) is None
+
+
+def test_mixup_matches_numpy_and_keeps_padding_out():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 10, 3)).astype(np.float32)
+    lengths = rng.integers(1, 11, 16).astype(np.int32)
+    weight = np.r_[np.ones(12), np.zeros(4)].astype(np.float32)  # 4 padding entries
+    mixed, longer, partner, lam = (np.asarray(a) for a in mixup(
+        jax.random.PRNGKey(3), jnp.asarray(x), jnp.asarray(lengths), jnp.asarray(weight), 0.4))
+    assert sorted(partner) == list(range(16))  # a permutation of the batch
+    padding_partner = weight[partner] == 0
+    np.testing.assert_array_equal(lam[padding_partner], 1.0)  # padding is never mixed in
+    assert np.all((lam >= 0.5) & (lam <= 1.0)) and np.any(lam < 0.99)
+    want = lam[:, None, None] * x + (1 - lam[:, None, None]) * x[partner]
+    np.testing.assert_allclose(mixed, want, rtol=1e-6, atol=1e-6)
+    mixed_in = lam < 1.0
+    np.testing.assert_array_equal(longer[mixed_in],
+                                  np.maximum(lengths, lengths[partner])[mixed_in])
+    np.testing.assert_array_equal(longer[~mixed_in], lengths[~mixed_in])
+
+
+def test_mixup_is_refused_when_negative_and_leaves_copies_fingerprint_alone(wav_folder):
+    from lstmq.config_checks import ConfigError, check_config
+    from lstmq.data import load_recordings
+
+    with pytest.raises(ConfigError, match="augment.mixup"):
+        check_config(load_config(None, ["augment.mixup=-0.1"]))
+    dataset = load_recordings(wav_folder)
+    cfg = AugmentConfig(speed=0.1, copies=1)
+    # mixup happens in the train step: the augmented audio (and its feature cache) is the same
+    assert (augment_dataset(dataset, cfg, 0, 0).fingerprint
+            == augment_dataset(dataset, dataclasses.replace(cfg, mixup=0.4), 0, 0).fingerprint)
 
 
 def test_augmented_copies_extend_training_split_only(wav_folder):

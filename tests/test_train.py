@@ -223,6 +223,36 @@ def test_padding_entries_do_not_move_the_params():
         np.testing.assert_allclose(leaf_a, leaf_b, rtol=0, atol=1e-7)
 
 
+def test_mixup_loss_weighs_both_labels_and_still_learns():
+    """With mixup the step's loss is lam * CE(own label) + (1 - lam) * CE(partner's label), on
+    the mixed clips; training on it still learns the task."""
+    from lstmq.augment import mixup
+    from lstmq.train import summed_gradients
+
+    x, lengths, labels, weight = batch_arrays(synthetic_split(BATCH, seed=6))
+    step = jax.jit(lambda states: jax.vmap(
+        lambda s: train_step(s, x, lengths, labels, weight, mixup_alpha=0.4))(states))
+    states = jitted_init()(0)
+    for _ in range(60):
+        states, metrics = step(states)
+    assert np.all(np.asarray(metrics["correct"]) >= 0.75 * BATCH)
+
+    state = jax.tree_util.tree_map(lambda a: a[0], states)  # trained: logits far from equal
+    key = jax.random.PRNGKey(9)
+    _, metrics = jax.jit(lambda s: summed_gradients(s, key, x, lengths, labels, weight,
+                                                    mixup_alpha=0.4))(state)
+    mixed, longer, partner, lam = mixup(jax.random.fold_in(key, 2), x, lengths, weight, 0.4)
+    logits = MODEL.apply({"params": state.params}, mixed, longer, train=True,
+                         rngs={"dropout": key})
+    log_p = np.asarray(jax.nn.log_softmax(logits), np.float64)
+    rows, own = np.arange(BATCH), np.asarray(labels)
+    lam, partner = np.asarray(lam, np.float64), np.asarray(partner)
+    want = -(lam * log_p[rows, own] + (1 - lam) * log_p[rows, own[partner]]).sum()
+    assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5)
+    own_only = -log_p[rows, own].sum()
+    assert abs(want - own_only) > 1e-2 * own_only  # the partner's label counts
+
+
 def test_dropout_mask_differs_per_seed_and_per_step():
     """Each seed drops out with its own key, folded with the step number."""
     x, lengths, labels, weight = batch_arrays(synthetic_split(BATCH, seed=5))
