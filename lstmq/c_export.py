@@ -131,6 +131,8 @@ def _model_header(m: dict, device: DeviceModel | None, max_frames: int, weight_b
             f"#define LSTMQ_MIN_SAMPLES {device.min_samples}",
             f"#define LSTMQ_FLOOR {-1 if t.floor is None else t.floor}  /* Q10 log2; -1: no floor */",
             f"#define LSTMQ_UTTERANCE {int(t.utterance)}",
+            f"#define LSTMQ_SPEECH {-1 if t.speech is None else t.speech}"
+            "  /* Q10 log2; -1: utterance statistics over every frame */",
             f"#define LSTMQ_MAD_FRAC_BITS {MAD_FRAC_BITS}",
             f"#define LSTMQ_DCT_FRAC_BITS {t.dct_frac_bits}"]
     else:

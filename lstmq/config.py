@@ -94,6 +94,9 @@ class FeatureConfig:
     compression: Literal["log", "pcen"] = "log"
     pcen_time_ms: float = 400.0
     normalize: Literal["global", "utterance", "none"] = "global"  # global stats from train only
+    # utterance statistics over speech frames only: frames whose loudest mel band lies within
+    # this many dB of the clip's peak (integer front end); None: over every frame
+    speech_db: float | None = None
     min_frames: int = 2
     max_frames: int | None = None  # truncate longer clips (None: keep all)
     cache: bool = True

@@ -61,6 +61,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "features.top_db": (_optional(_positive), "positive or null"),
     "features.compression": (lambda v: v in ("log", "pcen"), "log or pcen"),
     "features.pcen_time_ms": (_positive, "positive"),
+    "features.speech_db": (_optional(_positive), "positive or null"),
     "features.min_frames": (_positive, "at least 1"),
     "features.max_frames": (_optional(_positive), "at least 1 or null"),
     "features.workers": (_non_negative, "0 (one per core) or more"),
@@ -138,6 +139,10 @@ def _check_combinations(config: Config) -> None:
     if f.frontend == "integer" and f.compression != "log":
         raise ConfigError("features.frontend=integer computes log-mel features only: set "
                           "features.compression=log or features.frontend=float")
+    if f.speech_db is not None and (f.frontend != "integer" or f.normalize != "utterance"):
+        raise ConfigError("features.speech_db chooses the frames of the integer front end's "
+                          "per-utterance statistics: set features.frontend=integer and "
+                          "features.normalize=utterance, or features.speech_db=null")
     if f.fmax is not None and f.fmax <= f.fmin:
         raise ConfigError(f"features.fmax ({f.fmax}) must exceed features.fmin ({f.fmin})")
     if q.mode == "qat" and q.weight_bits not in (8, 4):

@@ -45,8 +45,11 @@ def tables_digest(tables: FrontendTables) -> str:
     digest = hashlib.sha256()
     for name, array in tables.arrays().items():
         digest.update(name.encode() + np.ascontiguousarray(array).tobytes())
-    digest.update(repr((tables.n_fft, tables.hop, tables.mel_frac_bits, tables.dct_frac_bits,
-                        tables.floor, tables.utterance)).encode())
+    constants = (tables.n_fft, tables.hop, tables.mel_frac_bits, tables.dct_frac_bits,
+                 tables.floor, tables.utterance)
+    if tables.speech is not None:  # digests of runs recorded before the option stay valid
+        constants += (tables.speech,)
+    digest.update(repr(constants).encode())
     return digest.hexdigest()
 
 

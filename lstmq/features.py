@@ -175,6 +175,8 @@ def feature_cache_key(dataset: Dataset, cfg: FeatureConfig) -> str:
         from lstmq.frontend import FRONTEND_VERSION  # pylint: disable=import-outside-toplevel
 
         fields["frontend_version"] = FRONTEND_VERSION
+        if cfg.speech_db is not None:  # keys stay those of caches written before the option
+            fields["speech_db"] = cfg.speech_db
     spec = dict(fields, version=FEATURE_VERSION, librosa=librosa.__version__, clips=len(dataset),
                 sample_rate=dataset.sample_rate, fingerprint=dataset.fingerprint)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()

@@ -16,7 +16,10 @@ computes. Steps per frame (rules in docs/numerics.md, "Front end"):
 6. floor ``top_db`` under the clip's peak (in log2 units: top_db / 6.0206 * 1024);
 7. DCT-II (orthonormal) in Q``dct_frac_bits``: ``c`` in Q10 log2 units (int32);
 8. ``utterance`` normalisation: c - mean over the clip's frames, divided by the mean
-   absolute deviation (Q8, ``rounding_divide``); ``global``/``none``: c as is.
+   absolute deviation (Q8, ``rounding_divide``); ``global``/``none``: c as is. With
+   ``features.speech_db`` the mean and deviation are taken over speech frames only: those
+   whose loudest mel band (after the floor) lies within speech_db of the clip's peak, so the
+   length of the silence around a word no longer moves every frame's values.
 
 The last step to int8 (``quantize_features``: requantize of value - mean per coefficient,
 saturated to [-127, 127]) uses statistics fitted offline on the training clips.
@@ -78,6 +81,7 @@ class FrontendTables:
     dct_frac_bits: int
     floor: int | None  # top_db in Q10 log2 units, or None
     utterance: bool  # per-clip mean / mean-absolute-deviation normalisation
+    speech: int | None = None  # speech_db in Q10 log2 units: utterance statistics' frames
 
     @property
     def bins(self) -> int:
@@ -105,6 +109,10 @@ def check_frontend_config(cfg: FeatureConfig) -> None:
     if cfg.compression != "log":
         raise FrontendError("features.frontend=integer computes log-mel features only; set "
                             "features.compression=log")
+    if cfg.speech_db is not None and cfg.normalize != "utterance":
+        raise FrontendError("features.speech_db chooses the frames of the per-utterance "
+                            "statistics: set features.normalize=utterance or "
+                            "features.speech_db=null")
 
 
 def make_tables(cfg: FeatureConfig, sample_rate: int) -> FrontendTables:
@@ -141,7 +149,8 @@ def make_tables(cfg: FeatureConfig, sample_rate: int) -> FrontendTables:
         log_table=dsp.LOG2_TABLE, dct=np.round(dct * 2**dct_bits).astype(np.int16),
         dct_frac_bits=dct_bits,
         floor=None if cfg.top_db is None else int(round(cfg.top_db / LOG_DB * 1024)),
-        utterance=cfg.normalize == "utterance")
+        utterance=cfg.normalize == "utterance",
+        speech=None if cfg.speech_db is None else int(round(cfg.speech_db / LOG_DB * 1024)))
 
 
 def frame_count(samples: int, hop: int) -> int:
@@ -179,24 +188,29 @@ def integer_mfcc(tables: FrontendTables, pcm: jax.Array, lengths: jax.Array,
     log = dsp.log2_q10(energy, tables.log_table) - shift[..., None] * (1 << dsp.LOG_FRAC_BITS)
     valid = (jnp.arange(frames, dtype=jnp.int32)[None, :]
              < (1 + lengths.astype(jnp.int32) // hop)[:, None])  # [B, T]
+    lowest = jnp.int32(-(2**30))
+    peak = jnp.max(jnp.where(valid[..., None], log, lowest), axis=(1, 2))  # [B]
     if tables.floor is not None:
-        lowest = jnp.int32(-(2**30))
-        peak = jnp.max(jnp.where(valid[..., None], log, lowest), axis=(1, 2))
         log = jnp.maximum(log, (peak - tables.floor)[:, None, None])
+    counted = valid  # the frames of the utterance statistics
+    if tables.speech is not None:
+        counted = valid & (jnp.max(log, axis=2) >= (peak - tables.speech)[:, None])
     c = fx.rounding_shift_right(
         dsp.int_dot(log, jnp.asarray(tables.dct.T, jnp.int32)), tables.dct_frac_bits)
     c = jnp.where(valid[..., None], c, 0)
     if tables.utterance:
-        c = _utterance(c, valid)
+        c = _utterance(c, valid, counted)
     return c
 
 
-def _utterance(c: jax.Array, valid: jax.Array) -> jax.Array:
-    """(c - mean) / mean absolute deviation over each clip's frames, Q8, int32."""
-    count = jnp.maximum(jnp.sum(valid.astype(jnp.int32), axis=1), 1)[:, None]  # [B, 1]
-    mean = fx.rounding_divide(jnp.sum(c, axis=1), count)  # [B, C]
+def _utterance(c: jax.Array, valid: jax.Array, counted: jax.Array) -> jax.Array:
+    """(c - mean) / mean absolute deviation, both over each clip's ``counted`` frames, of every
+    valid frame; Q8, int32."""
+    count = jnp.maximum(jnp.sum(counted.astype(jnp.int32), axis=1), 1)[:, None]  # [B, 1]
+    mean = fx.rounding_divide(jnp.sum(jnp.where(counted[..., None], c, 0), axis=1), count)
     d = jnp.where(valid[..., None], c - mean[:, None, :], 0)
-    mad = jnp.maximum(fx.rounding_divide(jnp.sum(jnp.abs(d), axis=1), count), 1)
+    spread = jnp.sum(jnp.where(counted[..., None], jnp.abs(d), 0), axis=1)
+    mad = jnp.maximum(fx.rounding_divide(spread, count), 1)
     y = fx.rounding_divide(jnp.left_shift(d, MAD_FRAC_BITS), mad[:, None, :])
     return jnp.where(valid[..., None], y, 0)
 
@@ -320,12 +334,16 @@ def integer_mfcc_ref(tables: FrontendTables, pcm: np.ndarray) -> np.ndarray:
         energy = mel @ magnitude
         logs[t] = dsp.log2_q10_ref(energy).astype(np.int64) - shift * 1024
         shifts.append(shift)
+    peak = logs.max()
     if tables.floor is not None:
-        logs = np.maximum(logs, logs.max() - tables.floor)
+        logs = np.maximum(logs, peak - tables.floor)
+    counted = np.ones(frames, bool)
+    if tables.speech is not None:
+        counted = np.array([row.max() >= peak - tables.speech for row in logs])
     c = np.array([[dsp._rsr(int(v), tables.dct_frac_bits) for v in dct @ row] for row in logs],
                  np.int64)
     if tables.utterance:
-        c = _utterance_ref(c)
+        c = _utterance_ref(c, counted)
     return c.astype(np.int32)
 
 
@@ -334,13 +352,13 @@ def _round_div(x: int, d: int) -> int:
     return (2 * x + d) // (2 * d)
 
 
-def _utterance_ref(c: np.ndarray) -> np.ndarray:
-    frames = c.shape[0]
+def _utterance_ref(c: np.ndarray, counted: np.ndarray) -> np.ndarray:
+    count = int(counted.sum())  # at least the peak's frame
     out = np.zeros_like(c)
     for j in range(c.shape[1]):
         column = [int(v) for v in c[:, j]]
-        mean = _round_div(sum(column), frames)
+        mean = _round_div(sum(v for v, k in zip(column, counted) if k), count)
         deviations = [v - mean for v in column]
-        mad = max(_round_div(sum(abs(d) for d in deviations), frames), 1)
+        mad = max(_round_div(sum(abs(d) for d, k in zip(deviations, counted) if k), count), 1)
         out[:, j] = [_round_div(d * 2**MAD_FRAC_BITS, mad) for d in deviations]
     return out

@@ -25,12 +25,13 @@ needs_cc = pytest.mark.skipif(find_compiler() is None,
 
 
 def make_device(bits: int = 8, readout: str = "last", normalize: str = "utterance",
-                top_db: float | None = 40.0, layers: int = 2, seed: int = 0) -> DeviceModel:
+                top_db: float | None = 40.0, layers: int = 2, seed: int = 0,
+                speech_db: float | None = None) -> DeviceModel:
     model = LSTMClassifier(hidden=6, layers=layers, num_classes=4, readout=readout)
     params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 2, 13)), jnp.ones((1,), jnp.int32))
     params = jax.tree_util.tree_map(lambda p: np.asarray(p) * 3.0, params["params"])  # busier gates
     integer = convert_params(params, 2.5, bits, readout)
-    cfg = FeatureConfig(normalize=normalize, top_db=top_db)
+    cfg = FeatureConfig(normalize=normalize, top_db=top_db, speech_db=speech_db)
     tables = frontend.make_tables(cfg, 8000)
     scale = frontend.value_scale(cfg)
     rng = np.random.default_rng(seed)
@@ -43,7 +44,9 @@ def clips(count: int = 24, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     out = [np.zeros(400, np.int16),  # digital silence
            np.where(np.arange(3000) % 40 < 20, 32767, -32768).astype(np.int16),  # full scale
-           rng.integers(-50, 50, 5).astype(np.int16)]  # shorter than a frame
+           rng.integers(-50, 50, 5).astype(np.int16),  # shorter than a frame
+           np.concatenate([np.zeros(900, np.int16),  # a burst between silences
+                           (rng.normal(0, 3000, 1200)).astype(np.int16), np.zeros(2000, np.int16)])]
     while len(out) < count:
         n = int(rng.integers(600, 6000))
         t = np.arange(n) / 8000
@@ -53,10 +56,11 @@ def clips(count: int = 24, seed: int = 0) -> list[np.ndarray]:
 
 
 @needs_cc
-@pytest.mark.parametrize("bits, readout, normalize, top_db", [
-    (8, "last", "utterance", 40.0), (4, "mean", "global", None), (8, "mean", "none", 80.0)])
-def test_host_build_is_bit_exact_with_jnp(tmp_path, bits, readout, normalize, top_db):
-    device = make_device(bits, readout, normalize, top_db)
+@pytest.mark.parametrize("bits, readout, normalize, top_db, speech_db", [
+    (8, "last", "utterance", 40.0, None), (4, "mean", "global", None, None),
+    (8, "mean", "none", 80.0, None), (4, "mean", "utterance", 40.0, 20.0)])
+def test_host_build_is_bit_exact_with_jnp(tmp_path, bits, readout, normalize, top_db, speech_db):
+    device = make_device(bits, readout, normalize, top_db, speech_db=speech_db)
     pcm = clips()
     expected = jnp_logits(device, pcm)
     library = write_c_library(device.model, tmp_path, bits, device.classes, device, pcm, expected)

@@ -104,6 +104,15 @@ def test_bad_override_names_the_key(override, named):
         load_config(overrides=[override])
 
 
+@pytest.mark.parametrize("overrides", [
+    ["features.speech_db=30"],  # the float front end
+    ["features.frontend=integer", "features.normalize=global", "features.speech_db=30"],
+    ["features.frontend=integer", "features.normalize=utterance", "features.speech_db=-5"]])
+def test_speech_db_needs_the_integer_front_ends_utterance_statistics(overrides):
+    with pytest.raises(ConfigError, match="features.speech_db"):
+        load_config(overrides=overrides)
+
+
 def test_the_integer_front_end_refuses_pcen():
     with pytest.raises(ConfigError, match=r"features\.compression"):
         load_config(overrides=["features.frontend=integer", "features.compression=pcen"])

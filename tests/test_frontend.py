@@ -150,10 +150,12 @@ def _clips(rate):
     return [tone, square, quiet, silence, tiny]
 
 
-@pytest.mark.parametrize("rate, normalize, top_db", [
-    (8000, "global", 80.0), (8000, "utterance", 40.0), (16000, "none", None)])
-def test_front_end_is_bit_exact_with_its_reference(rate, normalize, top_db):
-    tables = frontend.make_tables(FeatureConfig(normalize=normalize, top_db=top_db), rate)
+@pytest.mark.parametrize("rate, normalize, top_db, speech_db", [
+    (8000, "global", 80.0, None), (8000, "utterance", 40.0, None), (16000, "none", None, None),
+    (8000, "utterance", 40.0, 20.0), (16000, "utterance", None, 30.0)])
+def test_front_end_is_bit_exact_with_its_reference(rate, normalize, top_db, speech_db):
+    tables = frontend.make_tables(FeatureConfig(normalize=normalize, top_db=top_db,
+                                                speech_db=speech_db), rate)
     clips = _clips(rate)
     pcm, lengths, frames = _batch(clips, tables.hop)
     run = jax.jit(lambda p, l: frontend.integer_mfcc(tables, p, l, frames))
@@ -162,6 +164,27 @@ def test_front_end_is_bit_exact_with_its_reference(rate, normalize, top_db):
         ref = frontend.integer_mfcc_ref(tables, clip)
         np.testing.assert_array_equal(out[row, :len(ref)], ref)
         assert not out[row, len(ref):].any()  # frames past the clip are zero
+
+
+def test_speech_frame_statistics_ignore_the_silence_around_a_word():
+    """With features.speech_db the utterance statistics skip floored (silent) frames: trailing
+    silence leaves the word's values as they were; without it, every value moves."""
+    rate = 8000
+    t = np.arange(int(0.3 * rate)) / rate
+    rng = np.random.default_rng(4)
+    word = np.round(6000 * np.sin(2 * np.pi * 300 * t * (1 + t)) * np.hanning(t.size)
+                    + rng.normal(0, 20, t.size)).astype(np.int16)
+    padded = np.concatenate([word, np.zeros(int(0.4 * rate), np.int16)])
+    for speech_db, same in ((30.0, True), (None, False)):
+        tables = frontend.make_tables(FeatureConfig(normalize="utterance", top_db=40.0,
+                                                    speech_db=speech_db), rate)
+        short = frontend.integer_mfcc_ref(tables, word)
+        long = frontend.integer_mfcc_ref(tables, padded)
+        assert np.array_equal(long[:len(short)], short) == same
+        if speech_db is not None:  # the silent frames are normalised by the word's statistics
+            assert np.all(long[len(short) + 2:, 0] < -2 * 2**frontend.MAD_FRAC_BITS)
+    with pytest.raises(frontend.FrontendError, match="speech_db"):
+        frontend.make_tables(FeatureConfig(normalize="global", speech_db=30.0), rate)
 
 
 def test_front_end_tables_cannot_overflow_and_are_counted():
