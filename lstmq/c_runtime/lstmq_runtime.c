@@ -145,7 +145,15 @@ static int32_t frame[LSTMQ_N_FFT];
 static int32_t spectrum_re[LSTMQ_BINS], spectrum_im[LSTMQ_BINS], magnitude[LSTMQ_BINS];
 static int32_t logmel[LSTMQ_MAX_FRAMES][LSTMQ_N_MELS];
 static int32_t values[LSTMQ_MAX_FRAMES][LSTMQ_N_MFCC];
-static uint8_t counted[LSTMQ_MAX_FRAMES];  /* frames of the utterance statistics */
+#ifndef LSTMQ_SPEECH  /* a header written before features.speech_db */
+#define LSTMQ_SPEECH -1
+#endif
+#if LSTMQ_SPEECH >= 0
+static uint8_t counted[LSTMQ_MAX_FRAMES];  /* speech frames: those of the utterance statistics */
+#define COUNTED(t) counted[t]
+#else
+#define COUNTED(t) 1  /* every frame: no array, no test */
+#endif
 
 static void log_mel_frame(const int16_t *pcm, int32_t n, int32_t t, int32_t *out) {
   int32_t i, k, m, peak = 0, shift;
@@ -177,6 +185,7 @@ static int32_t front_end(const int16_t *pcm, int32_t n) {
   int32_t frames = 1 + samples / LSTMQ_HOP, t, m, j;
   if (frames > LSTMQ_MAX_FRAMES) return LSTMQ_ERROR_TOO_LONG;
   for (t = 0; t < frames; t++) log_mel_frame(pcm, n, t, logmel[t]);
+#if LSTMQ_FLOOR >= 0 || LSTMQ_SPEECH >= 0
   {
     int32_t peak = logmel[0][0];
     for (t = 0; t < frames; t++)
@@ -186,12 +195,15 @@ static int32_t front_end(const int16_t *pcm, int32_t n) {
       for (m = 0; m < LSTMQ_N_MELS; m++)
         if (logmel[t][m] < peak - LSTMQ_FLOOR) logmel[t][m] = peak - LSTMQ_FLOOR;
 #endif
+#if LSTMQ_SPEECH >= 0
     for (t = 0; t < frames; t++) {  /* speech: the loudest band within LSTMQ_SPEECH of the peak */
       int32_t loudest = logmel[t][0];
       for (m = 1; m < LSTMQ_N_MELS; m++) if (logmel[t][m] > loudest) loudest = logmel[t][m];
-      counted[t] = (uint8_t)(LSTMQ_SPEECH < 0 || loudest >= peak - LSTMQ_SPEECH);
+      counted[t] = (uint8_t)(loudest >= peak - LSTMQ_SPEECH);
     }
+#endif
   }
+#endif
   for (t = 0; t < frames; t++) {
     for (j = 0; j < LSTMQ_N_MFCC; j++) {
       int32_t acc = 0;
@@ -201,14 +213,14 @@ static int32_t front_end(const int16_t *pcm, int32_t n) {
   }
 #if LSTMQ_UTTERANCE
   int32_t count = 0;
-  for (t = 0; t < frames; t++) count += counted[t];  /* at least the peak's frame */
+  for (t = 0; t < frames; t++) count += COUNTED(t);  /* at least the peak's frame */
   for (j = 0; j < LSTMQ_N_MFCC; j++) {
     int32_t sum = 0, deviation = 0, mean, mad;
-    for (t = 0; t < frames; t++) if (counted[t]) sum += values[t][j];
+    for (t = 0; t < frames; t++) if (COUNTED(t)) sum += values[t][j];
     mean = rounding_divide(sum, count);
     for (t = 0; t < frames; t++) {
       int32_t d = values[t][j] - mean;
-      if (counted[t]) deviation += d < 0 ? -d : d;
+      if (COUNTED(t)) deviation += d < 0 ? -d : d;
     }
     mad = rounding_divide(deviation, count);
     if (mad < 1) mad = 1;
