@@ -82,6 +82,28 @@ def test_schedule_warms_up_then_decays():
     assert 0.01 * 0.01 < rates[-1] < 0.01 * 0.05  # towards 1% of the peak
 
 
+def test_flat_optimizer_matches_per_leaf_updates():
+    cfg = TrainConfig(epochs=2, learning_rate=0.01, warmup_epochs=0.5, weight_decay=0.01,
+                      grad_clip=1.0)
+    flat = make_optimizer(cfg, steps_per_epoch=4)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 0.01, 2, 8, 0.01 * 0.01)
+    per_leaf = optax.chain(optax.clip_by_global_norm(1.0),
+                           optax.adamw(schedule, weight_decay=0.01))
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+              "b": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}
+    states = [flat.init(params), per_leaf.init(params)]
+    for step in range(6):
+        grads = jax.tree_util.tree_map(
+            lambda p: jnp.asarray(rng.normal(size=p.shape) * (step + 1), jnp.float32), params)
+        (flat_update, states[0]), (leaf_update, states[1]) = (
+            flat.update(grads, states[0], params), per_leaf.update(grads, states[1], params))
+        for key in params:
+            np.testing.assert_allclose(flat_update[key], leaf_update[key], rtol=1e-5, atol=1e-8)
+        assert jax.tree_util.tree_structure(flat_update) == jax.tree_util.tree_structure(params)
+        params = optax.apply_updates(params, flat_update)
+
+
 def test_gradients_are_clipped_by_global_norm():
     cfg = TrainConfig(epochs=1, learning_rate=1.0, warmup_epochs=0.0, weight_decay=0.0,
                       grad_clip=1.0)
@@ -93,8 +115,8 @@ def test_gradients_are_clipped_by_global_norm():
     big = {"a": jnp.array([30.0, 40.0, 0.0], jnp.float32)}  # norm 50
     state_big = update(big)
     state_small = update({"a": big["a"] / 50.0})
-    mu_big = optax.tree_utils.tree_get(state_big, "mu")["a"]
-    mu_small = optax.tree_utils.tree_get(state_small, "mu")["a"]
+    mu_big = optax.tree_utils.tree_get(state_big, "mu")  # the flat vector of every parameter
+    mu_small = optax.tree_utils.tree_get(state_small, "mu")
     np.testing.assert_allclose(mu_big, mu_small, rtol=1e-6)
     assert np.abs(np.asarray(mu_big)).max() < 0.1  # (1 - b1) * 40/50, not (1 - b1) * 40
 
