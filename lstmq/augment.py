@@ -1,5 +1,5 @@
-"""Training-time augmentation: waveform copies (speed, pitch, shift, reverb, band limits, white
-noise, babble of other speakers) and SpecAugment masks.
+"""Training-time augmentation: waveform copies (speed, pitch, formants, shift, reverb, band
+limits, white noise, babble of other speakers) and SpecAugment masks.
 
 Waveform augmentation makes ``augment.copies`` extra versions of every training clip
 before featurization (each copy is a Dataset of its own, so its features are cached like
@@ -23,6 +23,9 @@ from lstmq.data import DataError, Dataset
 # Augmentation applied in the train step, not to the copies' audio: kept out of the copies'
 # fingerprint (the SpecAugment masks, older, stay in it so existing caches stay valid).
 _STEP_ONLY = ("mixup",)
+# Waveform options newer than cached copies: in the fingerprint only when set, so that the
+# copies of configs without them keep their cache entries.
+_FINGERPRINT_WHEN_SET = ("formant",)
 
 
 def _phase_vocoder_fft(sample_rate: int) -> int:
@@ -47,6 +50,37 @@ def shift_pitch(audio: np.ndarray, sample_rate: int, semitones: float) -> np.nda
     return librosa.effects.pitch_shift(np.asarray(audio, np.float32), sr=sample_rate,
                                        n_steps=semitones, n_fft=n_fft, hop_length=n_fft // 4,
                                        res_type="soxr_mq").astype(np.float32)
+
+
+def warp_formants(audio: np.ndarray, sample_rate: int, factor: float,
+                  smooth_hz: float = 200.0) -> np.ndarray:
+    """The spectral envelope stretched ``factor`` times along the frequency axis (a vocal
+    tract ``1 / factor`` times as long: formants at ``factor`` x their frequency), the
+    harmonics of the voice (its pitch) and the duration kept; same RMS as the input.
+
+    Per 32 ms frame (hop a quarter of it): the envelope is the power spectrum averaged over
+    ``smooth_hz`` (about the spacing of a low voice's harmonics); each bin is scaled by the
+    warped envelope over the original one (``sqrt(E(f / factor) / E(f))``, the envelope past
+    Nyquist held at its last value), and the clip resynthesised with the original phases.
+    The smoothing makes the move partial: on vowels of one formant (F0 100-200 Hz) the power
+    centroid moves by 0.8-1.0 of the requested shift.
+    """
+    import librosa
+    from scipy.ndimage import uniform_filter1d  # pylint: disable=import-outside-toplevel
+
+    audio = np.asarray(audio, np.float32)
+    if factor == 1.0 or len(audio) == 0:
+        return audio.copy()
+    n_fft = _phase_vocoder_fft(sample_rate)
+    spectrum = librosa.stft(audio, n_fft=n_fft, hop_length=n_fft // 4)
+    width = max(1, int(round(smooth_hz * n_fft / sample_rate))) | 1  # odd, in bins
+    envelope = uniform_filter1d(np.abs(spectrum) ** 2, width, axis=0, mode="nearest") + 1e-12
+    bins = np.arange(envelope.shape[0], dtype=np.float64)
+    warped = np.stack([np.interp(bins / factor, bins, column) for column in envelope.T], axis=1)
+    out = librosa.istft(spectrum * np.sqrt(warped / envelope), hop_length=n_fft // 4,
+                        n_fft=n_fft, length=len(audio))
+    rms_in, rms_out = float(np.sqrt(np.mean(audio**2))), float(np.sqrt(np.mean(out**2)))
+    return (out * (rms_in / rms_out) if rms_out > 0 else out).astype(np.float32)
 
 
 def add_at_snr(audio: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
@@ -124,6 +158,8 @@ def augment_clip(audio: np.ndarray, sample_rate: int, cfg: AugmentConfig,
       as in Kaldi's speed perturbation, a proxy for other vocal tracts);
     - pitch: shift every frequency (pitch and formants) by up to this many semitones up or
       down, keeping the duration (``librosa.effects.pitch_shift`` with a 32 ms window);
+    - formant: stretch the spectral envelope (formants) by a factor in [1 - formant,
+      1 + formant], pitch and duration kept (``warp_formants``: other vocal tract lengths);
     - time_shift: up to this fraction of the clip of leading silence;
     - reverb_rt60: convolve with a synthetic room response (``room_response``) whose
       reverberation time is drawn uniformly up to this many seconds, keeping length and RMS;
@@ -138,6 +174,8 @@ def augment_clip(audio: np.ndarray, sample_rate: int, cfg: AugmentConfig,
         out = change_speed(out, sample_rate, rng.uniform(1 - cfg.speed, 1 + cfg.speed))
     if cfg.pitch > 0:
         out = shift_pitch(out, sample_rate, rng.uniform(-cfg.pitch, cfg.pitch))
+    if cfg.formant > 0:
+        out = warp_formants(out, sample_rate, rng.uniform(1 - cfg.formant, 1 + cfg.formant))
     if cfg.time_shift > 0:
         lead = int(rng.uniform(0, cfg.time_shift) * len(out))
         out = np.concatenate([np.zeros(lead, np.float32), out])
@@ -217,6 +255,8 @@ def check_augment_config(cfg: AugmentConfig, sample_rate: int | None = None) -> 
                              f"({sample_rate / 2:g} Hz at {sample_rate} Hz)")
     if not 0 <= cfg.pitch <= 12:
         raise ValueError(f"augment.pitch must be in [0, 12] semitones, got {cfg.pitch}")
+    if not 0 <= cfg.formant < 0.5:
+        raise ValueError(f"augment.formant must be in [0, 0.5), got {cfg.formant}")
     if cfg.babble_snr_db_max is not None and (cfg.babble_snr_db is None
                                               or cfg.babble_snr_db_max < cfg.babble_snr_db):
         raise ValueError(f"augment.babble_snr_db_max {cfg.babble_snr_db_max} needs "
@@ -227,7 +267,8 @@ def check_augment_config(cfg: AugmentConfig, sample_rate: int | None = None) -> 
 
 
 def waveform_augmentation_enabled(cfg: AugmentConfig) -> bool:
-    return cfg.copies > 0 and (cfg.speed > 0 or cfg.pitch > 0 or cfg.time_shift > 0
+    return cfg.copies > 0 and (cfg.speed > 0 or cfg.pitch > 0 or cfg.formant > 0
+                               or cfg.time_shift > 0
                                or cfg.reverb_rt60 > 0 or cfg.lowpass_hz is not None
                                or cfg.highpass_hz is not None
                                or cfg.noise_snr_db is not None
@@ -262,7 +303,8 @@ def augment_dataset(dataset: Dataset, cfg: AugmentConfig, seed: int, copy: int) 
                              np.random.default_rng([seed, copy, i, 1]))
         audio.append(out)
     audio = tuple(audio)
-    waveform = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _STEP_ONLY}
+    waveform = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _STEP_ONLY
+                and not (k in _FINGERPRINT_WHEN_SET and not v)}
     spec = json.dumps({"parent": dataset.fingerprint, "augment": waveform,
                        "seed": seed, "copy": copy}, sort_keys=True)
     return dataclasses.replace(dataset, audio=audio,

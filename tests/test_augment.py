@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lstmq.augment import (augment_clip, augment_dataset, band_limit, make_spec_augment, mixup,
-                           reverberate, room_response, spec_augment)
+                           reverberate, room_response, spec_augment, warp_formants)
 from lstmq.config import AugmentConfig, load_config
 from lstmq.pipeline import prepare_data
 
@@ -56,6 +56,51 @@ def test_pitch_shift_of_a_short_clip_uses_a_window_shorter_than_the_clip():
     assert abs(_peak_hz(shifted) - 440 * 2 ** (steps / 12)) < 8  # 4 Hz bins at 0.25 s
 
 
+def _vowel(formant_hz=700.0, f0=125.0, seconds=1.0, rate=8000, width_hz=300.0):
+    """Harmonics of f0 weighted by one resonance at ``formant_hz`` (a crude vowel)."""
+    t = np.arange(int(seconds * rate)) / rate
+    harmonics = np.arange(1, int(rate / 2 / f0))
+    weights = np.exp(-0.5 * ((harmonics * f0 - formant_hz) / width_hz) ** 2) + 0.01
+    audio = sum(w * np.sin(2 * np.pi * k * f0 * t) for k, w in zip(harmonics, weights))
+    return (0.3 * audio / np.abs(audio).max()).astype(np.float32)
+
+
+def _spectrum(audio, rate=8000):
+    return np.fft.rfftfreq(len(audio), 1 / rate), np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+
+
+@pytest.mark.parametrize("factor", [0.85, 1.2])
+def test_formant_warp_moves_the_envelope_and_keeps_the_harmonics(factor):
+    audio = _vowel()
+    warped = warp_formants(audio, 8000, factor)
+    assert warped.shape == audio.shape
+    np.testing.assert_allclose(np.sqrt(np.mean(warped**2)), np.sqrt(np.mean(audio**2)), rtol=1e-4)
+    freqs, before = _spectrum(audio)
+    _, after = _spectrum(warped)
+    _, ideal = _spectrum(_vowel(700.0 * factor, width_hz=300.0 * factor))  # the vowel it mimics
+    band = (freqs > 150) & (freqs < 3000)
+    centroid = lambda m: np.sum(freqs[band] * m[band] ** 2) / np.sum(m[band] ** 2)
+    moved = (centroid(after) / centroid(before) - 1) / (centroid(ideal) / centroid(before) - 1)
+    assert 0.75 < moved < 1.15  # most of the requested move, none in the wrong direction
+    # the energy still sits on the harmonics of 125 Hz: pitch unchanged
+    on_harmonic = np.abs((freqs / 125.0) - np.round(freqs / 125.0)) * 125.0 < 6.0
+    assert np.sum(after[on_harmonic] ** 2) > 0.97 * np.sum(after**2)
+
+
+def test_formant_warp_of_one_is_the_clip_and_the_option_draws_factors_in_range():
+    audio = _vowel(seconds=0.4)
+    np.testing.assert_array_equal(warp_formants(audio, 8000, 1.0), audio)
+    cfg = AugmentConfig(formant=0.15, copies=1)
+    freqs, before = _spectrum(audio)
+    ratios = []
+    for seed in range(6):
+        out = augment_clip(audio, 8000, cfg, np.random.default_rng(seed))
+        _, after = _spectrum(out)
+        ratios.append(np.sum(freqs * after**2) / np.sum(after**2)
+                      / (np.sum(freqs * before**2) / np.sum(before**2)))
+    assert 0.8 < min(ratios) and max(ratios) < 1.2 and max(ratios) - min(ratios) > 0.05
+
+
 def test_noise_has_requested_snr():
     audio = _tone(2.0)
     noisy = augment_clip(audio, 8000, AugmentConfig(noise_snr_db=10.0, copies=1),
@@ -81,6 +126,8 @@ def test_noise_snr_range_draws_within_bounds():
                                  AugmentConfig(speed=1.0, copies=1),
                                  AugmentConfig(pitch=-1.0, copies=1),
                                  AugmentConfig(pitch=13.0, copies=1),
+                                 AugmentConfig(formant=-0.1, copies=1),
+                                 AugmentConfig(formant=0.5, copies=1),
                                  AugmentConfig(reverb_rt60=-0.1, copies=1),
                                  AugmentConfig(reverb_rt60=3.0, copies=1),
                                  AugmentConfig(lowpass_hz=0.0, copies=1),
@@ -202,6 +249,23 @@ def test_mixup_matches_numpy_and_keeps_padding_out():
     np.testing.assert_array_equal(longer[mixed_in],
                                   np.maximum(lengths, lengths[partner])[mixed_in])
     np.testing.assert_array_equal(longer[~mixed_in], lengths[~mixed_in])
+
+
+def test_formant_option_enters_the_copies_fingerprint_only_when_set(wav_folder):
+    import hashlib
+    import json
+
+    from lstmq.data import load_recordings
+
+    dataset = load_recordings(wav_folder)
+    cfg = AugmentConfig(pitch=1.0, copies=1)
+    # the fingerprint of copies made before the option existed: every other field
+    older = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("mixup", "formant")}
+    spec = json.dumps({"parent": dataset.fingerprint, "augment": older, "seed": 0, "copy": 0},
+                      sort_keys=True)
+    assert augment_dataset(dataset, cfg, 0, 0).fingerprint == hashlib.sha256(spec.encode()).hexdigest()
+    warped = augment_dataset(dataset, dataclasses.replace(cfg, formant=0.1), 0, 0)
+    assert warped.fingerprint != hashlib.sha256(spec.encode()).hexdigest()
 
 
 def test_mixup_is_refused_when_negative_and_leaves_copies_fingerprint_alone(wav_folder):
