@@ -77,11 +77,12 @@ def seed_mesh(seeds: int, devices: int):
     return Mesh(np.array(available[:count]), ("seed",))
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    """AdamW with linear warm-up and cosine decay, after global-norm clipping, applied to
-    all parameters as one flat vector (``optax.flatten``): the same updates as per leaf
-    (within float32 rounding of the global norm) in a few fused kernels instead of several
-    per parameter array, which at the budget sizes cost a sixth of a training step."""
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int,
+                   flat: bool = True) -> optax.GradientTransformation:
+    """AdamW with linear warm-up and cosine decay, after global-norm clipping. ``flat``:
+    applied to all parameters as one flat vector (``optax.flatten``), the same updates as
+    per array (within float32 rounding of the global norm) in a few fused kernels instead
+    of several per parameter array, which at the budget sizes cost a sixth of a step."""
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
     schedule = optax.warmup_cosine_decay_schedule(
@@ -89,7 +90,8 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
         decay_steps=total, end_value=cfg.learning_rate * 0.01)
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
     parts.append(optax.adamw(schedule, weight_decay=cfg.weight_decay))
-    return optax.flatten(optax.chain(*parts))
+    chain = optax.chain(*parts)
+    return optax.flatten(chain) if flat else chain
 
 
 def init_params(model: nn.Module, seed: int, seeds: int, input_size: int) -> Any:

@@ -86,13 +86,13 @@ def test_flat_optimizer_matches_per_leaf_updates():
     cfg = TrainConfig(epochs=2, learning_rate=0.01, warmup_epochs=0.5, weight_decay=0.01,
                       grad_clip=1.0)
     flat = make_optimizer(cfg, steps_per_epoch=4)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, 0.01, 2, 8, 0.01 * 0.01)
-    per_leaf = optax.chain(optax.clip_by_global_norm(1.0),
-                           optax.adamw(schedule, weight_decay=0.01))
+    per_leaf = make_optimizer(cfg, steps_per_epoch=4, flat=False)
     rng = np.random.default_rng(0)
     params = {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
               "b": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}
     states = [flat.init(params), per_leaf.init(params)]
+    assert optax.tree_utils.tree_get(states[0], "mu").shape == (16,)  # one vector
+    assert optax.tree_utils.tree_get(states[1], "mu")["w"].shape == (3, 4)  # per array
     for step in range(6):
         grads = jax.tree_util.tree_map(
             lambda p: jnp.asarray(rng.normal(size=p.shape) * (step + 1), jnp.float32), params)
