@@ -171,6 +171,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # > 0: evaluate and keep a moving average of the params (e.g. 0.999)
+    # > 0: a speaker-adversarial head (lstmq.adversary) whose gradient reaches the LSTM
+    # reversed and scaled by this weight; training only, never exported
+    speaker_adversary: float = 0.0
     seed: int = 0
     seeds: int = 1  # seeds trained together by one compiled step (seed, seed+1, ...)
     seed_threads: int = 0  # threads the seeds run on, vmapped within a thread; 0: one per seed

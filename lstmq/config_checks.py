@@ -95,6 +95,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.grad_clip": (_non_negative, "0 (off) or more"),
     "train.label_smoothing": (_fraction, "in [0, 1)"),
     "train.ema_decay": (_fraction, "in [0, 1) (0: off)"),
+    "train.speaker_adversary": (_non_negative, "0 (off) or a positive gradient-reversal weight"),
     "train.seeds": (_positive, "at least 1"),
     "train.seed_threads": (_non_negative, "0 (one per seed) or more"),
     "train.batch_shards": (_positive, "at least 1"),

@@ -232,6 +232,7 @@ class LSTMClassifier(nn.Module):
             summary = masked_mean(x, valid, lengths)
             if self.numerics is not None:  # the integer path rounds the mean to Q0.7
                 summary = self.numerics.hidden(summary)
+        self.sow("intermediates", "summary", summary)  # read by lstmq.adversary in training
         summary = nn.Dropout(self.dropout, deterministic=not train,
                              name=f"Dropout_{self.layers - 1}")(summary)
         return _dense(self.num_classes, self.numerics, "readout", name="readout")(summary)

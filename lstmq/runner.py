@@ -179,7 +179,7 @@ def _train(config: Config, workdir: Path, data: PreparedData, derived: Derived,
     trainer = Trainer(config, model, data.train, augment=make_spec_augment(config.augment))
     states = create_train_states(model, trainer.tx, config.train.seed, config.train.seeds,
                                  derived.input_size, _initial_params(config, derived),
-                                 ema=config.train.ema_decay > 0)
+                                 ema=config.train.ema_decay > 0, adversary=trainer.adversary)
     states = trainer.place(states)  # on the seed mesh with train.seed_devices
     seeds = len(derived.seeds)
     best = {"params": jax.tree_util.tree_map(jnp.copy, states.eval_params()),  # donated states
@@ -219,6 +219,8 @@ def _train(config: Config, workdir: Path, data: PreparedData, derived: Derived,
         row = {"epoch": epoch + 1, "seconds": seconds,
                "train_loss": metrics["loss"].tolist(),
                "train_accuracy": metrics["accuracy"].tolist()}
+        if "speaker_accuracy" in metrics:
+            row["train_speaker_accuracy"] = metrics["speaker_accuracy"].tolist()
         if len(data.val):
             val_acc = _accuracy(trainer.predict(states.eval_params(), data.val), data.val.labels)
             row["val_accuracy"] = val_acc.tolist()

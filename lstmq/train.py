@@ -26,6 +26,8 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lstmq.adversary import (SUMMARY, SpeakerAdversary, make_adversary_optimizer,
+                             speaker_indices, speaker_loss)
 from lstmq.augment import mixup
 from lstmq.config import Config, TrainConfig
 from lstmq.features import length_buckets
@@ -35,6 +37,8 @@ from lstmq.pipeline import SplitArrays
 class TrainState(train_state.TrainState):
     dropout_key: jax.Array
     ema_params: Any = None  # exponential moving average of params (``train.ema_decay > 0``)
+    # the speaker-adversarial head's own state (``train.speaker_adversary > 0``), not params
+    adversary: Any = None
 
     def eval_params(self) -> Any:
         """The parameters to evaluate and keep: the moving average when one is tracked."""
@@ -105,12 +109,15 @@ def init_params(model: nn.Module, seed: int, seeds: int, input_size: int) -> Any
 
 def create_train_states(model: nn.Module, tx: optax.GradientTransformation, seed: int,
                         seeds: int, input_size: int, init_params: Any | None = None,
-                        ema: bool = False) -> TrainState:
+                        ema: bool = False,
+                        adversary: tuple[nn.Module, optax.GradientTransformation] | None = None
+                        ) -> TrainState:
     """One TrainState per seed, stacked along a leading axis.
 
     ``init_params``, when given, are stacked per seed (a leading axis of size ``seeds``)
     and replace the random initialisation (fine-tuning). ``ema``: also track a moving
-    average of the parameters, starting at the initial ones.
+    average of the parameters, starting at the initial ones. ``adversary``: a
+    speaker-adversarial head and its optimiser (``Trainer.adversary``), given its own state.
     """
     x = jnp.zeros((1, 2, input_size), jnp.float32)
     lengths = jnp.ones((1,), jnp.int32)
@@ -120,8 +127,16 @@ def create_train_states(model: nn.Module, tx: optax.GradientTransformation, seed
         params = model.init(params_key, x, lengths)["params"]
         if start_params is not None:
             params = start_params
+        head = None
+        if adversary is not None:
+            module, head_tx = adversary
+            summary = jnp.zeros((1, model.hidden), jnp.float32)
+            head_params = module.init(jax.random.fold_in(params_key, 1), summary)["params"]
+            head = train_state.TrainState.create(apply_fn=module.apply, params=head_params,
+                                                 tx=head_tx)
         return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                                 dropout_key=dropout_key, ema_params=params if ema else None)
+                                 dropout_key=dropout_key, ema_params=params if ema else None,
+                                 adversary=head)
 
     keys = jnp.stack([jax.random.PRNGKey(seed + s) for s in range(seeds)])
     return jax.jit(jax.vmap(init))(keys, init_params)
@@ -138,12 +153,22 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, weight: jax.Array,
 def summed_gradients(state: TrainState, key: jax.Array, x: jax.Array, lengths: jax.Array,
                      labels: jax.Array, weight: jax.Array, label_smoothing: float = 0.0,
                      augment: Callable | None = None,
-                     mixup_alpha: float = 0.0) -> tuple[Any, dict[str, jax.Array]]:
+                     mixup_alpha: float = 0.0, speakers: jax.Array | None = None,
+                     reversal: float = 0.0) -> tuple[Any, dict[str, jax.Array]]:
     """Gradient of the weighted loss sum of one seed on a batch, and the batch's metric sums.
 
     ``key`` drives dropout; ``fold_in(key, 1)`` drives augmentation, ``fold_in(key, 2)``
     mixup (``mixup_alpha > 0``: clips and their losses mixed in pairs, ``lstmq.augment.mixup``).
+    With a speaker-adversarial head (``state.adversary``; ``speakers`` the clips' speaker
+    indices, ``reversal`` the gradient-reversal weight) the gradient is the pair
+    (classifier's, head's), the head's loss is added to the sum, and the metrics also count
+    the speakers it named right (``speaker_correct``).
     """
+    if state.adversary is not None:
+        if mixup_alpha > 0:
+            raise ValueError("train.speaker_adversary cannot be combined with augment.mixup")
+        return _adversarial_gradients(state, key, x, lengths, labels, weight, label_smoothing,
+                                      augment, speakers, reversal)
     if augment is not None:
         x = augment(jax.random.fold_in(key, 1), x, lengths)
     partner, lam = None, None
@@ -164,6 +189,31 @@ def summed_gradients(state: TrainState, key: jax.Array, x: jax.Array, lengths: j
     return grads, {"loss": loss_sum, "correct": correct, "count": weight.sum()}
 
 
+def _adversarial_gradients(state: TrainState, key: jax.Array, x: jax.Array,
+                          lengths: jax.Array, labels: jax.Array, weight: jax.Array,
+                          label_smoothing: float, augment: Callable | None, speakers: jax.Array,
+                          reversal: float) -> tuple[Any, dict[str, jax.Array]]:
+    """``summed_gradients`` with the speaker-adversarial head (see ``lstmq.adversary``)."""
+    if augment is not None:
+        x = augment(jax.random.fold_in(key, 1), x, lengths)
+    head = state.adversary
+
+    def loss_fn(params, head_params):
+        logits, sown = state.apply_fn({"params": params}, x, lengths, train=True,
+                                      rngs={"dropout": key}, mutable=["intermediates"])
+        summary = sown["intermediates"][SUMMARY][0]
+        head_loss, head_correct = speaker_loss(head.apply_fn, head_params, summary, speakers,
+                                               weight, reversal)
+        loss = cross_entropy(logits, labels, weight, label_smoothing)
+        return loss + head_loss, (logits, loss, head_correct)
+
+    (_, (logits, loss_sum, head_correct)), grads = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(state.params, head.params)
+    correct = jnp.sum(jnp.where(jnp.argmax(logits, -1) == labels, weight, 0.0))
+    return grads, {"loss": loss_sum, "correct": correct, "count": weight.sum(),
+                   "speaker_correct": head_correct}
+
+
 def ema_rate(decay: float, step: jax.Array) -> jax.Array:
     """Weight of the old average after ``step`` updates: ``decay``, lower while the average is
     young (``(1 + step) / (10 + step)``), so it does not linger on the initial parameters."""
@@ -176,6 +226,10 @@ def apply_summed_gradients(state: TrainState, grads: Any, count: jax.Array,
     """Optimiser step on the mean gradient: ``grads`` summed over ``count`` weighted clips;
     then the moving average, if tracked: ``ema <- r * ema + (1 - r) * params``."""
     scale = 1.0 / jnp.maximum(count, 1.0)
+    if state.adversary is not None:  # (classifier's, head's): see ``summed_gradients``
+        grads, head_grads = grads
+        state = state.replace(adversary=state.adversary.apply_gradients(
+            grads=jax.tree_util.tree_map(lambda g: g * scale, head_grads)))
     state = state.apply_gradients(grads=jax.tree_util.tree_map(lambda g: g * scale, grads))
     if state.ema_params is None:
         return state
@@ -187,11 +241,12 @@ def apply_summed_gradients(state: TrainState, grads: Any, count: jax.Array,
 def train_step(state: TrainState, x: jax.Array, lengths: jax.Array, labels: jax.Array,
                weight: jax.Array, label_smoothing: float = 0.0,
                augment: Callable | None = None, ema_decay: float = 0.0,
-               mixup_alpha: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+               mixup_alpha: float = 0.0, speakers: jax.Array | None = None,
+               reversal: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step of one seed (vmapped over seeds by the caller)."""
     key = jax.random.fold_in(state.dropout_key, state.step)
     grads, metrics = summed_gradients(state, key, x, lengths, labels, weight, label_smoothing,
-                                      augment, mixup_alpha)
+                                      augment, mixup_alpha, speakers, reversal)
     return apply_summed_gradients(state, grads, metrics["count"], ema_decay), metrics
 
 
@@ -214,8 +269,9 @@ class Trainer:
         self.cfg = config.train
         self.model = model
         self.train = train
+        self.speakers, speaker_index = speaker_indices(train.speakers)
         self._data = (jnp.asarray(train.x), jnp.asarray(train.lengths),
-                      jnp.asarray(train.labels))
+                      jnp.asarray(train.labels), jnp.asarray(speaker_index))
         steps = len(self.epoch_batches(np.random.default_rng(0)))
         self.tx = make_optimizer(self.cfg, steps)
         smoothing = self.cfg.label_smoothing
@@ -223,22 +279,34 @@ class Trainer:
         mixup_alpha = config.augment.mixup
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1) (0: off), got {ema_decay}")
+        reversal = self.cfg.speaker_adversary
+        # (head, optimiser) for create_train_states; None without the adversary
+        self.adversary = None
+        if reversal > 0:
+            if mixup_alpha > 0:
+                raise ValueError("train.speaker_adversary cannot be combined with augment.mixup")
+            if len(self.speakers) < 2:
+                raise ValueError(f"train.speaker_adversary needs at least 2 training speakers, "
+                                 f"got {list(self.speakers)}")
+            self.adversary = (SpeakerAdversary(len(self.speakers)),
+                              make_adversary_optimizer(self.cfg.learning_rate))
 
         def gather(data, index, frames):
-            all_x, all_lengths, all_labels = data
-            return all_x[index, :frames], all_lengths[index], all_labels[index]
+            all_x, all_lengths, all_labels, all_speakers = data
+            return (all_x[index, :frames], all_lengths[index], all_labels[index],
+                    all_speakers[index])
 
         def seeds_step(states, data, index, weight, frames):
-            x, lengths, labels = gather(data, index, frames)
+            x, lengths, labels, speakers = gather(data, index, frames)
             step = lambda s: train_step(s, x, lengths, labels, weight, smoothing, augment,
-                                        ema_decay, mixup_alpha)
+                                        ema_decay, mixup_alpha, speakers, reversal)
             return jax.vmap(step)(states)
 
         def seeds_gradients(states, data, index, weight, frames, shard):
-            x, lengths, labels = gather(data, index, frames)
+            x, lengths, labels, speakers = gather(data, index, frames)
             return jax.vmap(lambda s: summed_gradients(
                 s, shard_key(s, shard), x, lengths, labels, weight, smoothing, augment,
-                mixup_alpha))(states)
+                mixup_alpha, speakers, reversal))(states)
 
         def seeds_apply(states, parts):
             grads, metrics = jax.tree_util.tree_map(lambda *a: sum(a), *parts)
@@ -301,8 +369,11 @@ class Trainer:
             lambda *a: jnp.concatenate(a), *[r[0] for r in results])
         totals = jax.device_get([r[1] for r in results])
         totals = {k: np.concatenate([t[k] for t in totals]) for k in totals[0]}
-        return states, {"loss": totals["loss"] / totals["count"],
-                        "accuracy": totals["correct"] / totals["count"]}
+        metrics = {"loss": totals["loss"] / totals["count"],
+                   "accuracy": totals["correct"] / totals["count"]}
+        if "speaker_correct" in totals:  # how well the speaker-adversarial head names voices
+            metrics["speaker_accuracy"] = totals["speaker_correct"] / totals["count"]
+        return states, metrics
 
     def _run_group(self, states: TrainState, batches: list[Batch]) -> tuple[TrainState, dict]:
         steps = []
