@@ -164,13 +164,13 @@ def summed_gradients(state: TrainState, key: jax.Array, x: jax.Array, lengths: j
     (classifier's, head's), the head's loss is added to the sum, and the metrics also count
     the speakers it named right (``speaker_correct``).
     """
+    if augment is not None:
+        x = augment(jax.random.fold_in(key, 1), x, lengths)
     if state.adversary is not None:
         if mixup_alpha > 0:
             raise ValueError("train.speaker_adversary cannot be combined with augment.mixup")
         return _adversarial_gradients(state, key, x, lengths, labels, weight, label_smoothing,
-                                      augment, speakers, reversal)
-    if augment is not None:
-        x = augment(jax.random.fold_in(key, 1), x, lengths)
+                                      speakers, reversal)
     partner, lam = None, None
     if mixup_alpha > 0:
         x, lengths, partner, lam = mixup(jax.random.fold_in(key, 2), x, lengths, weight,
@@ -191,11 +191,10 @@ def summed_gradients(state: TrainState, key: jax.Array, x: jax.Array, lengths: j
 
 def _adversarial_gradients(state: TrainState, key: jax.Array, x: jax.Array,
                           lengths: jax.Array, labels: jax.Array, weight: jax.Array,
-                          label_smoothing: float, augment: Callable | None, speakers: jax.Array,
+                          label_smoothing: float, speakers: jax.Array,
                           reversal: float) -> tuple[Any, dict[str, jax.Array]]:
-    """``summed_gradients`` with the speaker-adversarial head (see ``lstmq.adversary``)."""
-    if augment is not None:
-        x = augment(jax.random.fold_in(key, 1), x, lengths)
+    """``summed_gradients`` with the speaker-adversarial head (see ``lstmq.adversary``), on
+    clips already augmented."""
     head = state.adversary
 
     def loss_fn(params, head_params):
