@@ -12,11 +12,16 @@ hidden 48, 3 seeds, 40 epochs on a 2-core CPU.
 trained once per FSDD speaker s with s held out as test and the next speaker (cyclically)
 held out as validation, and is scored by the validation speakers' mean accuracy. The test
 speakers' accuracy is never read, so leave-one-speaker-out test numbers stay unbiased.
+
+A variant's overrides may name ``{run}``: the folder another variant trained in the same
+fold, e.g. a teacher to distil from (``--variant teacher=train.seeds=3 --variant
+kd=train.distill_from={run:teacher}``); variants train in the order given.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,17 +41,25 @@ def _validation_summary(histories: list[list[dict]]) -> dict:
             "last5_max": float(last.max()), "best_mean": float(val.max(1).mean())}
 
 
+def _fold_runs(overrides: list[str], out: Path, val_speaker: str) -> list[str]:
+    """``{run:NAME}`` in an override: variant NAME's run folder of this fold."""
+    def folder(match: re.Match) -> str:
+        return str(out / match.group(1) / val_speaker)
+    return [re.sub(r"\{run:([^}]+)\}", folder, item) for item in overrides]
+
+
 def run(config_path: str | None, variants: dict[str, list[str]], out: str | Path,
         overrides: list[str] = (), progress: bool = False,
         speakers: list[str] | None = None) -> dict:
     out = Path(out)
     previous = out / "tune.json"
     results = read_json(previous) if previous.is_file() else {}  # earlier variants are kept
-    folds = [fold for _, fold in nested_speaker_folds(speakers)] if speakers else [[]]
+    folds = nested_speaker_folds(speakers) if speakers else [("", [])]
     for name, extra in variants.items():
         histories, per_speaker, seconds = [], {}, []
-        for fold in folds:
-            config = load_config(config_path, [*overrides, *fold, *extra])
+        for val_speaker, fold in folds:
+            config = load_config(config_path, [*overrides, *fold,
+                                               *_fold_runs(extra, out, val_speaker)])
             workdir = out / name / (config.data.val_speaker or "")
             result = train_and_evaluate(config, workdir, progress=progress)
             histories.append(result["history"])

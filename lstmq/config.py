@@ -174,6 +174,11 @@ class TrainConfig:
     # > 0: a speaker-adversarial head (lstmq.adversary) whose gradient reaches the LSTM
     # reversed and scaled by this weight; training only, never exported
     speaker_adversary: float = 0.0
+    # a finished run folder whose seeds' softened probabilities are a second target
+    # (lstmq.distill): the loss mixes in distill_weight of it, at distill_temperature
+    distill_from: str | None = None
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
     seed: int = 0
     seeds: int = 1  # seeds trained together by one compiled step (seed, seed+1, ...)
     seed_threads: int = 0  # threads the seeds run on, vmapped within a thread; 0: one per seed

@@ -35,6 +35,7 @@ from lstmq.budget import hidden_from_config
 from lstmq.checkpoint import CheckpointError, TrainingCheckpoints, save_params
 from lstmq.compilation import CompileClock, enable_persistent_cache
 from lstmq.config import Config, config_to_dict
+from lstmq.distill import teacher_targets
 from lstmq.io import FolderLock, atomic_write_json, read_json
 from lstmq.pipeline import PreparedData, SplitArrays, prepare_data
 from lstmq.recipe import calibrate_input_clip
@@ -176,7 +177,13 @@ def _train(config: Config, workdir: Path, data: PreparedData, derived: Derived,
              "solved from budget" if config.model.hidden == "auto" else "configured",
              derived.input_clip, derived.num_classes)
     model = model_from_config(config, derived)
-    trainer = Trainer(config, model, data.train, augment=make_spec_augment(config.augment))
+    soft = None
+    if config.train.distill_from:
+        soft = teacher_targets(config.train.distill_from, config, derived, data.train)
+        log.info("distilling from %s (weight %.2f, temperature %.1f)", config.train.distill_from,
+                 config.train.distill_weight, config.train.distill_temperature)
+    trainer = Trainer(config, model, data.train, augment=make_spec_augment(config.augment),
+                      soft_targets=soft)
     states = create_train_states(model, trainer.tx, config.train.seed, config.train.seeds,
                                  derived.input_size, _initial_params(config, derived),
                                  ema=config.train.ema_decay > 0, adversary=trainer.adversary)

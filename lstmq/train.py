@@ -30,6 +30,7 @@ from lstmq.adversary import (SUMMARY, SpeakerAdversary, make_adversary_optimizer
                              speaker_indices, speaker_loss)
 from lstmq.augment import mixup
 from lstmq.config import Config, TrainConfig
+from lstmq.distill import distillation_loss
 from lstmq.features import length_buckets
 from lstmq.pipeline import SplitArrays
 
@@ -154,7 +155,9 @@ def summed_gradients(state: TrainState, key: jax.Array, x: jax.Array, lengths: j
                      labels: jax.Array, weight: jax.Array, label_smoothing: float = 0.0,
                      augment: Callable | None = None,
                      mixup_alpha: float = 0.0, speakers: jax.Array | None = None,
-                     reversal: float = 0.0) -> tuple[Any, dict[str, jax.Array]]:
+                     reversal: float = 0.0, soft: jax.Array | None = None,
+                     distill_weight: float = 0.0, temperature: float = 1.0
+                     ) -> tuple[Any, dict[str, jax.Array]]:
     """Gradient of the weighted loss sum of one seed on a batch, and the batch's metric sums.
 
     ``key`` drives dropout; ``fold_in(key, 1)`` drives augmentation, ``fold_in(key, 2)``
@@ -162,8 +165,13 @@ def summed_gradients(state: TrainState, key: jax.Array, x: jax.Array, lengths: j
     With a speaker-adversarial head (``state.adversary``; ``speakers`` the clips' speaker
     indices, ``reversal`` the gradient-reversal weight) the gradient is the pair
     (classifier's, head's), the head's loss is added to the sum, and the metrics also count
-    the speakers it named right (``speaker_correct``).
+    the speakers it named right (``speaker_correct``). With a teacher's soft targets
+    (``soft``, ``lstmq.distill``) the loss is ``(1 - distill_weight)`` times the hard one plus
+    ``distill_weight`` times the distillation loss at ``temperature``.
     """
+    if soft is not None and (mixup_alpha > 0 or state.adversary is not None):
+        raise ValueError("train.distill_from cannot be combined with augment.mixup or "
+                         "train.speaker_adversary")
     if augment is not None:
         x = augment(jax.random.fold_in(key, 1), x, lengths)
     if state.adversary is not None:
@@ -179,7 +187,11 @@ def summed_gradients(state: TrainState, key: jax.Array, x: jax.Array, lengths: j
     def loss_fn(params):
         logits = state.apply_fn({"params": params}, x, lengths, train=True, rngs={"dropout": key})
         if partner is None:
-            return cross_entropy(logits, labels, weight, label_smoothing), logits
+            loss = cross_entropy(logits, labels, weight, label_smoothing)
+            if soft is not None:
+                loss = (1.0 - distill_weight) * loss + distill_weight * distillation_loss(
+                    logits, soft, weight, temperature)
+            return loss, logits
         loss = (cross_entropy(logits, labels, weight * lam, label_smoothing)
                 + cross_entropy(logits, labels[partner], weight * (1.0 - lam), label_smoothing))
         return loss, logits
@@ -241,11 +253,14 @@ def train_step(state: TrainState, x: jax.Array, lengths: jax.Array, labels: jax.
                weight: jax.Array, label_smoothing: float = 0.0,
                augment: Callable | None = None, ema_decay: float = 0.0,
                mixup_alpha: float = 0.0, speakers: jax.Array | None = None,
-               reversal: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+               reversal: float = 0.0, soft: jax.Array | None = None,
+               distill_weight: float = 0.0, temperature: float = 1.0
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step of one seed (vmapped over seeds by the caller)."""
     key = jax.random.fold_in(state.dropout_key, state.step)
     grads, metrics = summed_gradients(state, key, x, lengths, labels, weight, label_smoothing,
-                                      augment, mixup_alpha, speakers, reversal)
+                                      augment, mixup_alpha, speakers, reversal, soft,
+                                      distill_weight, temperature)
     return apply_summed_gradients(state, grads, metrics["count"], ema_decay), metrics
 
 
@@ -264,13 +279,21 @@ class Trainer:
     (and each batch shard) on its own thread."""
 
     def __init__(self, config: Config, model: nn.Module, train: SplitArrays,
-                 augment: Callable | None = None):
+                 augment: Callable | None = None, soft_targets: np.ndarray | None = None):
+        """``soft_targets``: a teacher's ``<float32>[n, classes]`` targets for the training
+        rows (``lstmq.distill.teacher_targets``), learned with ``train.distill_weight``."""
         self.cfg = config.train
         self.model = model
         self.train = train
         self.speakers, speaker_index = speaker_indices(train.speakers)
+        if soft_targets is not None and soft_targets.shape[0] != len(train):
+            raise ValueError(f"{soft_targets.shape[0]} soft targets for {len(train)} training "
+                             "clips")
         self._data = (jnp.asarray(train.x), jnp.asarray(train.lengths),
-                      jnp.asarray(train.labels), jnp.asarray(speaker_index))
+                      jnp.asarray(train.labels), jnp.asarray(speaker_index),
+                      None if soft_targets is None else jnp.asarray(soft_targets, jnp.float32))
+        distill_weight = self.cfg.distill_weight
+        temperature = self.cfg.distill_temperature
         steps = len(self.epoch_batches(np.random.default_rng(0)))
         self.tx = make_optimizer(self.cfg, steps)
         smoothing = self.cfg.label_smoothing
@@ -291,21 +314,22 @@ class Trainer:
                               make_adversary_optimizer(self.cfg.learning_rate))
 
         def gather(data, index, frames):
-            all_x, all_lengths, all_labels, all_speakers = data
+            all_x, all_lengths, all_labels, all_speakers, all_soft = data
             return (all_x[index, :frames], all_lengths[index], all_labels[index],
-                    all_speakers[index])
+                    all_speakers[index], None if all_soft is None else all_soft[index])
 
         def seeds_step(states, data, index, weight, frames):
-            x, lengths, labels, speakers = gather(data, index, frames)
+            x, lengths, labels, speakers, soft = gather(data, index, frames)
             step = lambda s: train_step(s, x, lengths, labels, weight, smoothing, augment,
-                                        ema_decay, mixup_alpha, speakers, reversal)
+                                        ema_decay, mixup_alpha, speakers, reversal, soft,
+                                        distill_weight, temperature)
             return jax.vmap(step)(states)
 
         def seeds_gradients(states, data, index, weight, frames, shard):
-            x, lengths, labels, speakers = gather(data, index, frames)
+            x, lengths, labels, speakers, soft = gather(data, index, frames)
             return jax.vmap(lambda s: summed_gradients(
                 s, shard_key(s, shard), x, lengths, labels, weight, smoothing, augment,
-                mixup_alpha, speakers, reversal))(states)
+                mixup_alpha, speakers, reversal, soft, distill_weight, temperature))(states)
 
         def seeds_apply(states, parts):
             grads, metrics = jax.tree_util.tree_map(lambda *a: sum(a), *parts)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import benchmark, ptq_vs_qat, task_a
+from experiments import benchmark, ptq_vs_qat, task_a, tune
 from lstmq import comparison
 from lstmq.runner import RunFolderError
 
@@ -52,6 +52,25 @@ def test_task_a_writes_summary_and_reuses_its_run(tmp_path: Path, tiny: list[str
     with pytest.raises(RunFolderError, match="model.hidden"):
         task_a.run(tmp_path, seeds=1, epochs=1, overrides=[*tiny, "model.hidden=5"],
                    progress=False)
+
+
+def test_tune_scores_variants_and_lets_one_distil_from_another(tmp_path: Path,
+                                                                 tiny: list[str]):
+    overrides = [*tiny, "model.hidden=4", "train.epochs=1"]
+    results = tune.run(None, {"teacher": ["train.seed=10"],
+                              "kd": ["train.distill_from={run:teacher}"]}, tmp_path, overrides)
+    assert list(results) == ["teacher", "kd"]
+    for row in results.values():
+        assert 0 <= row["last5_min"] <= row["last5_mean"] <= row["last5_max"] <= 1
+    recorded = _read(tmp_path / "kd" / "run.json")["config"]["train"]["distill_from"]
+    assert recorded == str(tmp_path / "teacher")
+    assert _read(tmp_path / "tune.json") == json.loads(json.dumps(results))
+
+
+def test_tune_names_another_variants_folder_of_the_same_fold():
+    assert tune._fold_runs(["train.distill_from={run:big}", "train.seeds=2"], Path("out"),
+                           "theo") == [f"train.distill_from={Path('out/big/theo')}",
+                                       "train.seeds=2"]
 
 
 def test_benchmark_writes_report(tmp_path: Path, tiny: list[str]):

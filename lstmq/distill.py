@@ -1,0 +1,84 @@
+"""Knowledge distillation from a finished run (Hinton et al., 2015): the teacher's softened
+class probabilities become a second target of the student's loss.
+
+The teacher is any finished run on the same features (an ensemble of its seeds: their
+probabilities at temperature ``T`` are averaged). Its targets are computed once, before
+training, for every training row as stored (waveform copies included, spectrogram masks
+not): the student learns from a masked clip what the teacher said of the whole one. The
+student's loss per clip is
+
+    (1 - w) * CE(label, logits) + w * T^2 * CE(teacher_T, logits / T)
+
+(``w`` = ``train.distill_weight``; the ``T^2`` keeps the soft term's gradient on the scale
+of the hard one's as ``T`` grows). Only training changes: the student's size, budget and
+export are its own.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lstmq.checkpoint import CheckpointError
+from lstmq.config import Config
+from lstmq.pipeline import SplitArrays
+from lstmq.runs import Derived, Run, load_run, model_from_config
+
+
+def _statistics(normalizer) -> dict:
+    """What a normaliser makes of a feature value; not the integer front end's input clip,
+    which each run calibrates on its own augmented copies (the teacher reads the student's
+    inputs, saturated at the student's clip)."""
+    values = normalizer.to_dict()
+    return {key: values.get(key) for key in ("mode", "mean", "std", "value_scale")}
+
+
+def check_teacher(teacher: Run, config: Config, derived: Derived) -> None:
+    """Raise CheckpointError, naming the teacher's folder, unless it reads the student's
+    features (same front end, normalisation and classes)."""
+    problems = []
+    if teacher.derived.classes != derived.classes:
+        problems.append(f"classes {list(teacher.derived.classes)}, the student's "
+                        f"{list(derived.classes)}")
+    if teacher.config.features != config.features:
+        problems.append("another feature config")
+    if teacher.derived.input_size != derived.input_size \
+            or _statistics(teacher.derived.normalizer) != _statistics(derived.normalizer):
+        problems.append("other inputs (feature count or normalisation statistics)")
+    if problems:
+        raise CheckpointError(f"{teacher.directory}: cannot teach this run (train.distill_from): "
+                              f"it has {'; '.join(problems)}")
+
+
+def soft_targets(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Mean over seeds of ``softmax(logits / T)``: ``<seeds, n, classes>`` to ``<n, classes>``."""
+    if temperature <= 0:
+        raise ValueError(f"train.distill_temperature must be positive, got {temperature}")
+    return np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32) / temperature, -1).mean(0))
+
+
+def teacher_targets(directory: str | Path, config: Config, derived: Derived,
+                    train: SplitArrays) -> np.ndarray:
+    """The teacher run's soft targets for every training row: ``<float32>[n, classes]``."""
+    from lstmq.train import predict_logits, predict_split  # pylint: disable=import-outside-toplevel
+
+    teacher = load_run(directory)
+    check_teacher(teacher, config, derived)
+    model = model_from_config(teacher.config, teacher.derived)
+    predict = jax.jit(jax.vmap(functools.partial(predict_logits, model.apply),
+                               in_axes=(0, None, None)))
+    logits = predict_split(predict, teacher.params, train, 512,
+                           teacher.config.train.bucket_frames)
+    return soft_targets(logits, config.train.distill_temperature).astype(np.float32)
+
+
+def distillation_loss(logits: jax.Array, targets: jax.Array, weight: jax.Array,
+                      temperature: float) -> jax.Array:
+    """Weighted sum over clips of ``T^2 * CE(targets, logits / T)``."""
+    per_clip = optax.softmax_cross_entropy(logits / temperature, targets)
+    return temperature ** 2 * jnp.sum(per_clip * weight)
