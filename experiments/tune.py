@@ -13,7 +13,7 @@ trained once per FSDD speaker s with s held out as test and the next speaker (cy
 held out as validation, and is scored by the validation speakers' mean accuracy. The test
 speakers' accuracy is never read, so leave-one-speaker-out test numbers stay unbiased.
 
-A variant's overrides may name ``{run}``: the folder another variant trained in the same
+A variant's overrides may name ``{run:NAME}``: the folder variant NAME trained in the same
 fold, e.g. a teacher to distil from (``--variant teacher=train.seeds=3 --variant
 kd=train.distill_from={run:teacher}``); variants train in the order given.
 """

@@ -16,7 +16,6 @@ export are its own.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import jax
@@ -65,13 +64,11 @@ def soft_targets(logits: np.ndarray, temperature: float) -> np.ndarray:
 def teacher_targets(directory: str | Path, config: Config, derived: Derived,
                     train: SplitArrays) -> np.ndarray:
     """The teacher run's soft targets for every training row: ``<float32>[n, classes]``."""
-    from lstmq.train import predict_logits, predict_split  # pylint: disable=import-outside-toplevel
+    from lstmq.train import predict_split, seeds_predictor  # pylint: disable=import-outside-toplevel
 
     teacher = load_run(directory)
     check_teacher(teacher, config, derived)
-    model = model_from_config(teacher.config, teacher.derived)
-    predict = jax.jit(jax.vmap(functools.partial(predict_logits, model.apply),
-                               in_axes=(0, None, None)))
+    predict = seeds_predictor(model_from_config(teacher.config, teacher.derived))
     logits = predict_split(predict, teacher.params, train, 512,
                            teacher.config.train.bucket_frames)
     return soft_targets(logits, config.train.distill_temperature).astype(np.float32)

@@ -274,6 +274,12 @@ def predict_logits(apply_fn: Callable, params: Any, x: jax.Array,
     return apply_fn({"params": params}, x, lengths, train=False)
 
 
+def seeds_predictor(model: nn.Module) -> Callable:
+    """Jitted ``predict(params, x, lengths)`` of seed-stacked params: ``[seeds, n, classes]``."""
+    return jax.jit(jax.vmap(functools.partial(predict_logits, model.apply),
+                            in_axes=(0, None, None)))
+
+
 class Trainer:
     """Builds the jitted steps once and runs epochs over device-resident data, each seed group
     (and each batch shard) on its own thread."""
@@ -351,8 +357,7 @@ class Trainer:
         if self.shards < 1 or self.cfg.batch_size % self.shards:
             raise ValueError(f"train.batch_shards must be at least 1 and divide train.batch_size "
                              f"({self.cfg.batch_size}), got {self.shards}")
-        self._predict = jax.jit(jax.vmap(lambda p, x, l: predict_logits(model.apply, p, x, l),
-                                         in_axes=(0, None, None)))
+        self._predict = seeds_predictor(model)
 
     def epoch_batches(self, rng: np.random.Generator) -> list[Batch]:
         """Length-bucketed batches; the last one padded with zero-weight entries."""
