@@ -179,6 +179,10 @@ class TrainConfig:
     distill_from: str | None = None
     distill_weight: float = 0.5
     distill_temperature: float = 2.0
+    # > 0: first train a float teacher of this many seeds (seed + TEACHER_SEED_OFFSET on) in
+    # <run>/teacher on the run's data and distill from it; a QAT run fine-tuned from a float
+    # run (quant.init_from) distills from that run's teacher (lstmq.runner.teacher_folder)
+    teacher_seeds: int = 0
     seed: int = 0
     seeds: int = 1  # seeds trained together by one compiled step (seed, seed+1, ...)
     seed_threads: int = 0  # threads the seeds run on, vmapped within a thread; 0: one per seed

@@ -99,6 +99,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.distill_from": (lambda v: v is None or v.strip() != "", "a run folder or null"),
     "train.distill_weight": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "train.distill_temperature": (_positive, "positive"),
+    "train.teacher_seeds": (_non_negative, "0 (no teacher stage) or more"),
     "train.seeds": (_positive, "at least 1"),
     "train.seed_threads": (_non_negative, "0 (one per seed) or more"),
     "train.batch_shards": (_positive, "at least 1"),
@@ -164,9 +165,13 @@ def _check_combinations(config: Config) -> None:
     if t.batch_size % t.batch_shards:
         raise ConfigError(f"train.batch_shards ({t.batch_shards}) must divide train.batch_size "
                           f"({t.batch_size})")
-    if t.distill_from is not None and (a.mixup > 0 or t.speaker_adversary > 0):
-        raise ConfigError("train.distill_from cannot be combined with augment.mixup or "
-                          "train.speaker_adversary")
+    if t.distill_from is not None and t.teacher_seeds > 0:
+        raise ConfigError("train.distill_from and train.teacher_seeds both name a teacher; "
+                          f"set one (got {t.distill_from!r} and {t.teacher_seeds})")
+    if (t.distill_from is not None or t.teacher_seeds > 0) \
+            and (a.mixup > 0 or t.speaker_adversary > 0):
+        raise ConfigError("distillation (train.distill_from or train.teacher_seeds) cannot be "
+                          "combined with augment.mixup or train.speaker_adversary")
     if t.warmup_epochs > t.epochs:
         raise ConfigError(f"train.warmup_epochs ({t.warmup_epochs}) exceeds train.epochs "
                           f"({t.epochs})")

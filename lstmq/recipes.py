@@ -1,5 +1,5 @@
 """Training recipes shared by the studies: QAT fine-tuned from a float run, the PTQ-vs-QAT
-trio of trainings, and reuse of a finished run.
+trio of trainings (``train_or_reuse`` of ``lstmq.runner`` trains or reuses each).
 
 The fine-tuning recipe: train the float model first, then train it quantization-aware
 starting from its parameters (seed ``s`` from float seed ``s``) for a short schedule at a
@@ -11,12 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from lstmq.config import Config, config_to_dict, load_config
-from lstmq.io import read_json
-from lstmq.pipeline import PreparedData
-from lstmq.runner import config_differences, train_and_evaluate
+from lstmq.config import Config, load_config
+from lstmq.runner import train_or_reuse  # noqa: F401 - the studies' entry point
 
 FINETUNE_EPOCHS = 15
 FINETUNE_LEARNING_RATE = 1e-3
@@ -50,21 +47,3 @@ def ptq_qat_configs(split: str, overrides: Sequence[str], float_dir: str | Path,
     float_config, qat_config = float_and_qat("task_b_qat", settings, float_dir, qat_epochs)
     return {"float_int8_budget": float_config, "qat": qat_config,
             "float32_budget": load_config("task_b_float", [f"data.split={split}", *overrides])}
-
-
-def train_or_reuse(config: Config, workdir: str | Path, data: PreparedData | None = None,
-                   progress: bool = True) -> dict[str, Any]:
-    """``train_and_evaluate``, skipped when ``workdir`` holds this config's finished run.
-
-    An interrupted run resumes from its checkpoint; a finished run of another config or
-    data is refused (``lstmq.runner.RunFolderError``).
-    """
-    workdir = Path(workdir)
-    if (workdir / "metrics.json").is_file() and (workdir / "run.json").is_file():
-        record = read_json(workdir / "run.json")
-        same_config = not config_differences(record.get("config", {}), config_to_dict(config)) \
-            and record["config"]["train"]["epochs"] == config.train.epochs
-        same_data = data is None or record.get("data", {}).get("fingerprint") == data.fingerprint
-        if same_config and same_data:
-            return read_json(workdir / "metrics.json")
-    return train_and_evaluate(config, workdir, data=data, progress=progress)

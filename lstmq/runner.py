@@ -10,6 +10,7 @@ Run directory layout:
 | ``metrics.json`` | test metrics (mean/min/max over seeds, per class, confusion), history |
 | ``checkpoints/`` | latest full training state, for resuming an interrupted run |
 | ``confusion.png``, ``history.png`` | plots |
+| ``teacher/`` | with ``train.teacher_seeds``: the float run it was distilled from |
 
 A folder belongs to one config and one dataset: a training resumes only when both match
 (``train.epochs`` may grow, settings that only change how it runs may differ), otherwise it
@@ -18,6 +19,7 @@ is refused unless ``overwrite``. A lock keeps two trainings out of one folder.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -168,7 +170,66 @@ def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData |
                   "data": {**data.info.to_dict(), "train": len(data.train),
                            "val": len(data.val), "test": len(data.test)}}
         claim_folder(workdir, record, overwrite)
+        if config.train.teacher_seeds > 0:
+            teacher = teacher_folder(config, workdir, data, progress, overwrite)
+            config = dataclasses.replace(config, train=dataclasses.replace(
+                config.train, distill_from=str(teacher)))  # for _train; the record keeps the stage
         return _train(config, workdir, data, derived, record, progress)
+
+
+def train_or_reuse(config: Config, workdir: str | Path, data: PreparedData | None = None,
+                   progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """``train_and_evaluate``, skipped when ``workdir`` holds this config's finished run.
+
+    An interrupted run resumes from its checkpoint; a finished run of another config or
+    data is refused (``RunFolderError``).
+    """
+    workdir = Path(workdir)
+    if (workdir / "metrics.json").is_file() and (workdir / "run.json").is_file():
+        record = read_json(workdir / "run.json")
+        same_config = not config_differences(record.get("config", {}), config_to_dict(config)) \
+            and record["config"]["train"]["epochs"] == config.train.epochs
+        same_data = data is None or record.get("data", {}).get("fingerprint") == data.fingerprint
+        if same_config and same_data:
+            return read_json(workdir / "metrics.json")
+    return train_and_evaluate(config, workdir, data=data, progress=progress, overwrite=overwrite)
+
+
+TEACHER_FOLDER = "teacher"
+TEACHER_SEED_OFFSET = 1000  # the teacher's seeds never coincide with its student's
+
+
+def teacher_config(config: Config) -> Config:
+    """The float run that teaches ``config`` (``train.teacher_seeds`` > 0): the same data,
+    features, model and schedule, float, ``teacher_seeds`` seeds from ``seed +
+    TEACHER_SEED_OFFSET``, no teacher of its own."""
+    train = dataclasses.replace(config.train, seeds=config.train.teacher_seeds, teacher_seeds=0,
+                                seed=config.train.seed + TEACHER_SEED_OFFSET, distill_from=None)
+    quant = dataclasses.replace(config.quant, mode="float", init_from=None)
+    return dataclasses.replace(config, train=train, quant=quant)
+
+
+def teacher_folder(config: Config, workdir: str | Path, data: PreparedData,
+                   progress: bool = True, overwrite: bool = False) -> Path:
+    """The finished teacher of a run with ``train.teacher_seeds``: trained (or resumed, or
+    reused) in ``<workdir>/teacher``; for a run fine-tuned from another (``quant.init_from``),
+    that run's teacher, so both stages learn from one teacher.
+
+    Raises:
+      CheckpointError: the run it fine-tunes has no finished teacher.
+    """
+    if config.quant.init_from:
+        folder = Path(config.quant.init_from) / TEACHER_FOLDER
+        if not (folder / "run.json").is_file():
+            raise CheckpointError(
+                f"{folder}: no finished teacher; train.teacher_seeds with quant.init_from "
+                f"distills from the teacher of the run it fine-tunes (train "
+                f"{config.quant.init_from} with train.teacher_seeds first, or set it to 0)")
+        return folder
+    folder = Path(workdir) / TEACHER_FOLDER
+    log.info("teacher stage: %d float seed(s) in %s", config.train.teacher_seeds, folder)
+    train_or_reuse(teacher_config(config), folder, data, progress, overwrite)
+    return folder
 
 
 def _train(config: Config, workdir: Path, data: PreparedData, derived: Derived,

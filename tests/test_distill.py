@@ -16,8 +16,11 @@ from lstmq.distill import check_teacher, distillation_loss, soft_targets
 from lstmq.model import LSTMClassifier
 from lstmq.normalization import Normalizer
 from lstmq.pipeline import SplitArrays
+from lstmq.io import read_json
+from lstmq.runner import TEACHER_SEED_OFFSET, teacher_config
 from lstmq.runs import Derived, Run
 from lstmq.train import Trainer, create_train_states
+from test_evaluate import no_plots  # noqa: F401 - the fixture
 
 FEATURES, CLASSES, HIDDEN, TIME, N = 4, 3, 8, 10, 24
 MODEL = LSTMClassifier(HIDDEN, 1, CLASSES, readout="mean")
@@ -104,6 +107,9 @@ def test_trainer_refuses_soft_targets_of_another_length():
     (["train.distill_from=t", "train.distill_temperature=0"], "train.distill_temperature"),
     (["train.distill_from=t", "augment.mixup=0.2"], "train.distill_from"),
     (["train.distill_from=t", "train.speaker_adversary=0.1"], "train.distill_from"),
+    (["train.teacher_seeds=2", "augment.mixup=0.2"], "train.teacher_seeds"),
+    (["train.teacher_seeds=2", "train.distill_from=t"], "both name a teacher"),
+    (["train.teacher_seeds=-1"], "train.teacher_seeds"),
 ])
 def test_config_refuses_bad_distillation_settings(overrides, key):
     with pytest.raises(ConfigError, match=key):
@@ -143,3 +149,48 @@ def test_a_run_distils_from_a_finished_run_and_refuses_one_of_other_features(
     with pytest.raises(CheckpointError, match="teacher: cannot teach .*normalisation"):
         run(wav_folder, tmp_path / "other", **{"train.distill_from": tmp_path / "teacher",
                                               "features.n_mfcc": 10})
+
+
+def test_teacher_config_is_the_run_in_float_with_its_own_seeds():
+    student = load_config(overrides=["quant.mode=qat", "quant.init_from=runs/f", "train.seed=3",
+                                     "train.seeds=2", "train.teacher_seeds=3",
+                                     "train.distill_weight=0.9"])
+    teacher = teacher_config(student)
+    assert teacher.quant.mode == "float" and teacher.quant.init_from is None
+    assert (teacher.train.seed, teacher.train.seeds) == (3 + TEACHER_SEED_OFFSET, 3)
+    assert teacher.train.teacher_seeds == 0 and teacher.train.distill_from is None
+    assert (teacher.features, teacher.model, teacher.augment, teacher.train.epochs) == \
+        (student.features, student.model, student.augment, student.train.epochs)
+
+
+def test_a_teacher_stage_trains_the_teacher_then_distils_as_from_that_folder(
+        wav_folder, tmp_path, no_plots):
+    """train.teacher_seeds = distill_from a float run of the teacher's seeds, in <run>/teacher;
+    the QAT stage fine-tuned from it learns from the same teacher."""
+    from test_evaluate import prepared, run  # pylint: disable=import-outside-toplevel
+
+    data = prepared(wav_folder)
+    stage = {"train.teacher_seeds": 2, "train.distill_weight": 0.9, "train.distill_temperature": 3}
+    _, result = run(wav_folder, tmp_path / "staged", data, **stage)
+    teacher = read_json(tmp_path / "staged" / "teacher" / "run.json")
+    assert teacher["derived"]["seeds"] == [TEACHER_SEED_OFFSET, TEACHER_SEED_OFFSET + 1]
+    assert teacher["config"]["quant"]["mode"] == "float"
+    assert result["config"]["train"]["teacher_seeds"] == 2
+    taught_at = (tmp_path / "staged" / "teacher" / "metrics.json").stat().st_mtime_ns
+
+    _, explicit = run(wav_folder, tmp_path / "explicit", data,
+                      **{"train.distill_from": tmp_path / "staged" / "teacher",
+                         "train.distill_weight": 0.9, "train.distill_temperature": 3})
+    _, plain = run(wav_folder, tmp_path / "plain", data)
+    losses = [[row["train_loss"] for row in r["history"]] for r in (result, explicit, plain)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)  # the same training
+    assert not np.allclose(losses[0], losses[2])  # and not the undistilled one
+
+    qat = {**stage, "quant.mode": "qat", "quant.init_from": tmp_path / "staged",
+           "train.epochs": 1}
+    run(wav_folder, tmp_path / "qat", data, **qat)
+    assert not (tmp_path / "qat" / "teacher").exists()  # the float run's teacher taught it
+    assert (tmp_path / "staged" / "teacher" / "metrics.json").stat().st_mtime_ns == taught_at
+    with pytest.raises(CheckpointError, match=r"plain[/\\]teacher: no finished teacher"):
+        run(wav_folder, tmp_path / "qat2", data,
+            **{**qat, "quant.init_from": tmp_path / "plain"})
