@@ -160,6 +160,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData |
       RunFolderError: ``workdir`` holds another run (see ``claim_folder``).
       lstmq.io.FolderLockedError: another process trains into ``workdir``.
       TrainingDivergedError: the loss became NaN or infinite (nothing of the epoch is kept).
+      CheckpointError: the teacher (``train.teacher_seeds`` or ``train.distill_from``) is
+        missing or reads other features (``teacher_folder``, ``lstmq.distill.check_teacher``).
     """
     workdir = Path(workdir)
     enable_persistent_cache()
