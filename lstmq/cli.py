@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -247,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lstmq {args.command}: interrupted; a training resumes from its last "
               "checkpoint when run again with the same --out", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout left (e.g. `| head`): no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush must not fail again
+        return 141
     except expected_errors() as error:
         if args.verbose:  # the traceback, for debugging
             raise

@@ -212,6 +212,20 @@ def test_6_one_weight_width_and_the_budget_enforced_at_export(wav_folder, tmp_pa
     assert not (tmp_path / "n.lstmqz").exists()
 
 
+def test_6_a_closed_stdout_ends_the_command_without_a_traceback():
+    """`lstmq budget ... | head` once printed a BrokenPipeError traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe now fails with EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "lstmq", "budget", "--bytes", "36864",
+                               "--layers", "2", "--bits", "4"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141
+    assert "Traceback" not in done.stderr, done.stderr
+
+
 # 7. config values ------------------------------------------------------------------------
 
 
