@@ -11,9 +11,10 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from experiments import benchmark, ptq_vs_qat, task_a, tune
+from experiments import benchmark, ensemble, ptq_vs_qat, task_a, tune
 from lstmq import comparison
 from lstmq.runner import RunFolderError
 
@@ -71,6 +72,31 @@ def test_tune_names_another_variants_folder_of_the_same_fold():
     assert tune._fold_runs(["train.distill_from={run:big}", "train.seeds=2"], Path("out"),
                            "theo") == [f"train.distill_from={Path('out/big/theo')}",
                                        "train.seeds=2"]
+
+
+def test_ensemble_averages_the_probabilities_of_consecutive_seeds():
+    labels = np.array([0, 1, 1])
+    probabilities = np.array([[[0.6, 0.4], [0.6, 0.4], [0.2, 0.8]],     # 2 of 3 right
+                              [[0.3, 0.7], [0.1, 0.9], [0.4, 0.6]],     # 2 of 3 right
+                              [[0.9, 0.1], [0.9, 0.1], [0.9, 0.1]]])    # 1 of 3, no group
+    single, groups = ensemble.seed_and_ensemble_accuracy(probabilities, labels, members=2)
+    np.testing.assert_allclose(single, [2 / 3, 2 / 3, 1 / 3])
+    np.testing.assert_allclose(groups, [2 / 3])  # means 0.45/0.55, 0.35/0.65, 0.3/0.7
+    with pytest.raises(ValueError, match="members 4"):
+        ensemble.seed_and_ensemble_accuracy(probabilities, labels, members=4)
+    np.testing.assert_allclose(ensemble.softmax(np.array([[0.0, np.log(3.0)]])), [[0.25, 0.75]])
+
+
+def test_ensemble_scores_a_tuning_variant(tmp_path: Path, tiny: list[str]):
+    tune.run(None, {"pair": ["train.seeds=2", "train.select=last"]}, tmp_path,
+             [*tiny, "model.hidden=4", "train.epochs=1"])
+    result = ensemble.run(tmp_path / "pair", members=2)
+    assert len(result["folds"]["pair"]["seeds"]) == 2
+    assert len(result["folds"]["pair"]["ensembles"]) == 1
+    assert _read(tmp_path / "pair" / "ensemble.json") == json.loads(json.dumps(result))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        ensemble.run(tmp_path / "empty", members=2)
 
 
 def test_benchmark_writes_report(tmp_path: Path, tiny: list[str]):

@@ -1,0 +1,89 @@
+"""Validation accuracy of seeds alone and of ensembles of seeds, for a tuning variant's runs.
+
+    python -m experiments.ensemble runs/tune/h34 --members 3
+
+Reads each fold's run of a variant trained by ``experiments.tune`` (a folder per validation
+speaker, or the variant folder itself), scores its kept parameters on that fold's validation
+clips along the float path, and compares the seeds alone with consecutive groups of
+``--members`` seeds whose softmax probabilities are averaged: would an ensemble of smaller
+models fit the same byte budget better than one larger model? Train the variant with
+``train.select=last`` so that no validation clip chose the parameters. Writes
+``ensemble.json`` beside the runs. The test split is never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from lstmq.io import atomic_write_json
+from lstmq.paths import predict_path
+from lstmq.pipeline import prepare_data
+from lstmq.runs import load_run
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis, in float64."""
+    logits = np.asarray(logits, np.float64)
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def seed_and_ensemble_accuracy(probabilities: np.ndarray, labels: np.ndarray,
+                               members: int) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy of each seed ``<seeds>`` and of each group of ``members`` consecutive seeds
+    ``<seeds // members>`` (mean probabilities; a last incomplete group is left out)."""
+    if members < 1 or members > len(probabilities):
+        raise ValueError(f"members {members}: needs 1 to {len(probabilities)} (the seeds)")
+    single = (probabilities.argmax(-1) == labels).mean(-1)
+    groups = len(probabilities) // members
+    mean = probabilities[:groups * members].reshape(groups, members, *probabilities.shape[1:])
+    return single, (mean.mean(1).argmax(-1) == labels).mean(-1)
+
+
+def fold_runs(variant: Path) -> list[Path]:
+    """The variant's run folders: itself, or one per fold below it."""
+    if (variant / "run.json").is_file():
+        return [variant]
+    runs = sorted(path for path in variant.iterdir() if (path / "params.msgpack").is_file())
+    if not runs:
+        raise FileNotFoundError(f"{variant}: no finished run (no params.msgpack in it or below)")
+    return runs
+
+
+def run(variant: str | Path, members: int) -> dict:
+    variant = Path(variant)
+    folds = {}
+    for folder in fold_runs(variant):
+        trained = load_run(folder)
+        config = trained.config  # the validation clips need no augmented training copies
+        config = dataclasses.replace(config, augment=dataclasses.replace(config.augment, copies=0))
+        data = prepare_data(config, progress=False)
+        probabilities = softmax(predict_path(trained, data.val, "float"))
+        single, ensemble = seed_and_ensemble_accuracy(probabilities, data.val.labels, members)
+        folds[folder.name] = {"seeds": single.tolist(), "ensembles": ensemble.tolist()}
+        print(f"{folder.name:>10}: seeds {np.mean(single) * 100:.2f}% "
+              f"({', '.join(f'{value * 100:.1f}' for value in single)}), ensembles of {members} "
+              f"{np.mean(ensemble) * 100:.2f}%", flush=True)
+    result = {"members": members, "folds": folds,
+              "seeds_mean": float(np.mean([np.mean(f["seeds"]) for f in folds.values()])),
+              "ensembles_mean": float(np.mean([np.mean(f["ensembles"]) for f in folds.values()]))}
+    print(f"mean over {len(folds)} fold(s): seeds {result['seeds_mean'] * 100:.2f}%, "
+          f"ensembles of {members} {result['ensembles_mean'] * 100:.2f}%")
+    atomic_write_json(variant / "ensemble.json", result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variant", help="a variant folder written by experiments.tune")
+    parser.add_argument("--members", type=int, default=2, help="seeds per ensemble")
+    args = parser.parse_args(argv)
+    run(args.variant, args.members)
+
+
+if __name__ == "__main__":
+    main()
