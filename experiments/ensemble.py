@@ -9,6 +9,10 @@ clips along the float path, and compares the seeds alone with consecutive groups
 models fit the same byte budget better than one larger model? Train the variant with
 ``train.select=last`` so that no validation clip chose the parameters. Writes
 ``ensemble.json`` beside the runs. The test split is never read.
+
+``--conditions`` scores a run of ``experiments.robustness`` instead (``<out>/runs/qat``, as
+trained) on its validation clips under the robustness suite's noise, babble and voice
+changes: ``python -m experiments.ensemble runs/rb/runs/qat --members 3 --conditions``.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lstmq.inference import run_dataset
 from lstmq.io import atomic_write_json
 from lstmq.paths import predict_path
-from lstmq.pipeline import prepare_data
+from lstmq.pipeline import prepare_data, prepare_recordings
+from lstmq.robustness import DEFAULT_CONDITIONS, Condition, corrupt_dataset
 from lstmq.runs import load_run
+from lstmq.splits import make_split
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -77,12 +84,41 @@ def run(variant: str | Path, members: int) -> dict:
     return result
 
 
+def run_conditions(folder: str | Path, members: int,
+                   conditions: tuple[str, ...] = DEFAULT_CONDITIONS) -> dict:
+    """A run's validation clips under each robustness condition (noise seed 0, as
+    ``experiments.robustness --on val``), seeds alone and ensembles, along the run's path."""
+    trained = load_run(folder)
+    dataset = run_dataset(trained)
+    split = make_split(dataset, trained.config.data)
+    val, pool = dataset.subset(split.val), dataset.subset(split.train)
+    rows = {}
+    for condition in map(Condition.parse, conditions):
+        arrays = prepare_recordings(corrupt_dataset(val, condition, pool), trained.config,
+                                    trained.derived.normalizer, progress=False)
+        probabilities = softmax(predict_path(trained, arrays))
+        single, ensemble = seed_and_ensemble_accuracy(probabilities, arrays.labels, members)
+        rows[condition.name] = {"seeds": single.tolist(), "ensembles": ensemble.tolist()}
+        print(f"{condition.name:>10}: seeds {np.mean(single) * 100:.2f}% "
+              f"({', '.join(f'{value * 100:.1f}' for value in single)}), ensembles of {members} "
+              f"{np.mean(ensemble) * 100:.2f}%", flush=True)
+    result = {"members": members, "run": str(folder), "conditions": rows}
+    atomic_write_json(Path(folder) / "ensemble_conditions.json", result)
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", help="a variant folder written by experiments.tune")
+    parser.add_argument("variant", help="a variant folder written by experiments.tune (with --conditions: a run)")
     parser.add_argument("--members", type=int, default=2, help="seeds per ensemble")
+    parser.add_argument("--conditions", action="store_true",
+                        help="VARIANT is a robustness run: score its validation clips under "
+                             "the robustness conditions")
     args = parser.parse_args(argv)
-    run(args.variant, args.members)
+    if args.conditions:
+        run_conditions(args.variant, args.members)
+    else:
+        run(args.variant, args.members)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,11 @@ def test_ensemble_scores_a_tuning_variant(tmp_path: Path, tiny: list[str]):
     assert len(result["folds"]["pair"]["seeds"]) == 2
     assert len(result["folds"]["pair"]["ensembles"]) == 1
     assert _read(tmp_path / "pair" / "ensemble.json") == json.loads(json.dumps(result))
+    noisy = ensemble.run_conditions(tmp_path / "pair", 2, ("clean", "white:10"))
+    assert list(noisy["conditions"]) == ["clean", "white:10"]
+    assert all(len(row["seeds"]) == 2 and len(row["ensembles"]) == 1
+               for row in noisy["conditions"].values())
+    assert noisy["conditions"]["clean"]["seeds"] == result["folds"]["pair"]["seeds"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no finished run"):
         ensemble.run(tmp_path / "empty", members=2)
