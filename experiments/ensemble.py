@@ -4,7 +4,7 @@
 
 Reads each fold's run of a variant trained by ``experiments.tune`` (a folder per validation
 speaker, or the variant folder itself), scores its kept parameters on that fold's validation
-clips along the float path, and compares the seeds alone with consecutive groups of
+clips along the path it was trained on, and compares the seeds alone with consecutive groups of
 ``--members`` seeds whose softmax probabilities are averaged: would an ensemble of smaller
 models fit the same byte budget better than one larger model? Train the variant with
 ``train.select=last`` so that no validation clip chose the parameters. Writes
@@ -61,20 +61,33 @@ def fold_runs(variant: Path) -> list[Path]:
     return runs
 
 
+def _scores(trained, arrays, members: int) -> dict:
+    """Seeds alone and ensembles of ``members`` on prepared clips, along the run's path."""
+    single, ensemble = seed_and_ensemble_accuracy(softmax(predict_path(trained, arrays)),
+                                                  arrays.labels, members)
+    return {"seeds": single.tolist(), "ensembles": ensemble.tolist()}
+
+
+def _training_validation(trained):
+    """The validation clips exactly as training scored them (no augmented copies needed)."""
+    config = trained.config
+    config = dataclasses.replace(config, augment=dataclasses.replace(config.augment, copies=0))
+    return prepare_data(config, progress=False).val
+
+
+def _say(name: str, scores: dict, members: int) -> None:
+    print(f"{name:>10}: seeds {np.mean(scores['seeds']) * 100:.2f}% "
+          f"({', '.join(f'{value * 100:.1f}' for value in scores['seeds'])}), ensembles of "
+          f"{members} {np.mean(scores['ensembles']) * 100:.2f}%", flush=True)
+
+
 def run(variant: str | Path, members: int) -> dict:
     variant = Path(variant)
     folds = {}
     for folder in fold_runs(variant):
         trained = load_run(folder)
-        config = trained.config  # the validation clips need no augmented training copies
-        config = dataclasses.replace(config, augment=dataclasses.replace(config.augment, copies=0))
-        data = prepare_data(config, progress=False)
-        probabilities = softmax(predict_path(trained, data.val, "float"))
-        single, ensemble = seed_and_ensemble_accuracy(probabilities, data.val.labels, members)
-        folds[folder.name] = {"seeds": single.tolist(), "ensembles": ensemble.tolist()}
-        print(f"{folder.name:>10}: seeds {np.mean(single) * 100:.2f}% "
-              f"({', '.join(f'{value * 100:.1f}' for value in single)}), ensembles of {members} "
-              f"{np.mean(ensemble) * 100:.2f}%", flush=True)
+        folds[folder.name] = _scores(trained, _training_validation(trained), members)
+        _say(folder.name, folds[folder.name], members)
     result = {"members": members, "folds": folds,
               "seeds_mean": float(np.mean([np.mean(f["seeds"]) for f in folds.values()])),
               "ensembles_mean": float(np.mean([np.mean(f["ensembles"]) for f in folds.values()]))}
@@ -86,22 +99,17 @@ def run(variant: str | Path, members: int) -> dict:
 
 def run_conditions(folder: str | Path, members: int,
                    conditions: tuple[str, ...] = DEFAULT_CONDITIONS) -> dict:
-    """A run's validation clips under each robustness condition (noise seed 0, as
-    ``experiments.robustness --on val``), seeds alone and ensembles, along the run's path."""
+    """A run's validation clips under each robustness condition, seeds alone and ensembles."""
     trained = load_run(folder)
     dataset = run_dataset(trained)
     split = make_split(dataset, trained.config.data)
     val, pool = dataset.subset(split.val), dataset.subset(split.train)
     rows = {}
-    for condition in map(Condition.parse, conditions):
+    for condition in map(Condition.parse, conditions):  # noise seed 0, as robustness --on val
         arrays = prepare_recordings(corrupt_dataset(val, condition, pool), trained.config,
                                     trained.derived.normalizer, progress=False)
-        probabilities = softmax(predict_path(trained, arrays))
-        single, ensemble = seed_and_ensemble_accuracy(probabilities, arrays.labels, members)
-        rows[condition.name] = {"seeds": single.tolist(), "ensembles": ensemble.tolist()}
-        print(f"{condition.name:>10}: seeds {np.mean(single) * 100:.2f}% "
-              f"({', '.join(f'{value * 100:.1f}' for value in single)}), ensembles of {members} "
-              f"{np.mean(ensemble) * 100:.2f}%", flush=True)
+        rows[condition.name] = _scores(trained, arrays, members)
+        _say(condition.name, rows[condition.name], members)
     result = {"members": members, "run": str(folder), "conditions": rows}
     atomic_write_json(Path(folder) / "ensemble_conditions.json", result)
     return result
@@ -109,7 +117,8 @@ def run_conditions(folder: str | Path, members: int,
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", help="a variant folder written by experiments.tune (with --conditions: a run)")
+    parser.add_argument("variant", help="a variant folder written by experiments.tune "
+                        "(with --conditions: a run)")
     parser.add_argument("--members", type=int, default=2, help="seeds per ensemble")
     parser.add_argument("--conditions", action="store_true",
                         help="VARIANT is a robustness run: score its validation clips under "
