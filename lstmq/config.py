@@ -179,6 +179,10 @@ class TrainConfig:
     distill_from: str | None = None
     distill_weight: float = 0.5
     distill_temperature: float = 2.0
+    # what the teacher reads for a waveform copy: the copy itself ("rows"), or the original
+    # clip it was made from ("originals": the student learns to say of a noisy copy what the
+    # teacher says of the clean clip)
+    distill_source: Literal["rows", "originals"] = "rows"
     # > 0: first train a float teacher of this many seeds (seed + TEACHER_SEED_OFFSET on) in
     # <run>/teacher on the run's data and distill from it; a QAT run fine-tuned from a float
     # run (quant.init_from) distills from that run's teacher (lstmq.runner.teacher_folder)

@@ -4,7 +4,9 @@ class probabilities become a second target of the student's loss.
 The teacher is any finished run on the same features (an ensemble of its seeds: their
 probabilities at temperature ``T`` are averaged). Its targets are computed once, before
 training, for every training row as stored (waveform copies included, spectrogram masks
-not): the student learns from a masked clip what the teacher said of the whole one. The
+not): the student learns from a masked clip what the teacher said of the whole one. With
+``train.distill_source: originals`` the teacher reads each waveform copy's original clip
+instead, so a noisy or shifted copy learns what the teacher says of the clean recording. The
 student's loss per clip is
 
     (1 - w) * CE(label, logits) + w * T^2 * CE(teacher_T, logits / T)
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lstmq.augment import waveform_augmentation_enabled
 from lstmq.checkpoint import CheckpointError
 from lstmq.config import Config
 from lstmq.pipeline import SplitArrays
@@ -61,17 +64,43 @@ def soft_targets(logits: np.ndarray, temperature: float) -> np.ndarray:
     return np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32) / temperature, -1).mean(0))
 
 
+def original_rows(train: SplitArrays, copies: int) -> np.ndarray:
+    """For every training row, the row of the original clip it is a copy of: the training
+    split holds the ``n`` originals, then ``copies`` waveform copies of them in the same
+    order (``lstmq.pipeline.prepare_data``). Raises ValueError when the rows are not laid
+    out that way (their names do not repeat in blocks of ``n``)."""
+    blocks = copies + 1
+    count = len(train) // blocks
+    rows = np.arange(len(train)) % max(count, 1)
+    if len(train) % blocks or any(train.names[i] != train.names[r] for i, r in enumerate(rows)):
+        raise ValueError(f"train.distill_source=originals: the {len(train)} training rows are "
+                         f"not {blocks} blocks of the same clips in the same order "
+                         f"(augment.copies {copies})")
+    return rows
+
+
+def _rows(split: SplitArrays, rows: np.ndarray) -> SplitArrays:
+    return SplitArrays(x=split.x[rows], lengths=split.lengths[rows], labels=split.labels[rows],
+                       speakers=split.speakers[rows], names=tuple(split.names[i] for i in rows))
+
+
 def teacher_targets(directory: str | Path, config: Config, derived: Derived,
                     train: SplitArrays) -> np.ndarray:
-    """The teacher run's soft targets for every training row: ``<float32>[n, classes]``."""
+    """The teacher run's soft targets for every training row: ``<float32>[n, classes]``; with
+    ``train.distill_source: originals``, a waveform copy's targets are its original clip's."""
     from lstmq.train import predict_split, seeds_predictor  # pylint: disable=import-outside-toplevel
 
     teacher = load_run(directory)
     check_teacher(teacher, config, derived)
     predict = seeds_predictor(model_from_config(teacher.config, teacher.derived))
-    logits = predict_split(predict, teacher.params, train, 512,
-                           teacher.config.train.bucket_frames)
-    return soft_targets(logits, config.train.distill_temperature).astype(np.float32)
+    rows = np.arange(len(train))
+    if config.train.distill_source == "originals" and waveform_augmentation_enabled(config.augment):
+        rows = original_rows(train, config.augment.copies)
+    read = np.unique(rows)
+    logits = predict_split(predict, teacher.params, _rows(train, read) if len(read) < len(train)
+                           else train, 512, teacher.config.train.bucket_frames)
+    targets = soft_targets(logits, config.train.distill_temperature).astype(np.float32)
+    return targets[np.searchsorted(read, rows)]
 
 
 def distillation_loss(logits: jax.Array, targets: jax.Array, weight: jax.Array,

@@ -206,7 +206,8 @@ def teacher_config(config: Config) -> Config:
     features, model and schedule, float, ``teacher_seeds`` seeds from ``seed +
     TEACHER_SEED_OFFSET``, no teacher of its own."""
     train = dataclasses.replace(config.train, seeds=config.train.teacher_seeds, teacher_seeds=0,
-                                seed=config.train.seed + TEACHER_SEED_OFFSET, distill_from=None)
+                                seed=config.train.seed + TEACHER_SEED_OFFSET, distill_from=None,
+                                distill_source="rows")
     quant = dataclasses.replace(config.quant, mode="float", init_from=None)
     return dataclasses.replace(config, train=train, quant=quant)
 

@@ -12,7 +12,8 @@ import pytest
 
 from lstmq.checkpoint import CheckpointError
 from lstmq.config import ConfigError, load_config
-from lstmq.distill import check_teacher, distillation_loss, soft_targets
+from lstmq.distill import (check_teacher, distillation_loss, original_rows, soft_targets,
+                           teacher_targets)
 from lstmq.model import LSTMClassifier
 from lstmq.normalization import Normalizer
 from lstmq.pipeline import SplitArrays
@@ -194,3 +195,38 @@ def test_a_teacher_stage_trains_the_teacher_then_distils_as_from_that_folder(
     with pytest.raises(CheckpointError, match=r"plain[/\\]teacher: no finished teacher"):
         run(wav_folder, tmp_path / "qat2", data,
             **{**qat, "quant.init_from": tmp_path / "plain"})
+
+
+def test_original_rows_map_each_copy_to_its_clip_and_refuse_another_layout():
+    data = split()
+    names = ("a", "b", "c") * 3
+    three_blocks = dataclasses.replace(data, names=names)  # 3 clips, then 2 copies of them
+    np.testing.assert_array_equal(original_rows(dataclasses.replace(
+        three_blocks, labels=three_blocks.labels[:9]), 2), [0, 1, 2, 0, 1, 2, 0, 1, 2])
+    with pytest.raises(ValueError, match="24 training rows are not 5 blocks"):
+        original_rows(data, 4)  # 24 rows do not divide into 5 blocks
+    with pytest.raises(ValueError, match="not 2 blocks of the same clips"):
+        original_rows(data, 1)  # 12 + 12 rows, but the names differ
+
+
+def test_teacher_reads_each_copys_original_clip_with_distill_source_originals(
+        wav_folder, tmp_path, no_plots):
+    """Copies get their original clip's targets (not their own), originals keep theirs."""
+    from test_evaluate import run, run_overrides  # pylint: disable=import-outside-toplevel
+    from lstmq.pipeline import prepare_data  # pylint: disable=import-outside-toplevel
+    from lstmq.runner import derive  # pylint: disable=import-outside-toplevel
+
+    copies = {"augment.copies": 2, "augment.noise_snr_db": 5, "augment.noise_snr_db_max": 10}
+    student = load_config(overrides=run_overrides(wav_folder, **copies))
+    data = prepare_data(student, progress=False)
+    run(wav_folder, tmp_path / "teacher", data, **copies)
+    n = len(data.train) // 3
+    derived_ = derive(student, data)
+    as_stored = teacher_targets(tmp_path / "teacher", student, derived_, data.train)
+    originals = teacher_targets(tmp_path / "teacher", dataclasses.replace(
+        student, train=dataclasses.replace(student.train, distill_source="originals")),
+        derived_, data.train)
+    np.testing.assert_allclose(originals[:n], as_stored[:n], rtol=1e-6, atol=1e-7)
+    for block in (1, 2):
+        np.testing.assert_array_equal(originals[block * n:(block + 1) * n], originals[:n])
+    assert not np.allclose(as_stored[n:], np.tile(as_stored[:n], (2, 1)), atol=1e-3)
