@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import benchmark, ensemble, ptq_vs_qat, task_a, tune
+from experiments import benchmark, ensemble, ptq_vs_qat, task_a, tune, voices
 from lstmq import comparison
 from lstmq.runner import RunFolderError
 
@@ -102,6 +102,33 @@ def test_ensemble_scores_a_tuning_variant(tmp_path: Path, tiny: list[str]):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no finished run"):
         ensemble.run(tmp_path / "empty", members=2)
+
+
+def test_voices_picks_the_next_speakers_and_fits_a_power_law():
+    assert voices.training_voices(["a", "b", "c", "d"], "c", 2) == ["d", "a"]
+    with pytest.raises(ValueError, match="in 1..3"):
+        voices.training_voices(["a", "b", "c", "d"], "c", 4)
+    with pytest.raises(ValueError, match="'e' is not one of the speakers"):
+        voices.training_voices(["a", "b", "c", "d"], "e", 1)
+    a, b = voices.power_law([2, 4, 8], [0.2, 0.1, 0.05])  # error = 0.4 / k
+    assert a == pytest.approx(0.4) and b == pytest.approx(1.0)
+    assert voices.voices_needed(0.4, 1.0, 0.95) == pytest.approx(8.0)
+    assert voices.voices_needed(0.4, -0.1, 0.95) is None  # the error grows: never
+
+
+def test_voices_trains_on_the_other_voice_and_tests_the_held_out_one(tmp_path: Path,
+                                                                     tiny: list[str]):
+    result = voices.run(tmp_path, None, [1], [*tiny, "model.hidden=4", "train.epochs=1",
+                                              "train.seeds=1"], progress=False)
+    row = result["rows"][0]
+    assert {s: r["voices"] for s, r in row["per_speaker"].items()} == {"alice": ["bob"],
+                                                                       "bob": ["alice"]}
+    metrics = _read(tmp_path / "runs" / "1" / "alice" / "metrics.json")
+    assert set(metrics["per_speaker"]) == {"alice"} and metrics["test_count"] == 50
+    assert row["per_speaker"]["alice"]["values"] == list(metrics["test_accuracy_per_seed"].values())
+    assert result["fit"] is None  # one count: nothing to fit
+    assert _read(tmp_path / "voices.json") == json.loads(json.dumps(result))
+    assert (tmp_path / "voices.png").stat().st_size > 0
 
 
 def test_benchmark_writes_report(tmp_path: Path, tiny: list[str]):
