@@ -1,11 +1,12 @@
 """How accuracy on a new voice grows with the number of voices trained on (a learning curve).
 
-    python -m experiments.voices --config task_b_robust --counts 1 2 3 4 5 --out runs/voices \
+    python -m experiments.voices --config task_b_robust --counts 2 3 4 5 --out runs/voices \
         [--set quant.mode=float --set train.epochs=20 --set train.seeds=1]
 
 For each speaker s of the data and each count k, a model is trained on the clips of the k
 speakers that follow s (in sorted order, cyclically) and tested on every clip of s; k = all
-other speakers is leave-one-speaker-out. The last epoch's parameters are kept
+other speakers is leave-one-speaker-out. Babble copies (``augment.babble_*``) are made of
+other training voices, so a config with them needs k >= 2. The last epoch's parameters are kept
 (``train.select=last``), so the test voice chooses nothing. Reports, per k, the mean over
 held-out speakers of each seed's accuracy (mean and min-max over seeds) and per speaker,
 with a plot, and a power law ``error = a * k^-b`` fitted to the mean error of the counts
@@ -144,8 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = common.script_parser(__doc__, "python -m experiments.voices", "runs/voices")
     parser.add_argument("--config", default="task_b_robust",
                         help="built-in config name or YAML file (default task_b_robust)")
-    parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 3, 4, 5],
-                        help="numbers of training voices (default 1 2 3 4 5)")
+    parser.add_argument("--counts", type=int, nargs="+", default=[2, 3, 4, 5],
+                        help="numbers of training voices (default 2 3 4 5)")
     parser.add_argument("--speakers", nargs="+", help="held-out speakers (default: all)")
     parser.add_argument("--target", type=float, default=0.95,
                         help="accuracy the fitted curve is solved for (default 0.95)")
