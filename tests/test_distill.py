@@ -155,8 +155,10 @@ def test_a_run_distils_from_a_finished_run_and_refuses_one_of_other_features(
 def test_teacher_config_is_the_run_in_float_with_its_own_seeds():
     student = load_config(overrides=["quant.mode=qat", "quant.init_from=runs/f", "train.seed=3",
                                      "train.seeds=2", "train.teacher_seeds=3",
-                                     "train.distill_weight=0.9"])
+                                     "train.distill_weight=0.9",
+                                     "train.distill_source=originals"])
     teacher = teacher_config(student)
+    assert teacher.train.distill_source == "rows"  # it distils from nothing
     assert teacher.quant.mode == "float" and teacher.quant.init_from is None
     assert (teacher.train.seed, teacher.train.seeds) == (3 + TEACHER_SEED_OFFSET, 3)
     assert teacher.train.teacher_seeds == 0 and teacher.train.distill_from is None
