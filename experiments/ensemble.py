@@ -22,6 +22,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import scipy.special
 
 from lstmq.inference import run_dataset
 from lstmq.io import atomic_write_json
@@ -34,9 +35,7 @@ from lstmq.splits import make_split
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Probabilities over the last axis, in float64."""
-    logits = np.asarray(logits, np.float64)
-    shifted = np.exp(logits - logits.max(-1, keepdims=True))
-    return shifted / shifted.sum(-1, keepdims=True)
+    return scipy.special.softmax(np.asarray(logits, np.float64), axis=-1)
 
 
 def seed_and_ensemble_accuracy(probabilities: np.ndarray, labels: np.ndarray,

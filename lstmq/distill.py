@@ -79,9 +79,13 @@ def original_rows(train: SplitArrays, copies: int) -> np.ndarray:
     return rows
 
 
-def _rows(split: SplitArrays, rows: np.ndarray) -> SplitArrays:
-    return SplitArrays(x=split.x[rows], lengths=split.lengths[rows], labels=split.labels[rows],
-                       speakers=split.speakers[rows], names=tuple(split.names[i] for i in rows))
+def _leading(split: SplitArrays, count: int) -> SplitArrays:
+    """The first ``count`` rows of ``split`` (the split itself when that is all of them)."""
+    if count == len(split):
+        return split
+    return SplitArrays(x=split.x[:count], lengths=split.lengths[:count],
+                       labels=split.labels[:count], speakers=split.speakers[:count],
+                       names=split.names[:count])
 
 
 def teacher_targets(directory: str | Path, config: Config, derived: Derived,
@@ -93,14 +97,13 @@ def teacher_targets(directory: str | Path, config: Config, derived: Derived,
     teacher = load_run(directory)
     check_teacher(teacher, config, derived)
     predict = seeds_predictor(model_from_config(teacher.config, teacher.derived))
-    rows = np.arange(len(train))
+    rows, read = np.arange(len(train)), len(train)  # each row's targets, the rows read
     if config.train.distill_source == "originals" and waveform_augmentation_enabled(config.augment):
         rows = original_rows(train, config.augment.copies)
-    read = np.unique(rows)
-    logits = predict_split(predict, teacher.params, _rows(train, read) if len(read) < len(train)
-                           else train, 512, teacher.config.train.bucket_frames)
-    targets = soft_targets(logits, config.train.distill_temperature).astype(np.float32)
-    return targets[np.searchsorted(read, rows)]
+        read = len(train) // (config.augment.copies + 1)  # the originals lead the split
+    logits = predict_split(predict, teacher.params, _leading(train, read), 512,
+                           teacher.config.train.bucket_frames)
+    return soft_targets(logits, config.train.distill_temperature).astype(np.float32)[rows]
 
 
 def distillation_loss(logits: jax.Array, targets: jax.Array, weight: jax.Array,
