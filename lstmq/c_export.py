@@ -26,7 +26,7 @@ import numpy as np
 from lstmq.artifact import stored_arrays
 from lstmq.device import DeviceModel
 from lstmq.fixedpoint import SIGMOID_LUT, TANH_LUT
-from lstmq.frontend import MAD_FRAC_BITS
+from lstmq.frontend import MAD_FRAC_BITS, NOISE_SPAN, NOISE_STEP_BITS
 from lstmq.integer import MEAN_READOUT, layer_names
 from lstmq.io import atomic_write_text
 
@@ -133,6 +133,11 @@ def _model_header(m: dict, device: DeviceModel | None, max_frames: int, weight_b
             f"#define LSTMQ_UTTERANCE {int(t.utterance)}",
             f"#define LSTMQ_SPEECH {-1 if t.speech is None else t.speech}"
             "  /* Q10 log2; -1: utterance statistics over every frame */",
+            f"#define LSTMQ_NOISE_PERCENTILE "
+            f"{-1 if t.noise_percentile is None else t.noise_percentile}"
+            "  /* each band's noise estimate; -1: no noise subtraction */",
+            f"#define LSTMQ_NOISE_STEP_BITS {NOISE_STEP_BITS}",
+            f"#define LSTMQ_NOISE_SPAN {NOISE_SPAN}",
             f"#define LSTMQ_MAD_FRAC_BITS {MAD_FRAC_BITS}",
             f"#define LSTMQ_DCT_FRAC_BITS {t.dct_frac_bits}"]
     else:
@@ -165,6 +170,8 @@ def _model_header(m: dict, device: DeviceModel | None, max_frames: int, weight_b
         "extern const int16_t LSTMQ_MEL_START[LSTMQ_N_MELS];",
         "extern const int16_t LSTMQ_MEL_OFFSET[LSTMQ_N_MELS + 1];",
         "extern const int32_t LSTMQ_LOG2_TABLE[257];", "extern const int16_t LSTMQ_DCT[];",
+        *(["extern const int16_t LSTMQ_NOISE_GAIN[];"] if device.tables.noise_gain is not None
+          else []),
         "extern const int32_t LSTMQ_FEATURE_OFFSET[LSTMQ_N_MFCC];",
         "extern const int32_t LSTMQ_FEATURE_MULTIPLIER[LSTMQ_N_MFCC];",
         "extern const int8_t LSTMQ_FEATURE_SHIFT[LSTMQ_N_MFCC];"]
@@ -226,7 +233,9 @@ def _frontend_tables(device: DeviceModel) -> list[tuple[str, np.ndarray, str]]:
             ("LSTMQ_DCT", t.dct, f"DCT-II (orthonormal), Q{t.dct_frac_bits}"),
             ("LSTMQ_FEATURE_OFFSET", quantizer.offset, "int8 features: requantize(v - offset)"),
             ("LSTMQ_FEATURE_MULTIPLIER", quantizer.multiplier, ""),
-            ("LSTMQ_FEATURE_SHIFT", quantizer.shift, "")]
+            ("LSTMQ_FEATURE_SHIFT", quantizer.shift, "")] + (
+        [] if t.noise_gain is None else
+        [("LSTMQ_NOISE_GAIN", t.noise_gain, "Q10 log2 max(1 - 2^-d, 10^(-keep_db / 20)), d = i / 16")])
 
 
 GOLDEN_CHECK = r"""

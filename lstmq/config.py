@@ -97,6 +97,10 @@ class FeatureConfig:
     # utterance statistics over speech frames only: frames whose loudest mel band lies within
     # this many dB of the clip's peak (integer front end); None: over every frame
     speech_db: float | None = None
+    # integer front end: each mel band's noise, estimated as this percentile of the band over
+    # the clip's frames, subtracted from its magnitude (spectral subtraction); None: off
+    noise_percentile: int | None = None
+    noise_keep_db: float = 12.0  # the subtraction lowers a band by at most this many dB (<= 60)
     min_frames: int = 2
     max_frames: int | None = None  # truncate longer clips (None: keep all)
     cache: bool = True

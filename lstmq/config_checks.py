@@ -62,6 +62,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "features.compression": (lambda v: v in ("log", "pcen"), "log or pcen"),
     "features.pcen_time_ms": (_positive, "positive"),
     "features.speech_db": (_optional(_positive), "positive or null"),
+    "features.noise_percentile": (_optional(lambda v: 0 <= v <= 100),
+                                  "an integer percentile in [0, 100] or null"),
+    # at most 60 dB keeps every log within the DCT's no-overflow bound (docs/numerics.md)
+    "features.noise_keep_db": (lambda v: 0 < v <= 60, "in (0, 60] dB"),
     "features.min_frames": (_positive, "at least 1"),
     "features.max_frames": (_optional(_positive), "at least 1 or null"),
     "features.workers": (_non_negative, "0 (one per core) or more"),
@@ -149,6 +153,9 @@ def _check_combinations(config: Config) -> None:
         raise ConfigError("features.speech_db chooses the frames of the integer front end's "
                           "per-utterance statistics: set features.frontend=integer and "
                           "features.normalize=utterance, or features.speech_db=null")
+    if f.noise_percentile is not None and f.frontend != "integer":
+        raise ConfigError("features.noise_percentile subtracts noise in the integer front end: "
+                          "set features.frontend=integer or features.noise_percentile=null")
     if f.fmax is not None and f.fmax <= f.fmin:
         raise ConfigError(f"features.fmax ({f.fmax}) must exceed features.fmin ({f.fmin})")
     if q.mode == "qat" and q.weight_bits not in (8, 4):

@@ -49,6 +49,8 @@ def tables_digest(tables: FrontendTables) -> str:
                  tables.floor, tables.utterance)
     if tables.speech is not None:  # digests of runs recorded before the option stay valid
         constants += (tables.speech,)
+    if tables.noise_percentile is not None:  # the gain table itself is one of the arrays
+        constants += (("noise", tables.noise_percentile),)
     digest.update(repr(constants).encode())
     return digest.hexdigest()
 

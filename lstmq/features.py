@@ -177,6 +177,8 @@ def feature_cache_key(dataset: Dataset, cfg: FeatureConfig) -> str:
         fields["frontend_version"] = FRONTEND_VERSION
         if cfg.speech_db is not None:  # keys stay those of caches written before the option
             fields["speech_db"] = cfg.speech_db
+        if cfg.noise_percentile is not None:
+            fields.update(noise_percentile=cfg.noise_percentile, noise_keep_db=cfg.noise_keep_db)
     spec = dict(fields, version=FEATURE_VERSION, librosa=librosa.__version__, clips=len(dataset),
                 sample_rate=dataset.sample_rate, fingerprint=dataset.fingerprint)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()

@@ -13,6 +13,10 @@ computes. Steps per frame (rules in docs/numerics.md, "Front end"):
    each by its width) scaled so the largest weight is 1, in Q``mel_frac_bits`` (the most
    fraction bits that cannot overflow); the scale only moves every log by one constant;
 5. ``log2_q10``, minus the block shift (so loud and quiet frames share one scale);
+   with ``features.noise_percentile``, magnitude subtraction of each band's noise: the
+   band's ``noise_percentile``-th percentile over the clip's frames is the estimate ``N``,
+   and ``log += gain(log - N)``, ``gain(d) = log2 max(1 - 2^-d, 2^-keep)`` from a table
+   (``noise_keep_db``: the most a band is lowered), linearly interpolated;
 6. floor ``top_db`` under the clip's peak (in log2 units: top_db / 6.0206 * 1024);
 7. DCT-II (orthonormal) in Q``dct_frac_bits``: ``c`` in Q10 log2 units (int32);
 8. ``utterance`` normalisation: c - mean over the clip's frames, divided by the mean
@@ -45,6 +49,8 @@ MAX_FRAMES = 4096  # the utterance sums of a longer clip could leave int32
 MAD_FRAC_BITS = 8  # utterance-normalised values are in Q8 units of the mean absolute deviation
 LOG_DB = 20.0 * math.log10(2.0)  # dB per log2 unit of magnitude (6.0206)
 FRONTEND_VERSION = 2  # 2: features.mel_norm (slaney triangles by default)
+NOISE_STEP_BITS = 6  # the noise gain table's step: 2^6 Q10 units, 1/16 of a log2 unit
+NOISE_SPAN = 12 * 1024  # 12 log2 units over the estimate the gain rounds to 0 (Q10)
 
 
 class FrontendError(ValueError):
@@ -82,6 +88,8 @@ class FrontendTables:
     floor: int | None  # top_db in Q10 log2 units, or None
     utterance: bool  # per-clip mean / mean-absolute-deviation normalisation
     speech: int | None = None  # speech_db in Q10 log2 units: utterance statistics' frames
+    noise_percentile: int | None = None  # the bands' noise estimate; None: no subtraction
+    noise_gain: np.ndarray | None = None  # <int16>[NOISE_SPAN / 2^NOISE_STEP_BITS + 1] Q10
 
     @property
     def bins(self) -> int:
@@ -93,7 +101,8 @@ class FrontendTables:
                 "fft_twiddle_im": self.fft_twiddles[1], "bit_reversal": self.bit_reversal,
                 "split_twiddle_re": self.split_twiddles[0],
                 "split_twiddle_im": self.split_twiddles[1], "mel": self.mel,
-                "log2_table": self.log_table, "dct": self.dct}
+                "log2_table": self.log_table, "dct": self.dct,
+                **({} if self.noise_gain is None else {"noise_gain": self.noise_gain})}
 
     def table_bytes(self) -> int:
         return int(sum(a.nbytes for a in self.arrays().values()))
@@ -113,6 +122,15 @@ def check_frontend_config(cfg: FeatureConfig) -> None:
         raise FrontendError("features.speech_db chooses the frames of the per-utterance "
                             "statistics: set features.normalize=utterance or "
                             "features.speech_db=null")
+
+
+def make_noise_gain(keep_db: float) -> np.ndarray:
+    """Q10 log2 of max(1 - 2^-d, 10^(-keep_db / 20)) at d = i / 16 log2 units over the
+    estimate, i = 0 .. NOISE_SPAN / 64: the gain of subtracting the noise's magnitude."""
+    d = np.arange(NOISE_SPAN // 2**NOISE_STEP_BITS + 1) * 2.0**NOISE_STEP_BITS / 1024
+    with np.errstate(divide="ignore"):
+        gain = np.log2(np.maximum(1.0 - 2.0**-d, 2.0**(-keep_db / LOG_DB)))
+    return np.round(gain * 1024).astype(np.int16)
 
 
 def make_tables(cfg: FeatureConfig, sample_rate: int) -> FrontendTables:
@@ -150,7 +168,9 @@ def make_tables(cfg: FeatureConfig, sample_rate: int) -> FrontendTables:
         dct_frac_bits=dct_bits,
         floor=None if cfg.top_db is None else int(round(cfg.top_db / LOG_DB * 1024)),
         utterance=cfg.normalize == "utterance",
-        speech=None if cfg.speech_db is None else int(round(cfg.speech_db / LOG_DB * 1024)))
+        speech=None if cfg.speech_db is None else int(round(cfg.speech_db / LOG_DB * 1024)),
+        noise_percentile=cfg.noise_percentile,
+        noise_gain=None if cfg.noise_percentile is None else make_noise_gain(cfg.noise_keep_db))
 
 
 def frame_count(samples: int, hop: int) -> int:
@@ -188,6 +208,8 @@ def integer_mfcc(tables: FrontendTables, pcm: jax.Array, lengths: jax.Array,
     log = dsp.log2_q10(energy, tables.log_table) - shift[..., None] * (1 << dsp.LOG_FRAC_BITS)
     valid = (jnp.arange(frames, dtype=jnp.int32)[None, :]
              < (1 + lengths.astype(jnp.int32) // hop)[:, None])  # [B, T]
+    if tables.noise_gain is not None:
+        log = _subtract_noise(tables, log, valid)
     lowest = jnp.int32(-(2**30))
     peak = jnp.max(jnp.where(valid[..., None], log, lowest), axis=(1, 2))  # [B]
     if tables.floor is not None:
@@ -201,6 +223,21 @@ def integer_mfcc(tables: FrontendTables, pcm: jax.Array, lengths: jax.Array,
     if tables.utterance:
         c = _utterance(c, valid, counted)
     return c
+
+
+def _subtract_noise(tables: FrontendTables, log: jax.Array, valid: jax.Array) -> jax.Array:
+    """``log + gain(log - N)`` per band, N the band's ``noise_percentile``-th percentile over
+    the clip's valid frames (the sorted value at rank (count - 1) * percentile // 100)."""
+    ordered = jnp.sort(jnp.where(valid[..., None], log, jnp.int32(2**30)), axis=1)
+    count = jnp.sum(valid.astype(jnp.int32), axis=1)  # [B]
+    rank = (count - 1) * tables.noise_percentile // 100
+    estimate = jnp.take_along_axis(ordered, rank[:, None, None], axis=1)  # [B, 1, M]
+    d = jnp.clip(log - estimate, 0, NOISE_SPAN)
+    table = jnp.asarray(tables.noise_gain, jnp.int32)
+    step, last = NOISE_STEP_BITS, tables.noise_gain.size - 1
+    index, fraction = jnp.right_shift(d, step), d & (2**step - 1)
+    low, high = table[index], table[jnp.minimum(index + 1, last)]
+    return log + low + fx.rounding_shift_right((high - low) * fraction, step)
 
 
 def _utterance(c: jax.Array, valid: jax.Array, counted: jax.Array) -> jax.Array:
@@ -334,6 +371,8 @@ def integer_mfcc_ref(tables: FrontendTables, pcm: np.ndarray) -> np.ndarray:
         energy = mel @ magnitude
         logs[t] = dsp.log2_q10_ref(energy).astype(np.int64) - shift * 1024
         shifts.append(shift)
+    if tables.noise_gain is not None:
+        logs = _subtract_noise_ref(tables, logs)
     peak = logs.max()
     if tables.floor is not None:
         logs = np.maximum(logs, peak - tables.floor)
@@ -345,6 +384,20 @@ def integer_mfcc_ref(tables: FrontendTables, pcm: np.ndarray) -> np.ndarray:
     if tables.utterance:
         c = _utterance_ref(c, counted)
     return c.astype(np.int32)
+
+
+def _subtract_noise_ref(tables: FrontendTables, logs: np.ndarray) -> np.ndarray:
+    out = logs.copy()
+    table, step = [int(v) for v in tables.noise_gain], NOISE_STEP_BITS
+    for m in range(logs.shape[1]):
+        column = sorted(int(v) for v in logs[:, m])
+        estimate = column[(len(column) - 1) * tables.noise_percentile // 100]
+        for t in range(logs.shape[0]):
+            d = min(max(int(logs[t, m]) - estimate, 0), NOISE_SPAN)
+            index, fraction = d >> step, d & (2**step - 1)
+            low, high = table[index], table[min(index + 1, len(table) - 1)]
+            out[t, m] += low + dsp._rsr((high - low) * fraction, step)
+    return out
 
 
 def _round_div(x: int, d: int) -> int:

@@ -26,12 +26,13 @@ needs_cc = pytest.mark.skipif(find_compiler() is None,
 
 def make_device(bits: int = 8, readout: str = "last", normalize: str = "utterance",
                 top_db: float | None = 40.0, layers: int = 2, seed: int = 0,
-                speech_db: float | None = None) -> DeviceModel:
+                speech_db: float | None = None, noise_percentile: int | None = None) -> DeviceModel:
     model = LSTMClassifier(hidden=6, layers=layers, num_classes=4, readout=readout)
     params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 2, 13)), jnp.ones((1,), jnp.int32))
     params = jax.tree_util.tree_map(lambda p: np.asarray(p) * 3.0, params["params"])  # busier gates
     integer = convert_params(params, 2.5, bits, readout)
-    cfg = FeatureConfig(normalize=normalize, top_db=top_db, speech_db=speech_db)
+    cfg = FeatureConfig(normalize=normalize, top_db=top_db, speech_db=speech_db,
+                        noise_percentile=noise_percentile)
     tables = frontend.make_tables(cfg, 8000)
     scale = frontend.value_scale(cfg)
     rng = np.random.default_rng(seed)
@@ -56,11 +57,14 @@ def clips(count: int = 24, seed: int = 0) -> list[np.ndarray]:
 
 
 @needs_cc
-@pytest.mark.parametrize("bits, readout, normalize, top_db, speech_db", [
-    (8, "last", "utterance", 40.0, None), (4, "mean", "global", None, None),
-    (8, "mean", "none", 80.0, None), (4, "mean", "utterance", 40.0, 20.0)])
-def test_host_build_is_bit_exact_with_jnp(tmp_path, bits, readout, normalize, top_db, speech_db):
-    device = make_device(bits, readout, normalize, top_db, speech_db=speech_db)
+@pytest.mark.parametrize("bits, readout, normalize, top_db, speech_db, noise", [
+    (8, "last", "utterance", 40.0, None, None), (4, "mean", "global", None, None, None),
+    (8, "mean", "none", 80.0, None, None), (4, "mean", "utterance", 40.0, 20.0, None),
+    (4, "mean", "utterance", 40.0, None, 10), (8, "last", "none", None, None, 0)])
+def test_host_build_is_bit_exact_with_jnp(tmp_path, bits, readout, normalize, top_db, speech_db,
+                                          noise):
+    device = make_device(bits, readout, normalize, top_db, speech_db=speech_db,
+                         noise_percentile=noise)
     pcm = clips()
     expected = jnp_logits(device, pcm)
     library = write_c_library(device.model, tmp_path, bits, device.classes, device, pcm, expected)

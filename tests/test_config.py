@@ -113,6 +113,20 @@ def test_speech_db_needs_the_integer_front_ends_utterance_statistics(overrides):
         load_config(overrides=overrides)
 
 
+@pytest.mark.parametrize("overrides, key", [
+    (["features.noise_percentile=10"], "features.noise_percentile"),  # the float front end
+    (["features.frontend=integer", "features.noise_percentile=101"], "features.noise_percentile"),
+    (["features.frontend=integer", "features.noise_percentile=10", "features.noise_keep_db=0"],
+     "features.noise_keep_db"),
+    (["features.frontend=integer", "features.noise_percentile=10", "features.noise_keep_db=61"],
+     "features.noise_keep_db")])
+def test_noise_subtraction_needs_the_integer_front_end(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(overrides=overrides)
+    assert load_config(overrides=["features.frontend=integer", "features.noise_percentile=10"]
+                       ).features.noise_percentile == 10
+
+
 def test_the_integer_front_end_refuses_pcen():
     with pytest.raises(ConfigError, match=r"features\.compression"):
         load_config(overrides=["features.frontend=integer", "features.compression=pcen"])

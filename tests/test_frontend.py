@@ -150,12 +150,17 @@ def _clips(rate):
     return [tone, square, quiet, silence, tiny]
 
 
-@pytest.mark.parametrize("rate, normalize, top_db, speech_db", [
-    (8000, "global", 80.0, None), (8000, "utterance", 40.0, None), (16000, "none", None, None),
-    (8000, "utterance", 40.0, 20.0), (16000, "utterance", None, 30.0)])
-def test_front_end_is_bit_exact_with_its_reference(rate, normalize, top_db, speech_db):
+@pytest.mark.parametrize("rate, normalize, top_db, speech_db, noise", [
+    (8000, "global", 80.0, None, None), (8000, "utterance", 40.0, None, None),
+    (16000, "none", None, None, None), (8000, "utterance", 40.0, 20.0, None),
+    (16000, "utterance", None, 30.0, None), (8000, "utterance", 40.0, None, (10, 12.0)),
+    (8000, "none", None, None, (0, 30.0)),
+    (16000, "utterance", 40.0, 30.0, (50, 6.0))])
+def test_front_end_is_bit_exact_with_its_reference(rate, normalize, top_db, speech_db, noise):
+    percentile, keep_db = noise or (None, 12.0)
     tables = frontend.make_tables(FeatureConfig(normalize=normalize, top_db=top_db,
-                                                speech_db=speech_db), rate)
+                                                speech_db=speech_db, noise_percentile=percentile,
+                                                noise_keep_db=keep_db), rate)
     clips = _clips(rate)
     pcm, lengths, frames = _batch(clips, tables.hop)
     run = jax.jit(lambda p, l: frontend.integer_mfcc(tables, p, l, frames))
@@ -185,6 +190,42 @@ def test_speech_frame_statistics_ignore_the_silence_around_a_word():
             assert np.all(long[len(short) + 2:, 0] < -2 * 2**frontend.MAD_FRAC_BITS)
     with pytest.raises(frontend.FrontendError, match="speech_db"):
         frontend.make_tables(FeatureConfig(normalize="global", speech_db=30.0), rate)
+
+
+def test_noise_gain_table_is_magnitude_subtraction_at_its_edges():
+    """gain(d) = log2 max(1 - 2^-d, 10^(-keep/20)) in Q10: the floor at d = 0 (the band at
+    its estimate), within one unit of the exact value between steps, 0 at the table's end."""
+    table = frontend.make_noise_gain(12.0)
+    floor = round(-12.0 / frontend.LOG_DB * 1024)
+    assert table[0] == floor and table.min() == floor and table[-1] == 0
+    assert np.all(np.diff(table.astype(np.int32)) >= 0)  # never lowers a louder band more
+    d = np.arange(1, 11) * 1.0  # whole log2 units: exact table entries
+    exact = np.maximum(np.log2(1 - 2.0**-d), -12.0 / frontend.LOG_DB) * 1024
+    np.testing.assert_allclose(table[(d * 16).astype(int)], exact, atol=0.5)
+
+
+def test_noise_subtraction_lowers_a_steady_noise_and_keeps_the_word():
+    """White noise under a word: with the subtraction the noise-only frames fall by about
+    noise_keep_db while the word's loudest band stays within a fraction of a dB."""
+    rate = 8000
+    rng = np.random.default_rng(7)
+    t = np.arange(int(0.3 * rate)) / rate
+    word = 8000 * np.sin(2 * np.pi * 500 * t) * np.hanning(t.size)
+    clip = np.concatenate([np.zeros(int(0.3 * rate)), word, np.zeros(int(0.3 * rate))])
+    pcm = np.round(clip + rng.normal(0, 300, clip.size)).astype(np.int16)
+    logs = {}
+    for percentile in (None, 20):
+        tables = frontend.make_tables(FeatureConfig(normalize="none", top_db=None, n_mfcc=40,
+                                                    noise_percentile=percentile), rate)
+        c = frontend.integer_mfcc_ref(tables, pcm)
+        idct = np.linalg.pinv(tables.dct.astype(np.float64) / 2**tables.dct_frac_bits)
+        logs[percentile] = (c @ idct.T) / 1024 * frontend.LOG_DB  # dB per band
+    frames = logs[None].shape[0]
+    noise = slice(2, frames // 3 - 2)
+    frame, band = np.unravel_index(np.argmax(logs[None]), logs[None].shape)  # the word's peak
+    drop_noise = np.mean(logs[None][noise] - logs[20][noise])
+    drop_word = abs(logs[None][frame, band] - logs[20][frame, band])
+    assert 8.0 < drop_noise <= 12.5 and drop_word < 1.0
 
 
 def test_front_end_tables_cannot_overflow_and_are_counted():
@@ -255,7 +296,8 @@ def test_quantizer_saturates_and_matches_the_exact_formula():
     assert np.all(np.abs(q[3] - np.clip(real, -127, 127)) <= 1)
 
 
-def test_pcm_to_logits_is_float_free(tmp_path):
+@pytest.mark.parametrize("noise_percentile", [None, 10])
+def test_pcm_to_logits_is_float_free(tmp_path, noise_percentile):
     from lstmq.device import DeviceModel, pcm_to_logits
     from lstmq.integer import convert_params
     from lstmq.model import LSTMClassifier
@@ -263,7 +305,8 @@ def test_pcm_to_logits_is_float_free(tmp_path):
     model = LSTMClassifier(hidden=6, layers=1, num_classes=3)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 13)), jnp.ones((1,), jnp.int32))
     integer = convert_params(jax.tree_util.tree_map(np.asarray, params["params"]), 3.0)
-    tables = frontend.make_tables(FeatureConfig(normalize="utterance", top_db=40.0), 8000)
+    tables = frontend.make_tables(FeatureConfig(normalize="utterance", top_db=40.0,
+                                                noise_percentile=noise_percentile), 8000)
     quantizer = frontend.FeatureQuantizer.fit(np.zeros(13), np.ones(13), 3.0, 256)
     device = DeviceModel(integer, tables, quantizer, ("a", "b", "c"), None, 128)
     pcm, lengths, frames = _batch(_clips(8000)[:3], tables.hop)

@@ -155,6 +155,39 @@ static uint8_t counted[LSTMQ_MAX_FRAMES];  /* speech frames: those of the uttera
 #define COUNTED(t) 1  /* every frame: no array, no test */
 #endif
 
+#ifndef LSTMQ_NOISE_PERCENTILE  /* a header written before features.noise_percentile */
+#define LSTMQ_NOISE_PERCENTILE -1
+#endif
+#if LSTMQ_NOISE_PERCENTILE >= 0
+static int32_t band[LSTMQ_MAX_FRAMES];
+
+/* Spectral subtraction (lstmq/frontend.py, _subtract_noise): each band's noise estimate is its
+   LSTMQ_NOISE_PERCENTILE-th percentile over the clip's frames; log += gain(log - estimate). */
+static void subtract_noise(int32_t frames) {
+  const int32_t last = LSTMQ_NOISE_SPAN >> LSTMQ_NOISE_STEP_BITS;
+  int32_t m, t, i, rank = (frames - 1) * LSTMQ_NOISE_PERCENTILE / 100;
+  for (m = 0; m < LSTMQ_N_MELS; m++) {
+    int32_t estimate;
+    for (t = 0; t < frames; t++) {  /* insertion sort of the band's values */
+      int32_t v = logmel[t][m];
+      for (i = t; i > 0 && band[i - 1] > v; i--) band[i] = band[i - 1];
+      band[i] = v;
+    }
+    estimate = band[rank];
+    for (t = 0; t < frames; t++) {
+      int32_t d = logmel[t][m] - estimate, index, fraction, low, high;
+      if (d < 0) d = 0;
+      if (d > LSTMQ_NOISE_SPAN) d = LSTMQ_NOISE_SPAN;
+      index = d >> LSTMQ_NOISE_STEP_BITS;
+      fraction = d & ((1 << LSTMQ_NOISE_STEP_BITS) - 1);
+      low = LSTMQ_NOISE_GAIN[index];
+      high = LSTMQ_NOISE_GAIN[index < last ? index + 1 : last];
+      logmel[t][m] += low + rsr((high - low) * fraction, LSTMQ_NOISE_STEP_BITS);
+    }
+  }
+}
+#endif
+
 static void log_mel_frame(const int16_t *pcm, int32_t n, int32_t t, int32_t *out) {
   int32_t i, k, m, peak = 0, shift;
   for (i = 0; i < LSTMQ_N_FFT; i++) {
@@ -185,6 +218,9 @@ static int32_t front_end(const int16_t *pcm, int32_t n) {
   int32_t frames = 1 + samples / LSTMQ_HOP, t, m, j;
   if (frames > LSTMQ_MAX_FRAMES) return LSTMQ_ERROR_TOO_LONG;
   for (t = 0; t < frames; t++) log_mel_frame(pcm, n, t, logmel[t]);
+#if LSTMQ_NOISE_PERCENTILE >= 0
+  subtract_noise(frames);
+#endif
 #if LSTMQ_FLOOR >= 0 || LSTMQ_SPEECH >= 0
   {
     int32_t peak = logmel[0][0];
