@@ -204,6 +204,22 @@ def test_noise_gain_table_is_magnitude_subtraction_at_its_edges():
     np.testing.assert_allclose(table[(d * 16).astype(int)], exact, atol=0.5)
 
 
+def test_noise_subtraction_at_its_edges_in_jnp():
+    """Under or at the estimate: the floor gain; past NOISE_SPAN over it: unchanged; halfway
+    between two table steps: the rounded mean of the two entries; padded frames ignored."""
+    tables = frontend.make_tables(FeatureConfig(noise_percentile=0, noise_keep_db=24.0), 8000)
+    gain = tables.noise_gain.astype(np.int64)
+    base = -5000  # the band's minimum over the valid frames: the 0th percentile
+    values = [base, base + 31 * 64 + 32, base + frontend.NOISE_SPAN + 7, 30000, 2**20, -2**20]
+    log = jnp.asarray(np.array(values, np.int32)[None, :, None])  # 1 clip, 6 frames, 1 band
+    valid = jnp.asarray([[True, True, True, True, True, False]])  # the last frame is padding
+    out = np.asarray(frontend._subtract_noise(tables, log, valid))[0, :, 0]
+    assert out[0] == base + gain[0]
+    assert out[1] == values[1] + (gain[31] + gain[32] + 1) // 2
+    assert out[2] == values[2] and out[3] == values[3] and out[4] == values[4]
+    assert out[5] == values[5] + gain[0]  # below the estimate (a padded frame, dropped later)
+
+
 def test_noise_subtraction_lowers_a_steady_noise_and_keeps_the_word():
     """White noise under a word: with the subtraction the noise-only frames fall by about
     noise_keep_db while the word's loudest band stays within a fraction of a dB."""
