@@ -15,7 +15,7 @@ computes. Steps per frame (rules in docs/numerics.md, "Front end"):
 5. ``log2_q10``, minus the block shift (so loud and quiet frames share one scale);
    with ``features.noise_percentile``, magnitude subtraction of each band's noise: the
    band's ``noise_percentile``-th percentile over the clip's frames is the estimate ``N``,
-   and ``log += gain(log - N)``, ``gain(d) = log2 max(1 - 2^-d, 2^-keep)`` from a table
+   and ``log += gain(log - N)``, ``gain(d) = log2 max(1 - 2^-d, 10^(-keep/20))`` from a table
    (``noise_keep_db``: the most a band is lowered), linearly interpolated;
 6. floor ``top_db`` under the clip's peak (in log2 units: top_db / 6.0206 * 1024);
 7. DCT-II (orthonormal) in Q``dct_frac_bits``: ``c`` in Q10 log2 units (int32);
