@@ -14,7 +14,7 @@ import pytest
 from lstmq import frontend
 from lstmq.c_export import (CHECK_SOURCES, CExportError, compile_host, find_compiler, float_words,
                             write_c_library)
-from lstmq.config import FeatureConfig
+from lstmq.config import FeatureConfig, load_config
 from lstmq.cortex_m import missing_tools, run_on_cortex_m3
 from lstmq.device import DeviceModel, jnp_logits
 from lstmq.integer import convert_params, predict_int
@@ -26,13 +26,14 @@ needs_cc = pytest.mark.skipif(find_compiler() is None,
 
 def make_device(bits: int = 8, readout: str = "last", normalize: str = "utterance",
                 top_db: float | None = 40.0, layers: int = 2, seed: int = 0,
-                speech_db: float | None = None, noise_percentile: int | None = None) -> DeviceModel:
+                speech_db: float | None = None, noise_percentile: int | None = None,
+                noise_keep_db: float = 12.0) -> DeviceModel:
     model = LSTMClassifier(hidden=6, layers=layers, num_classes=4, readout=readout)
     params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 2, 13)), jnp.ones((1,), jnp.int32))
     params = jax.tree_util.tree_map(lambda p: np.asarray(p) * 3.0, params["params"])  # busier gates
     integer = convert_params(params, 2.5, bits, readout)
     cfg = FeatureConfig(normalize=normalize, top_db=top_db, speech_db=speech_db,
-                        noise_percentile=noise_percentile)
+                        noise_percentile=noise_percentile, noise_keep_db=noise_keep_db)
     tables = frontend.make_tables(cfg, 8000)
     scale = frontend.value_scale(cfg)
     rng = np.random.default_rng(seed)
@@ -141,7 +142,9 @@ def test_a_clip_beyond_the_buffers_is_an_error_code(tmp_path):
                     reason=f"needs {', '.join(missing_tools()) or 'a C compiler'} "
                            "(scripts/install-device-tools.sh)")
 def test_cortex_m3_under_qemu_is_bit_exact_and_float_free(tmp_path):
-    device = make_device(bits=4, readout="mean")
+    deploy = load_config("task_b_robust").features  # the front end of the config to deploy
+    device = make_device(bits=4, readout="mean", noise_percentile=deploy.noise_percentile,
+                         noise_keep_db=deploy.noise_keep_db)
     pcm = clips(20)
     library = write_c_library(device.model, tmp_path / "c", 4, device.classes, device, pcm,
                               jnp_logits(device, pcm))
