@@ -78,6 +78,25 @@ def test_host_build_is_bit_exact_with_jnp(tmp_path, bits, readout, normalize, to
 
 
 @needs_cc
+def test_every_int4_weight_value_in_either_nibble_is_decoded_as_jnp_reads_it(tmp_path):
+    """The packed int4 kernels hold -8..7 at even and odd positions (low and high nibbles)."""
+    device = make_device(bits=4, readout="mean")
+    for name, value in device.model.items():
+        if name.endswith("kernel"):
+            index = np.arange(value.size)
+            pattern = (index // 2 * 3 + index % 2 * 5) % 16 - 8  # each value, both nibbles
+            device.model[name] = pattern.reshape(value.shape).astype(np.int8)
+    recurrent = device.model["lstm_1/cell/recurrent/kernel"].reshape(-1)
+    assert all(set(recurrent[parity::2].tolist()) == set(range(-8, 8)) for parity in (0, 1))
+    pcm = clips(8)
+    expected = jnp_logits(device, pcm)
+    write_c_library(device.model, tmp_path, 4, device.classes, device, pcm, expected)
+    program = compile_host(tmp_path, CHECK_SOURCES, "lstmq_check")
+    done = subprocess.run([str(program)], capture_output=True, text=True, check=False)
+    assert f"lstmq check: {len(pcm)} of {len(pcm)} clips bit-exact" in done.stdout, done.stdout
+
+
+@needs_cc
 def test_a_changed_golden_logit_is_caught(tmp_path):
     device = make_device()
     pcm = clips(4)
