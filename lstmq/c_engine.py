@@ -1,7 +1,7 @@
 """The C runtime as the host's engine for integer evaluation (ctypes), bit-exact with jnp.
 
 ``CEngine`` builds the model's C library (``lstmq.c_export``) as a shared library with the
-system compiler and calls it clip by clip; ``threads`` copies of the library (their static
+system compiler (for this CPU where it can) and calls it clip by clip; ``threads`` copies of the library (their static
 buffers are their own) run on parallel threads. Without a compiler ``c_engine`` returns
 None and callers fall back to the jnp path.
 """
@@ -29,8 +29,7 @@ class CEngine:
         self.input_size = int(np.shape(model["lstm_0/input/kernel"])[0])
         self._folder = Path(tempfile.mkdtemp(prefix="lstmq-c-engine-"))
         write_c_library(model, self._folder, weight_bits, classes, device)
-        library = compile_host(self._folder, ("lstmq_runtime.c", "lstmq_model.c"),
-                               "liblstmq.so", ("-shared", "-fPIC", "-O3"))
+        library = build_shared_library(self._folder)
         self.threads = max(1, threads or min(2, os.cpu_count() or 1))
         self._libraries = []
         for copy in range(self.threads):  # one loaded copy per thread: separate static state
@@ -83,6 +82,17 @@ class CEngine:
 
     def close(self) -> None:
         shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def build_shared_library(folder: Path) -> Path:
+    """The runtime as a shared library tuned for this CPU (``-march=native``) where the compiler
+    takes it, else for the compiler's default target; integer code, so the logits are the same."""
+    flags = ("-shared", "-fPIC", "-O3")
+    sources = ("lstmq_runtime.c", "lstmq_model.c")
+    try:
+        return compile_host(folder, sources, "liblstmq.so", (*flags, "-march=native"))
+    except CExportError:
+        return compile_host(folder, sources, "liblstmq.so", flags)
 
 
 def c_engine(model: dict, weight_bits: int, classes: tuple[str, ...], device=None,

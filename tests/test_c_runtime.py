@@ -200,3 +200,29 @@ def test_integer_logits_are_the_same_from_either_engine():
     by_jnp = integer_logits(models, split, 8, device.classes, engine="jnp")
     assert by_c.shape == (2, 40, 4)
     np.testing.assert_array_equal(by_c, by_jnp)
+
+
+@needs_cc
+def test_the_engine_is_built_for_the_default_target_when_the_compiler_refuses_native(monkeypatch):
+    import lstmq.c_engine as engine_module
+
+    real, refused = engine_module.compile_host, []
+
+    def no_native(folder, sources, output, extra=()):
+        if "-march=native" in extra:
+            refused.append(extra)
+            raise CExportError("-march=native: unsupported")
+        return real(folder, sources, output, extra)
+
+    device = make_device(bits=4, readout="mean")
+    features = [np.random.default_rng(n).integers(-127, 128, (n, 13)).astype(np.int8)
+                for n in (1, 7, 40)]
+    tuned = engine_module.c_engine(device.model, 4, device.classes, threads=1)
+    monkeypatch.setattr(engine_module, "compile_host", no_native)
+    plain = engine_module.c_engine(device.model, 4, device.classes, threads=1)
+    try:
+        assert refused and plain.features_logits(features).tolist() == \
+            tuned.features_logits(features).tolist()
+    finally:
+        tuned.close()
+        plain.close()
