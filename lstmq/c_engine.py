@@ -1,9 +1,9 @@
 """The C runtime as the host's engine for integer evaluation (ctypes), bit-exact with jnp.
 
 ``CEngine`` builds the model's C library (``lstmq.c_export``) as a shared library with the
-system compiler (for this CPU where it can) and calls it clip by clip; ``threads`` copies of the library (their static
-buffers are their own) run on parallel threads. Without a compiler ``c_engine`` returns
-None and callers fall back to the jnp path.
+system compiler (for this CPU where it can) and calls it clip by clip; ``threads`` copies of
+the library (their static buffers are their own) run on parallel threads. Without a
+compiler ``c_engine`` returns None and callers fall back to the jnp path.
 """
 
 from __future__ import annotations
