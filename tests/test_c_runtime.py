@@ -57,6 +57,17 @@ def clips(count: int = 24, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
+def check_on_host(device: DeviceModel, pcm: list[np.ndarray], folder, bits: int):
+    """Builds the library's check program with ``pcm``'s jnp logits as its golden clips, runs
+    it, and asserts every clip bit-exact; returns the library and the finished process."""
+    library = write_c_library(device.model, folder, bits, device.classes, device, pcm,
+                              jnp_logits(device, pcm))
+    program = compile_host(folder, CHECK_SOURCES, "lstmq_check")
+    done = subprocess.run([str(program)], capture_output=True, text=True, check=False)
+    assert f"lstmq check: {len(pcm)} of {len(pcm)} clips bit-exact" in done.stdout, done.stdout
+    return library, done
+
+
 @needs_cc
 @pytest.mark.parametrize("bits, readout, normalize, top_db, speech_db, noise", [
     (8, "last", "utterance", 40.0, None, None), (4, "mean", "global", None, None, None),
@@ -66,12 +77,7 @@ def test_host_build_is_bit_exact_with_jnp(tmp_path, bits, readout, normalize, to
                                           noise):
     device = make_device(bits, readout, normalize, top_db, speech_db=speech_db,
                          noise_percentile=noise)
-    pcm = clips()
-    expected = jnp_logits(device, pcm)
-    library = write_c_library(device.model, tmp_path, bits, device.classes, device, pcm, expected)
-    program = compile_host(tmp_path, CHECK_SOURCES, "lstmq_check")
-    done = subprocess.run([str(program)], capture_output=True, text=True, check=False)
-    assert f"lstmq check: {len(pcm)} of {len(pcm)} clips bit-exact" in done.stdout, done.stdout
+    library, done = check_on_host(device, clips(), tmp_path, bits)
     assert done.returncode == 0
     assert library.layer_bytes > 0 and library.frontend_bytes > 0
     assert library.macs_per_second == library.macs_per_frame * 62.5
@@ -88,12 +94,7 @@ def test_every_int4_weight_value_in_either_nibble_is_decoded_as_jnp_reads_it(tmp
             device.model[name] = pattern.reshape(value.shape).astype(np.int8)
     recurrent = device.model["lstm_1/cell/recurrent/kernel"].reshape(-1)
     assert all(set(recurrent[parity::2].tolist()) == set(range(-8, 8)) for parity in (0, 1))
-    pcm = clips(8)
-    expected = jnp_logits(device, pcm)
-    write_c_library(device.model, tmp_path, 4, device.classes, device, pcm, expected)
-    program = compile_host(tmp_path, CHECK_SOURCES, "lstmq_check")
-    done = subprocess.run([str(program)], capture_output=True, text=True, check=False)
-    assert f"lstmq check: {len(pcm)} of {len(pcm)} clips bit-exact" in done.stdout, done.stdout
+    check_on_host(device, clips(8), tmp_path, 4)
 
 
 @needs_cc

@@ -295,11 +295,14 @@ int32_t lstmq_features(const int16_t *pcm, int32_t n, int8_t *features) {
 
 /* --- LSTM (lstmq/integer.py) ------------------------------------------------------------ */
 
+#if LSTMQ_WEIGHT_BITS == 4
+static int32_t signed_nibble(int32_t nibble) { return (nibble ^ 8) - 8; }  /* 8..15 -> -8..-1 */
+#endif
+
 static int32_t weight(const int8_t *w, int32_t index) {
 #if LSTMQ_WEIGHT_BITS == 4  /* two per byte: element 2i in the low nibble, 2i+1 in the high */
   int32_t byte = (uint8_t)w[index >> 1];
-  int32_t nibble = (index & 1) ? (byte >> 4) : (byte & 15);
-  return (nibble ^ 8) - 8;  /* sign-extended: 8..15 -> -8..-1 */
+  return signed_nibble((index & 1) ? (byte >> 4) : (byte & 15));
 #else
   return w[index];
 #endif
@@ -318,12 +321,11 @@ static void accumulate(int32_t *acc, const int8_t *w, const int8_t *x, int32_t r
     int32_t xi = x[i];
     if (xi == 0) continue;
 #if LSTMQ_WEIGHT_BITS == 4
-    {  /* a row of 4 * hidden nibbles starts on a byte; (n ^ 8) - 8 sign-extends a nibble */
+    {  /* a row of 4 * hidden nibbles starts on a byte: two weights per byte, no branch */
       const uint8_t *row = (const uint8_t *)&w[i * (LSTMQ_GATES / 2)];
       for (j = 0; j < LSTMQ_GATES / 2; j++) {
-        int32_t byte = row[j];
-        acc[2 * j] += xi * (((byte & 15) ^ 8) - 8);
-        acc[2 * j + 1] += xi * (((byte >> 4) ^ 8) - 8);
+        acc[2 * j] += xi * signed_nibble(row[j] & 15);
+        acc[2 * j + 1] += xi * signed_nibble(row[j] >> 4);
       }
     }
 #else
