@@ -23,7 +23,9 @@ def train_arrays(x: np.ndarray, lengths: np.ndarray, labels: Any, config: Config
 
     ``config.features.normalize`` applies to the arrays (``none`` keeps them as given); the
     run folder (a new temporary folder when ``workdir`` is None) holds the usual outputs, so
-    the returned run converts, exports and evaluates like any other.
+    the returned run converts and exports like any other. The arrays are not kept: new
+    sequences are scored with ``lstmq.predict_path`` (``lstmq eval --run`` has no data to
+    reload and says so).
 
     Returns:
       (the trained run, its metrics: test accuracy per seed, per class, confusion, history).

@@ -52,8 +52,13 @@ def _predict(args: argparse.Namespace) -> int:
 
     target = Path(args.model)
     if target.is_dir():
-        predictor = run_predictor(target, args.path, args.integer, args.seed_index)
+        predictor = run_predictor(target, args.path, args.integer, args.seed_index or 0)
     else:
+        chosen = [flag for flag, given in (("--path", args.path), ("--integer", args.integer),
+                                           ("--seed-index", args.seed_index is not None)) if given]
+        if chosen:
+            raise ValueError(f"{target}: an artifact holds one integer model of one seed; "
+                             f"{', '.join(chosen)} choose within a run folder")
         predictor = artifact_predictor(target)
     rows = predict_files(predictor, args.inputs, resample=args.resample)
     if args.json:
@@ -120,11 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", type=Path,
                           help="labelled folder, archive or manifest (default: the run's own "
                                "test split, from the data it was trained on)")
-    evaluate.add_argument("--path", choices=PATHS, help="numerics path (default: as trained)")
-    evaluate.add_argument("--integer", action="store_true",
-                          help="the run's integer model (qat-integer, or ptq-integer of a "
-                               "float run)")
-    evaluate.add_argument("--out", type=Path, help="write the full report as JSON")
+    which = evaluate.add_mutually_exclusive_group()
+    which.add_argument("--path", choices=PATHS, help="numerics path (default: as trained)")
+    which.add_argument("--integer", action="store_true",
+                       help="the run's integer model (qat-integer, or ptq-integer of a float run)")
+    evaluate.add_argument("--out", type=Path,
+                          help="also write the full report (per seed, class, confusion) as JSON")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(handler=_eval)
 
@@ -132,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", "--run", dest="model", required=True,
                          help="run directory or exported .lstmqz artifact")
     predict.add_argument("inputs", nargs="+", help="WAV files or folders of them")
-    predict.add_argument("--path", choices=PATHS, help="numerics path of a run")
-    predict.add_argument("--integer", action="store_true", help="a run's integer model")
-    predict.add_argument("--seed-index", type=int, default=0, help="which seed of a run")
+    which = predict.add_mutually_exclusive_group()
+    which.add_argument("--path", choices=PATHS, help="numerics path of a run")
+    which.add_argument("--integer", action="store_true", help="a run's integer model")
+    predict.add_argument("--seed-index", type=int, help="which seed of a run (default 0)")
     predict.add_argument("--resample", action="store_true",
                          help="resample files at another rate instead of refusing them")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")

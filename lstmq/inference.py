@@ -34,6 +34,12 @@ def run_dataset(run: Run) -> Dataset:
     Raises:
       DataError: the data is missing, or differs from the training data.
     """
+    if run.data.get("layout") == "arrays":
+        raise DataError(
+            f"{run.directory}: trained on in-memory arrays ({run.data.get('source')}), which "
+            "the run does not keep; its test scores are in metrics.json, and new sequences are "
+            "scored with lstmq.predict_path(run, split, path), their features normalised with "
+            "run.derived.normalizer")
     recorded = run.data.get("location")
     path = recorded if recorded and Path(recorded).exists() else None
     dataset = load_dataset(run.config.data, path)
@@ -61,10 +67,10 @@ def evaluate_run(directory: str | Path, data: str | Path | None = None, path: st
 
     ``path`` is a numerics path (``lstmq.paths``); ``integer`` picks the run's integer path.
     """
-    from lstmq.paths import integer_path, predict_path, trained_path
+    from lstmq.paths import predict_path
 
     run = load_run(directory)
-    path = path or (integer_path(run) if integer else trained_path(run))
+    path = _chosen_path(run, path, integer)
     if data is None:
         split, source = run_test_split(run, progress)
     else:
@@ -74,6 +80,16 @@ def evaluate_run(directory: str | Path, data: str | Path | None = None, path: st
                                            progress), dataset.source
     report = test_report(predict_path(run, split, path), split, run.derived.seeds, run.classes)
     return {"run": str(directory), "data": source, "path": path, **report}
+
+
+def _chosen_path(run: Run, path: str | None, integer: bool) -> str:
+    """``path`` if given, else the run's integer path (``integer``) or the one it trained."""
+    from lstmq.paths import integer_path, trained_path
+
+    if path is not None and integer:
+        raise ValueError(f"{run.directory}: give a numerics path or integer=True, not both "
+                         f"(path={path!r})")
+    return path or (integer_path(run) if integer else trained_path(run))
 
 
 def summary_line(report: dict[str, Any]) -> str:
@@ -141,13 +157,13 @@ def run_predictor(directory: str | Path, path: str | None = None, integer: bool 
     import jax
 
     from lstmq.integer import logit_scale
-    from lstmq.paths import INTEGER_PATHS, integer_path, predict_path, trained_path
+    from lstmq.paths import INTEGER_PATHS, predict_path
 
     run = load_run(directory)
     if not 0 <= seed_index < len(run.derived.seeds):
         raise ValueError(f"{directory}: seed index {seed_index} out of range "
                          f"({len(run.derived.seeds)} seeds)")
-    path = path or (integer_path(run) if integer else trained_path(run))
+    path = _chosen_path(run, path, integer)
     one = dataclasses.replace(run, params=jax.tree_util.tree_map(
         lambda p: p[seed_index:seed_index + 1], run.params))
     params = jax.tree_util.tree_map(lambda p: np.asarray(p[0]), one.params)

@@ -74,6 +74,16 @@ def test_cli_on_a_speech_commands_tree_at_16_khz(make_folders_dataset, tmp_path,
                 str(root / "left")) == 0
     from_run = json.loads(capsys.readouterr().out)["predictions"]
     assert [p["logits"] for p in from_run] == [p["logits"] for p in predictions]
+    # Choices that mean nothing for an artifact, or contradict each other, are refused.
+    assert _cli("predict", "--model", str(artifact), "--seed-index", "0", str(root / "left")) == 2
+    assert "--seed-index choose within a run folder" in capsys.readouterr().err
+    for command in (["eval", "--run", str(qat_dir)],
+                    ["predict", "--model", str(qat_dir), str(root / "left")]):
+        with pytest.raises(SystemExit) as exited:
+            _cli(*command, "--integer", "--path", "qat")
+        assert exited.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not both"):
+        lstmq.evaluate_run(qat_dir, path="qat", integer=True)
 
 
 def test_cli_refuses_a_class_count_that_differs_and_changed_data(make_folders_dataset,
@@ -114,6 +124,16 @@ def test_api_on_a_twelve_class_manifest(make_manifest_dataset, tmp_path):
     clip.write_bytes(clip.read_bytes()[:-2] + b"\x01\x00")
     with pytest.raises(lstmq.DataError, match="fingerprint .* differs from the data"):
         lstmq.evaluate_run(tmp_path / "qat", progress=False)
+
+
+def test_a_run_of_arrays_says_its_data_is_not_kept(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["rest", "walk"], 20)
+    x = rng.normal(size=(40, 10, 3)).astype(np.float32) + (labels == "walk")[:, None, None]
+    lstmq.train_arrays(x, np.full(40, 10, np.int32), labels, lstmq.load_config(overrides=TINY),
+                       tmp_path / "arrays")
+    with pytest.raises(lstmq.DataError, match="in-memory arrays .* metrics.json"):
+        lstmq.evaluate_run(tmp_path / "arrays", progress=False)
 
 
 def test_missing_data_is_one_line_that_says_how_to_point_at_a_copy(tmp_path, monkeypatch,
