@@ -6,10 +6,10 @@ The parts a researcher composes, importable from the top level (loaded on first 
 |---|---|
 | config | ``Config``, ``load_config``, ``ConfigError`` |
 | data | ``load_dataset``, ``load_recordings``, ``Dataset``, ``make_split``, ``prepare_data``, ``prepare_arrays``, ``DataError`` |
-| model and numerics | ``LSTMClassifier``, ``QATNumerics``, ``numerics_for``, ``PATHS`` |
+| model and numerics | ``LSTMClassifier``, ``QATNumerics``, ``numerics_for``, ``PATHS`` (the numerics path names, ``lstmq.paths``) |
 | training | ``train_and_evaluate`` (a dataset), ``train_arrays`` (arrays), ``finetune_overrides``, ``load_run`` |
 | quantization | ``calibrate_input_clip``, ``convert_params``, ``integer_models``, ``quantize_input``, ``predict_int`` |
-| evaluation | ``predict_path``, ``evaluate_run``, ``predict_files``, ``classification_metrics`` |
+| evaluation | ``predict_path``, ``evaluate_run``, ``run_predictor`` / ``artifact_predictor`` + ``predict_files`` (WAV files), ``classification_metrics`` |
 | proof and size | ``audit_float_free``, ``solve_hidden_size``, ``count_bytes``, ``model_bytes``, ``Precision`` |
 | artifacts | ``export_run``, ``write_artifact``, ``load_artifact``, ``write_c_header`` |
 """
@@ -35,7 +35,7 @@ _EXPORTS = {
     "lstmq.runs": ("load_run",),
     "lstmq.recipe": ("calibrate_input_clip",),
     "lstmq.integer": ("convert_params", "quantize_input", "predict_int"),
-    "lstmq.inference": ("evaluate_run", "predict_files"),
+    "lstmq.inference": ("evaluate_run", "predict_files", "run_predictor", "artifact_predictor"),
     "lstmq.evaluate": ("classification_metrics",),
     "lstmq.audit": ("audit_float_free",),
     "lstmq.budget": ("solve_hidden_size", "count_bytes", "model_bytes", "Precision"),

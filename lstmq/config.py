@@ -159,7 +159,7 @@ class AugmentConfig:
     babble_snr_db_max: float | None = None  # if set: SNR uniform in [babble_snr_db, this]
     babble_talkers: int = 4  # voices summed into the babble
     babble_prob: float = 1.0  # share of the copies that get babble
-    copies: int = 0  # augmented copies of each training clip per epoch
+    copies: int = 0  # augmented copies of each training clip, drawn once before training
     mixup: float = 0.0  # > 0: each clip mixed with another of its batch, weight ~ Beta(a, a)
 
 

@@ -61,7 +61,8 @@ def input_scale(input_clip: float) -> np.float32:
 
 def convert_params(params: Mapping[str, Any], input_clip: float, weight_bits: int = 8,
                    readout: str = "last") -> dict[str, np.ndarray]:
-    """Integer model of one seed's QAT parameters (float tree as ``LSTMClassifier`` makes it).
+    """Integer model of one seed's QAT parameters, or float ones for post-training
+    quantization (``ptq-integer``); the float tree as ``LSTMClassifier`` makes it.
 
     ``readout``: the classifier's ``model.readout`` (last state, or mean over frames).
 

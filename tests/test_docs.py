@@ -42,3 +42,15 @@ def test_readme_is_a_short_library_readme_with_working_links():
     assert "../shared" not in text
     for link in re.findall(r"\]\(((?:docs|examples|lstmq)/[^)#]+)\)", text):
         assert (ROOT / link).exists(), link
+
+
+def test_readme_command_table_names_only_options_the_commands_take():
+    from lstmq.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # pylint: disable=protected-access
+    rows = re.findall(r"^\| `lstmq (\w+) ([^`]*)` \|", (ROOT / "README.md").read_text(), re.M)
+    assert {name for name, _ in rows} == set(commands)
+    for name, usage in rows:
+        taken = {flag for action in commands[name]._actions for flag in action.option_strings}
+        named = set(re.findall(r"--[a-z][a-z-]*", usage))
+        assert named <= taken, f"README's `lstmq {name}` names {sorted(named - taken)}"
