@@ -86,7 +86,7 @@ def conform(audio: np.ndarray, rate: int, sample_rate: int, resample: bool,
     if rate != sample_rate:
         if not resample:
             raise AudioError(f"{where}: sample rate {rate} Hz, expected {sample_rate} Hz "
-                             "(set data.resample=true to resample)")
+                             "(resample it: data.resample=true, or lstmq predict --resample)")
         import librosa  # pylint: disable=import-outside-toplevel
 
         mono = librosa.resample(mono, orig_sr=rate, target_sr=sample_rate)

@@ -404,7 +404,11 @@ def run_budget(args: argparse.Namespace) -> int:
         solution = solve_hidden_size(args.bytes, args.layers, args.input_size, args.classes,
                                      Precision(args.bits), args.policy, args.layout)
     except ValueError as error:
-        print(f"lstmq budget: error: {error}", file=sys.stderr)
+        message = str(error)
+        for name, flag in (("budget_bytes", "--bytes"), ("num_classes", "--classes"),
+                           ("input_size", "--input-size"), ("layers", "--layers")):
+            message = message.replace(f"{name} must", f"{flag} must", 1)
+        print(f"lstmq budget: error: {message}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(solution.to_dict(), indent=2))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +47,30 @@ class TrainingCheckpoints:
         self.manager.close()
 
 
-def save_params(path: str | Path, params: Any) -> None:
-    atomic_write_bytes(path, serialization.to_bytes(params))
+def save_params(path: str | Path, params: Any) -> str:
+    """Write ``params`` atomically; returns the file's sha256 (hex) for ``load_params``."""
+    data = serialization.to_bytes(params)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
-def load_params(path: str | Path, like: Any) -> Any:
-    """Load parameters saved by ``save_params`` into the structure of ``like``.
+def load_params(path: str | Path, like: Any, sha256: str | None = None) -> Any:
+    """Load parameters saved by ``save_params`` into the structure of ``like``; with
+    ``sha256`` (what ``save_params`` returned), the file must be exactly the one written.
 
     Raises:
-      CheckpointError: missing file, corrupt bytes, or shapes that differ from ``like``.
+      CheckpointError: missing file, changed or corrupt bytes, or shapes that differ from
+        ``like``.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: parameter file not found")
+    data = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckpointError(f"{path}: contents differ from the sha256 recorded when the run "
+                              "was written (damaged or replaced); train the run again")
     try:
-        state = serialization.msgpack_restore(path.read_bytes())
+        state = serialization.msgpack_restore(data)
     except Exception as error:  # msgpack raises several unrelated types
         raise CheckpointError(f"{path}: not a readable parameter file ({error})") from None
     expected = serialization.to_state_dict(like)

@@ -37,6 +37,9 @@ def _eval(args: argparse.Namespace) -> int:
     from lstmq.inference import evaluate_run, summary_line
     from lstmq.io import atomic_write_json
 
+    if args.out is not None and args.out.is_dir():
+        raise IsADirectoryError(f"{args.out}: is a folder; give the report's file name "
+                                "(e.g. eval.json)")
     report = evaluate_run(args.run, data=args.data, path=args.path, integer=args.integer,
                           progress=not args.quiet)
     print(summary_line(report))
@@ -151,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--run", type=Path, required=True, help="run directory")
     export.add_argument("--out", type=Path, required=True, help="artifact, e.g. model.lstmqz")
     export.add_argument("--seed-index", type=int, default=0, help="which seed of the run")
-    export.add_argument("--path", choices=("qat-integer", "ptq-integer"), default="qat-integer",
-                        help="ptq-integer exports a float run by post-training quantization")
+    export.add_argument("--path", choices=("qat-integer", "ptq-integer"),
+                        help="default: the run's own (qat-integer of a QAT run, ptq-integer, by "
+                             "post-training quantization, of a float run)")
     export.add_argument("--c-header", type=Path, help="also write the model as a C header")
     export.add_argument("--c-dir", type=Path,
                         help="also write a C99 library: PCM to label with the integer front end "

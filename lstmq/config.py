@@ -42,6 +42,12 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# Booleans as YAML 1.2 has them (true/false): labels such as yes, no, on, off stay strings.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
@@ -241,7 +247,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(f"{key}: {value!r} matches none of {annotation}")
+        raise ConfigError(f"{key}: expected {_describe(annotation)}, got {value!r}")
     if origin is Literal:
         if value in typing.get_args(annotation):
             return value
@@ -274,6 +280,19 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported annotation {annotation}")
 
 
+def _describe(annotation: Any) -> str:
+    """What a field annotation admits, in words: ``an integer or 'auto'``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(option) for option in typing.get_args(annotation))
+    if origin is Literal:
+        return " or ".join(map(repr, typing.get_args(annotation)))
+    if origin is tuple:
+        return f"a list of {_describe(typing.get_args(annotation)[0]).removeprefix('a ')}s"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            type(None): "null"}.get(annotation, str(annotation))
+
+
 def _admits_str(annotation: Any) -> bool:
     if annotation is str:
         return True
@@ -284,7 +303,9 @@ def _admits_str(annotation: Any) -> bool:
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+        shown = values.text if isinstance(values, _Override) else repr(values)
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: is a section (a mapping of keys), "
+                          f"got {shown}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -355,6 +376,8 @@ def config_path(name: str | os.PathLike) -> Path:
     path = Path(name)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise ConfigError(f"{name}: is a folder; give a YAML file or a built-in config's name")
     builtin = BUILTIN_CONFIGS / f"{path.name.removesuffix('.yaml')}.yaml"
     if path.parent == Path(".") and builtin.is_file():
         return builtin
@@ -373,14 +396,22 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
     if path is not None:
         path = config_path(path)
         try:
-            values = _load_yaml(path.read_text()) or {}
+            values = _load_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from error
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not a UTF-8 text file ({error.reason} at byte "
+                              f"{error.start})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         values = {k: v for k, v in values.items() if k != "about"}  # free-text run notes
     try:
         return config_from_dict(apply_overrides(values, list(overrides), keep_text=True))
     except ConfigError as error:
-        where = f"{path}: " if path is not None else ""
+        overridden = {text.split("=", 1)[0].strip() for text in overrides if "=" in text}
+        key = str(error).split(":", 1)[0].split("[", 1)[0]
+        if key in overridden:
+            where = "--set "
+        else:
+            where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{error}") from None

@@ -62,15 +62,15 @@ class ExportReport:
 
 
 def export_run(run_dir: str | Path, out_path: str | Path, seed_index: int = 0,
-               c_header: str | Path | None = None, path: str = "qat-integer",
+               c_header: str | Path | None = None, path: str | None = None,
                c_dir: str | Path | None = None, golden: int = 20,
                max_seconds: float | None = None) -> ExportReport:
     """Exports one seed of a trained run's integer model as an artifact (and a C header, and
     a C library in ``c_dir``: the PCM-to-label runtime for a run trained with the integer
     front end, with ``golden`` test clips as golden vectors; else the LSTM on int8 features).
 
-    ``path``: ``qat-integer`` for a QAT run, ``ptq-integer`` to export a float run by
-    post-training quantization. A run whose hidden size was solved from the budget must fit
+    ``path``: the run's own integer path by default: ``qat-integer`` for a QAT run,
+    ``ptq-integer`` (post-training quantization) for a float run. A run whose hidden size was solved from the budget must fit
     ``budget.bytes``. ``max_seconds`` sizes the C library's buffers (default 3 s, or the
     longest golden clip).
 
@@ -85,13 +85,14 @@ def export_run(run_dir: str | Path, out_path: str | Path, seed_index: int = 0,
 
     from lstmq.config import config_to_dict
     from lstmq.integer import logit_scale
-    from lstmq.paths import integer_models
+    from lstmq.paths import integer_models, integer_path
     from lstmq.runs import load_run
 
-    if Path(out_path).is_dir():
-        raise ArtifactError(f"{out_path}: is a folder; give the artifact's file name "
-                            "(e.g. model.lstmqz)")
+    for target, example in ((out_path, "model.lstmqz"), (c_header, "model.h")):
+        if target is not None and Path(target).is_dir():
+            raise ArtifactError(f"{target}: is a folder; give the file's name (e.g. {example})")
     run = load_run(run_dir)
+    path = path or integer_path(run)
     seeds = run.derived.seeds
     if not 0 <= seed_index < len(seeds):
         raise ValueError(f"{run_dir}: seed index {seed_index} out of range ({len(seeds)} seeds)")

@@ -325,7 +325,8 @@ def dataset_features(dataset, cfg: FeatureConfig, progress: bool = False) -> tup
     if counts.max() > MAX_FRAMES:
         longest = dataset.names[int(np.argmax(counts))]
         raise FrontendError(f"{dataset.source}: clip {longest} has {counts.max()} frames, more "
-                            f"than the integer front end's {MAX_FRAMES}; set features.max_frames")
+                            f"than the integer front end's {MAX_FRAMES} (its int32 utterance sums); "
+                            "cut the recording into shorter clips")
     run = jax.jit(lambda p, l, frames: integer_mfcc(tables, p, l, frames), static_argnums=2)
     out: list[np.ndarray | None] = [None] * len(pcm)
     order = np.argsort(counts, kind="stable")

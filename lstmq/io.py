@@ -63,11 +63,16 @@ class FolderLock:
     def __init__(self, folder: str | os.PathLike):
         self.path = Path(folder) / ".lock"
         self._handle = None
+        self._created = False
 
     def __enter__(self) -> "FolderLock":
         import fcntl  # pylint: disable=import-outside-toplevel
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{folder}: exists and is not a folder; choose another --out")
+        self._created = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")  # noqa: SIM115 - held until __exit__
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -79,6 +84,18 @@ class FolderLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            self._handle.close()  # closing releases the flock
-            self._handle = None
+        if self._handle is None:
+            return
+        # A folder this lock created and nothing else filled (the work failed before writing
+        # anything) is removed, not left behind holding only the lock file; the file goes
+        # while the lock is still held.
+        empty = self._created and [p.name for p in self.path.parent.iterdir()] == [".lock"]
+        if empty:
+            self.path.unlink(missing_ok=True)
+        self._handle.close()  # closing releases the flock
+        self._handle = None
+        if empty:
+            try:
+                self.path.parent.rmdir()
+            except OSError:  # another process began to use it meanwhile
+                pass

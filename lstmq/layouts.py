@@ -164,6 +164,7 @@ def folder_entries(tree: FileTree) -> tuple[list[Entry], list[str]]:
         key = relative.as_posix()
         own_split = partition.pop(key, "train") if has_lists else ""
         entries.append(Entry(path, key, label, speaker, own_split))
+    notes += _misplaced_root_notes(tree, root, entries)
     for label, count in sorted(skipped_folders.items()):
         notes.append(f"{tree.where(f'{root}/{label}' if root else label)}: {count} WAV(s) in a "
                      "folder starting with '_' (no class) skipped")
@@ -172,6 +173,34 @@ def folder_entries(tree: FileTree) -> tuple[list[Entry], list[str]]:
         notes.append(f"{tree.where(root or '.')}: {len(partition)} entries of the split lists "
                      f"name no clip (e.g. {example}); ignored")
     return entries, notes
+
+
+_SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation",
+                          "dev", "eval"})
+
+
+def _misplaced_root_notes(tree: FileTree, root: str, entries: list[Entry]) -> list[str]:
+    """Refuses class folders that are all split names (root/train/<label>/...); a note when
+    every class folder holds the same subfolders (perhaps the labels, one level down)."""
+    labels = sorted({entry.label for entry in entries})
+    where = tree.where(root or ".")
+    if labels and all(label.lower() in _SPLIT_NAMES for label in labels):
+        raise LayoutError(
+            f"{where}: the class folders ({', '.join(labels)}) are split names; the folders "
+            "layout is root/<label>/**.wav: point data.path at one split's folder, or list the "
+            "clips with their split in a manifest (path,label,split)")
+    below: dict[str, set[str]] = {label: set() for label in labels}
+    for entry in entries:
+        parts = PurePosixPath(entry.name).parts
+        below[entry.label].add(parts[1] if len(parts) > 2 else "")
+    shared = {frozenset(names) for names in below.values()}
+    if len(labels) > 1 and len(shared) == 1:
+        names = sorted(shared.pop())
+        if len(names) > 1 and "" not in names:
+            return [f"{where}: every class folder ({', '.join(labels)}) holds the same subfolders "
+                    f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); if those are "
+                    "the labels, point data.path one level down"]
+    return []
 
 
 def _has_lists(tree: FileTree, root: str) -> bool:

@@ -72,6 +72,11 @@ def integer_models(run: Run, path: str | None = None) -> list[dict[str, np.ndarr
     check_path(run, path)
     if path not in INTEGER_PATHS:
         raise PathError(f"{path!r} is not an integer path ({', '.join(INTEGER_PATHS)})")
+    bits = run.config.quant.weight_bits
+    if bits not in (4, 8):
+        raise PathError(f"{run.directory}: trained with quant.weight_bits={bits}; an integer "
+                        f"model needs 4 or 8 (its {path} path): train it with --set "
+                        "quant.weight_bits=8")
     return [convert_params(jax.tree_util.tree_map(lambda p, s=s: np.asarray(p[s]), run.params),
                            run.derived.input_clip, run.config.quant.weight_bits,
                            run.config.model.readout)

@@ -5,7 +5,7 @@ Run directory layout:
 | file | what |
 |---|---|
 | ``training.json`` | the config and data of the training under way (written when it starts) |
-| ``run.json`` | the finished run: config, data, every derived value (hidden size, input clip, normalisation, classes) |
+| ``run.json`` | the finished run: config, data, every derived value (hidden size, input clip, normalisation, classes), the sha256 of ``params.msgpack`` |
 | ``params.msgpack`` | selected parameters of every seed, stacked on a leading axis |
 | ``metrics.json`` | test metrics (mean/min/max over seeds, per class, confusion), history |
 | ``checkpoints/`` | latest full training state, for resuming an interrupted run |
@@ -335,7 +335,8 @@ def _train(config: Config, workdir: Path, data: PreparedData, derived: Derived,
         "derived": record["derived"],
         "data": record["data"],
     })
-    save_params(workdir / "params.msgpack", params)
+    # run.json, written last, records the parameters' digest: load_run checks it.
+    record = {**record, "params_sha256": save_params(workdir / "params.msgpack", params)}
     atomic_write_json(workdir / "run.json", record)
     write_run_outputs(workdir, result)
     return result

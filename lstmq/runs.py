@@ -104,6 +104,9 @@ def load_run(directory: str | Path) -> Run:
     """
     directory = Path(directory)
     if not (directory / "run.json").is_file():
+        if (directory / "training.json").is_file():
+            raise CheckpointError(f"{directory}: its training has not finished (no run.json); "
+                                  "run the same lstmq train --out again to resume it")
         raise CheckpointError(f"{directory}: not a run directory (no run.json)")
     info = read_json(directory / "run.json")
     try:
@@ -114,5 +117,6 @@ def load_run(directory: str | Path) -> Run:
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{directory / 'run.json'}: not a run record of this lstmq "
                               f"(missing or invalid {error})") from None
-    params = load_params(directory / "params.msgpack", _param_shapes(config, derived))
+    params = load_params(directory / "params.msgpack", _param_shapes(config, derived),
+                         info.get("params_sha256"))  # runs written before the digest: unchecked
     return Run(directory, config, derived, params, info.get("data", {}))

@@ -69,6 +69,13 @@ def _by_speaker(dataset: Dataset, idx: np.ndarray, fraction: float, seed: int,
     return idx[~held], idx[held]
 
 
+def _sparse_classes(dataset: Dataset, idx: np.ndarray) -> str:
+    """Names the classes with fewer than 2 clips among ``idx`` (what stratifying cannot split)."""
+    counts = np.bincount(dataset.labels[idx], minlength=len(dataset.classes))
+    sparse = [f"{dataset.classes[c]!r} ({counts[c]})" for c in np.flatnonzero(counts < 2)]
+    return f" (classes with fewer than 2 clips: {', '.join(sparse)})" if sparse else ""
+
+
 def _carve(dataset: Dataset, train: np.ndarray, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split  # pylint: disable=import-outside-toplevel
 
@@ -79,7 +86,8 @@ def _carve(dataset: Dataset, train: np.ndarray, cfg: DataConfig) -> tuple[np.nda
     except ValueError as error:
         raise DataError(
             f"cannot carve a stratified validation set ({cfg.val_fraction} of {train.size} "
-            f"training clips): {error}; change data.val_fraction (0 disables it)"
+            f"training clips): {error}{_sparse_classes(dataset, train)}; change "
+            "data.val_fraction (0 disables it)"
         ) from None
 
 
@@ -97,7 +105,8 @@ def _test_side(dataset: Dataset, cfg: DataConfig) -> tuple[np.ndarray, np.ndarra
                                            stratify=dataset.labels if cfg.stratify else None)
         except ValueError as error:
             raise DataError(f"cannot draw a stratified test set ({cfg.test_size} of "
-                            f"{len(dataset)} clips): {error}") from None
+                            f"{len(dataset)} clips): {error}"
+                            f"{_sparse_classes(dataset, everything)}") from None
         return train, test, None
     if cfg.split == "official":
         own = dataset.partition

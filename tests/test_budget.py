@@ -259,6 +259,9 @@ def test_cli_impossible_budget_exits_2_without_traceback(capsys):
     assert captured.out == ""
     assert "at least" in captured.err and "Traceback" not in captured.err
     assert budget.main(["--bytes", "1000", "--layers", "0"]) == 2
+    assert "--layers must be a positive integer" in capsys.readouterr().err
+    assert budget.main(["--bytes", "0"]) == 2  # named by its flag, not the argument's name
+    assert "--bytes must be a positive integer, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # argparse's own usage error
         budget.main(["--bits", "7"])
     assert exit_info.value.code == 2

@@ -104,6 +104,26 @@ def test_bad_override_names_the_key(override, named):
         load_config(overrides=[override])
 
 
+def test_labels_that_yaml_1_1_reads_as_booleans_stay_strings(tmp_path):
+    assert load_config(overrides=["data.classes=[yes,no,on,off]"]).data.classes == (
+        "yes", "no", "on", "off")
+    path = tmp_path / "words.yaml"
+    path.write_text("data:\n  classes: [yes, no, up]\nfeatures:\n  cache: false\n")
+    config = load_config(path)
+    assert config.data.classes == ("yes", "no", "up") and config.features.cache is False
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.hidden=abc", "--set model.hidden: expected an integer or 'auto', got 'abc'"),
+    ("model=3", "--set model: is a section (a mapping of keys), got 3"),
+    ("data.classes=[1,2]", "--set data.classes: expected a list of strings or null, got [1, 2]"),
+])
+def test_override_errors_say_what_the_key_takes_and_blame_the_override(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config("task_a", [override])  # not blamed on the built-in file
+    assert str(error.value) == message
+
+
 @pytest.mark.parametrize("overrides", [
     ["features.speech_db=30"],  # the float front end
     ["features.frontend=integer", "features.normalize=global", "features.speech_db=30"],
@@ -163,6 +183,15 @@ def test_bad_file_content_names_file_and_key(tmp_path, text, named):
         load_config(path)
     assert str(path) in str(error.value)
     assert named in str(error.value)
+
+
+def test_a_folder_or_a_binary_file_as_config_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(tmp_path)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="binary.yaml: not a UTF-8 text file"):
+        load_config(binary)
 
 
 def test_missing_file_is_named(tmp_path):

@@ -308,6 +308,9 @@ def test_a_run_with_a_moving_average_evaluates_and_keeps_the_average(wav_folder,
 def test_load_run_of_a_folder_without_run_json(tmp_path):
     with pytest.raises(CheckpointError, match="run.json"):
         load_run(tmp_path)
+    (tmp_path / "training.json").write_text("{}")  # an interrupted training
+    with pytest.raises(CheckpointError, match="has not finished .* again to resume it"):
+        load_run(tmp_path)
 
 
 # command line ---------------------------------------------------------------------------

@@ -87,6 +87,26 @@ def test_a_wav_outside_the_class_folders_is_refused(make_folders_dataset, write_
         data.load_recordings(root, format="folders")
 
 
+def test_split_folders_above_the_class_folders_are_refused_or_noted(make_folders_dataset,
+                                                                   tmp_path, caplog):
+    root = make_folders_dataset(THREE)
+    nested = tmp_path / "nested"
+    for part in ("train", "test"):
+        shutil.copytree(root, nested / part)
+    with pytest.raises(DataError, match=r"class folders \(test, train\) are split names"):
+        data.load_recordings(nested)
+    two = tmp_path / "two"  # two copies of a dataset side by side: labels one level down
+    for name in ("mine", "theirs"):
+        shutil.copytree(root, two / name)
+    with caplog.at_level(logging.WARNING, logger="lstmq"):
+        assert data.load_recordings(two).classes == ("mine", "theirs")
+    assert "holds the same subfolders (down, left, up)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lstmq"):
+        data.load_recordings(root)  # the clips directly in their class folders: no note
+    assert "subfolders" not in caplog.text
+
+
 def test_archives_of_the_folders_layout_equal_the_folder(make_folders_dataset, tmp_path):
     root = make_folders_dataset(THREE, lists=True)
     folder = data.load_recordings(root)
@@ -216,6 +236,14 @@ def test_random_split_is_stratified_by_default(make_folders_dataset):
     assert np.bincount(dataset.labels[split.test]).tolist() == [6, 6, 6]
     assert np.bincount(dataset.labels[split.val]).tolist() == [6, 6, 6]
     assert len(np.intersect1d(split.test, np.concatenate([split.train, split.val]))) == 0
+
+
+def test_a_class_too_small_to_stratify_is_named(make_folders_dataset, write_wav):
+    root = make_folders_dataset(THREE, takes=10)
+    write_wav(root / "yes" / "ann_nohash_0.wav", np.full(800, 500, np.int16))
+    dataset = data.load_recordings(root)
+    with pytest.raises(DataError, match=r"fewer than 2 clips: 'yes' \(1\)"):
+        splits.make_split(dataset, DataConfig(test_size=0.2))
 
 
 def test_speaker_disjoint_split_keeps_every_speaker_on_one_side(make_folders_dataset):

@@ -495,3 +495,63 @@ def test_12_an_unknown_key_in_run_json_names_the_file(wav_folder, tmp_path):
     atomic_write_json(out / "run.json", record)
     with pytest.raises(CheckpointError, match="run.json: unknown config key.*train.turbo"):
         load_run(out)
+
+
+# 13. damaged parameters, outputs that are folders, leftovers -------------------------------
+
+
+def test_13_changed_parameters_are_refused_by_their_recorded_digest(wav_folder, tmp_path,
+                                                                    capsys):
+    from lstmq.runs import load_run
+
+    out = tmp_path / "run"
+    train(wav_folder, out)
+    assert len(read_json(out / "run.json")["params_sha256"]) == 64
+    params = out / "params.msgpack"
+    raw = bytearray(params.read_bytes())
+    raw[-3] ^= 0x01  # the low bits of the last float: still a well-formed msgpack file
+    params.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="params.msgpack: contents differ from the sha256"):
+        load_run(out)
+    assert main(["eval", "--run", str(out), "--quiet"]) == 2
+    assert "contents differ from the sha256" in capsys.readouterr().err
+
+
+def test_13_outputs_that_are_folders_or_files_are_refused_before_any_work(wav_folder, tmp_path,
+                                                                          capsys):
+    out = tmp_path / "run"
+    train(wav_folder, out)  # a float run: export's default path is its ptq-integer
+    assert main(["eval", "--run", str(out), "--quiet", "--out", str(tmp_path)]) == 2
+    assert "is a folder; give the report's file name" in capsys.readouterr().err
+    artifact = tmp_path / "m.lstmqz"
+    assert main(["export", "--run", str(out), "--out", str(artifact),
+                 "--c-header", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err and not artifact.exists()
+    assert main(["export", "--run", str(out), "--out", str(artifact)]) == 0
+    assert read_json(out / "run.json")["config"]["quant"]["mode"] == "float"
+    from lstmq.artifact import load_artifact
+
+    assert load_artifact(artifact)[1]["path"] == "ptq-integer"
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    args = ["train", "--out", str(file), "--quiet"]
+    for override in tiny(wav_folder):
+        args += ["--set", override]
+    assert main(args) == 2
+    assert "notes.txt: exists and is not a folder" in capsys.readouterr().err
+    assert file.read_text() == "mine"
+
+
+def test_13_a_training_that_fails_on_its_data_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["train", "--out", str(out), "--quiet", "--set",
+                 f"data.path={tmp_path / 'missing'}"]) == 2
+    assert "missing" in capsys.readouterr().err and not out.exists()
+
+
+def test_13_a_float32_run_asked_for_its_integer_model_says_how_to_train_one(wav_folder,
+                                                                           tmp_path, capsys):
+    out = tmp_path / "run"
+    train(wav_folder, out, "quant.weight_bits=32")
+    assert main(["eval", "--run", str(out), "--integer", "--quiet"]) == 2
+    assert "quant.weight_bits=32; an integer model needs 4 or 8" in capsys.readouterr().err
