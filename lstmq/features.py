@@ -73,6 +73,23 @@ def frame_sizes(cfg: FeatureConfig, sample_rate: int) -> FrameSizes:
     return FrameSizes(window, 1 << (window - 1).bit_length(), hop, float(fmax))
 
 
+def check_mel_bands(cfg: FeatureConfig, sample_rate: int) -> None:
+    """Raises ValueError when a mel band holds no FFT bin at this rate and window (librosa
+    would only warn, and the band's features would be constant)."""
+    import warnings  # pylint: disable=import-outside-toplevel
+
+    sizes = frame_sizes(cfg, sample_rate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # librosa's "Empty filters detected"
+        mel = librosa.filters.mel(sr=sample_rate, n_fft=sizes.n_fft, n_mels=cfg.n_mels,
+                                  fmin=cfg.fmin, fmax=sizes.fmax, norm=mel_filter_norm(cfg))
+    empty = np.flatnonzero(mel.max(axis=1) <= 0)
+    if empty.size:
+        raise ValueError(f"mel band(s) {empty.tolist()} of {cfg.n_mels} hold no FFT bin at "
+                         f"{sample_rate} Hz with {sizes.n_fft}-point FFTs; use fewer "
+                         "features.n_mels or a longer features.window_ms")
+
+
 def num_features(cfg: FeatureConfig) -> int:
     """Features per frame: n_mfcc * (1 + deltas)."""
     return cfg.n_mfcc * (1 + cfg.deltas)
@@ -257,6 +274,7 @@ def compute_features(
 
         features = dataset_features(dataset, cfg, progress)
     else:
+        check_mel_bands(cfg, dataset.sample_rate)
         requested = cfg.workers or os.cpu_count() or 1
         workers = max(1, min(requested, len(dataset) // CLIPS_PER_WORKER))
         features = _extract_all(dataset.audio, dataset.sample_rate, cfg, workers, progress)

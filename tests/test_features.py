@@ -69,6 +69,14 @@ def test_short_clips_get_valid_deltas_and_min_frames(samples):
     assert np.isfinite(out).all()
 
 
+def test_mel_bands_without_an_fft_bin_are_refused_not_left_constant():
+    features.check_mel_bands(FeatureConfig(), 8000)
+    features.check_mel_bands(FeatureConfig(), 16000)
+    with pytest.raises(ValueError, match="hold no FFT bin at 1000 Hz .* fewer features.n_mels"):
+        features.check_mel_bands(FeatureConfig(), 1000)
+    features.check_mel_bands(FeatureConfig(n_mels=8, window_ms=128), 1000)
+
+
 def test_max_frames_truncates_and_trim_drops_silence():
     speech = tone(0.5)
     assert features.extract_mfcc(speech, SR, FeatureConfig(max_frames=10)).shape == (10, 13)
