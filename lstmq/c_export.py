@@ -35,6 +35,9 @@ CFLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-Wdouble-promotion", "-Wfl
           "-O2")
 LIBRARY_SOURCES = ("lstmq_runtime.c", "lstmq_model.c")
 CHECK_SOURCES = (*LIBRARY_SOURCES, "lstmq_golden.c", "lstmq_check.c")
+# Everything an export may write into its folder, and what `make check` builds there.
+LIBRARY_FILES = frozenset({"lstmq.h", "lstmq_model.h", *CHECK_SOURCES, "Makefile",
+                           "lstmq_check"})
 _C_TYPE = {np.dtype("int8"): "int8_t", np.dtype("int16"): "int16_t",
            np.dtype("int32"): "int32_t", np.dtype("uint8"): "int8_t"}
 _FLOAT_WORDS = re.compile(r"\b(float|double|long\s+double|_Complex|__fp16|_Float\d+)\b")
@@ -179,6 +182,22 @@ def _model_header(m: dict, device: DeviceModel | None, max_frames: int, weight_b
     return "\n".join(lines)
 
 
+def c_string(text: str) -> str:
+    """A C99 string literal of ``text``'s UTF-8 bytes: printable ASCII as is (``"``, ``\\``
+    and ``?``, which could start a trigraph, escaped), every other byte as a 3-digit octal
+    escape (octal, unlike hex, cannot swallow the characters after it)."""
+    out = []
+    for byte in text.encode("utf-8"):
+        char = chr(byte)
+        if char in '"\\?':
+            out.append("\\" + char)
+        elif 0x20 <= byte < 0x7F:
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
+
+
 def _model_source(m: dict, classes: tuple[str, ...], device: DeviceModel | None,
                   weight_bits: int) -> str:
     stored = stored_arrays(m, weight_bits)
@@ -211,7 +230,7 @@ def _model_source(m: dict, classes: tuple[str, ...], device: DeviceModel | None,
         tables += _frontend_tables(device)
     for name, array, comment in tables:
         parts.append(_array(name, np.asarray(array), comment))
-    names = ", ".join('"' + c.replace("\\", "\\\\").replace('"', '\\"') + '"' for c in classes)
+    names = ", ".join(c_string(c) for c in classes)
     parts.append(f"const char *const LSTMQ_CLASS_NAMES[LSTMQ_NUM_CLASSES] = {{{names}}};\n")
     return "\n".join(parts)
 
@@ -349,6 +368,8 @@ def write_c_library(model: dict, folder: str | Path, weight_bits: int,
                       "lstmq_check.c": CHECK_PROGRAM,
                       "Makefile": MAKEFILE.format(cflags=" ".join(CFLAGS),
                                                   sources=" ".join(CHECK_SOURCES))})
+    for name in LIBRARY_FILES - set(files):  # an earlier export's, not this library's
+        (folder / name).unlink(missing_ok=True)
     for name, text in files.items():
         atomic_write_text(folder / name, text)
     layer_bytes = sum(a.nbytes for a in stored_arrays(model, weight_bits).values())

@@ -4,6 +4,8 @@ header of ``static const`` arrays, with the run's byte budget enforced."""
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from lstmq import budget
 from lstmq.artifact import ArtifactError, param_tree, stored_arrays, write_artifact
 from lstmq.integer import MEAN_READOUT, IntegerModel, layer_names
 from lstmq.recipe import RECIPE_VERSION
+
+log = logging.getLogger("lstmq")
 
 _INTEGER_NOTE = ("Integer front end: int16 PCM to int8 features with the tables this lstmq "
                  "builds from these settings (their sha256: digest); the C library of "
@@ -117,12 +121,13 @@ def export_run(run_dir: str | Path, out_path: str | Path, seed_index: int = 0,
         raise ArtifactError(f"{run_dir}: the integer model holds {stored:,} bytes, over the "
                             f"budget of {run.config.budget.bytes:,} its hidden size was solved "
                             "for (budget and weight width disagree?)")
-    manifest = write_artifact(model, out_path, bits, params, extra)
-    if c_header is not None:
-        write_c_header(model, c_header, weight_bits=bits)
+    # The C library first: its checks may refuse the export, and then nothing is written.
     library = None
     if c_dir is not None:
         library = _write_c_dir(run, seed_index, model, Path(c_dir), golden, max_seconds)
+    manifest = write_artifact(model, out_path, bits, params, extra)
+    if c_header is not None:
+        write_c_header(model, c_header, weight_bits=bits)
     return ExportReport(Path(out_path), seed_index, seeds[seed_index], bits,
                         len(manifest["tensors"]), sum(t["bytes"] for t in manifest["tensors"]),
                         manifest["param_bytes"], Path(out_path).stat().st_size,
@@ -144,15 +149,30 @@ def _write_c_dir(run, seed_index: int, model: IntegerModel, folder: Path, golden
     from lstmq.splits import make_split
 
     device = device_model(run, seed_index)
+    max_frames = None
+    if max_seconds is not None:
+        if not (math.isfinite(max_seconds) and max_seconds > 0):
+            raise ValueError(f"--max-seconds must be a positive number of seconds, got "
+                             f"{max_seconds}")
+        max_frames = int(max_seconds * device.tables.sample_rate) // device.tables.hop + 1
+        if max_frames < device.frames_of(device.min_samples):
+            raise ValueError(f"--max-seconds {max_seconds} holds {max_frames} frame(s), fewer "
+                             f"than the {device.frames_of(device.min_samples)} the front end "
+                             "needs for a clip")
     clips = []
     if golden > 0:
         dataset = run_dataset(run)
-        test = make_split(dataset, run.config.data).test[:golden]
-        clips = [pcm_int16(dataset.audio[i]) for i in test]
+        audio = (pcm_int16(dataset.audio[i]) for i in make_split(dataset, run.config.data).test)
+        # With a buffer size given, the golden clips are the first test clips it holds.
+        clips = [pcm for pcm in audio
+                 if max_frames is None or device.frames_of(pcm.size) <= max_frames][:golden]
+        if not clips:
+            raise ValueError(f"no test clip fits --max-seconds {max_seconds}; give a longer "
+                             "one, or --golden 0 for a library without golden clips")
+        if len(clips) < golden:
+            log.warning("%d golden clip(s) fit --max-seconds %s (of %d asked)", len(clips),
+                        max_seconds, golden)
     logits = jnp_logits(device, clips) if clips else None
-    max_frames = None
-    if max_seconds is not None:
-        max_frames = int(max_seconds * device.tables.sample_rate) // device.tables.hop + 1
     return write_c_library(model, folder, bits, run.classes, device, clips, logits, max_frames)
 
 

@@ -164,8 +164,9 @@ def run_predictor(directory: str | Path, path: str | None = None, integer: bool 
         raise ValueError(f"{directory}: seed index {seed_index} out of range "
                          f"({len(run.derived.seeds)} seeds)")
     path = _chosen_path(run, path, integer)
-    one = dataclasses.replace(run, params=jax.tree_util.tree_map(
-        lambda p: p[seed_index:seed_index + 1], run.params))
+    one = dataclasses.replace(  # a run of this one seed: parameters and seed list alike
+        run, params=jax.tree_util.tree_map(lambda p: p[seed_index:seed_index + 1], run.params),
+        derived=dataclasses.replace(run.derived, seeds=run.derived.seeds[seed_index:seed_index + 1]))
     params = jax.tree_util.tree_map(lambda p: np.asarray(p[0]), one.params)
     scale = logit_scale(params, run.config.quant.weight_bits) if path in INTEGER_PATHS else 1.0
     if run.derived.sample_rate is None:

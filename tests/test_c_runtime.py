@@ -3,6 +3,7 @@ engine, and on an FPU-less Cortex-M3 under QEMU."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -108,6 +109,28 @@ def test_a_changed_golden_logit_is_caught(tmp_path):
                           capture_output=True, text=True, check=False)
     assert done.returncode == 1 and "clip 2:" in done.stdout and "MISMATCH" in done.stdout
     assert "3 of 4 clips bit-exact" in done.stdout
+
+
+@needs_cc
+def test_any_class_name_compiles_and_prints_as_given(tmp_path):
+    names = ("what??!", 'say "hi" \\', "\u00e9t\u00e9", "line\nbreak")  # a trigraph, escapes, UTF-8
+    device = dataclasses.replace(make_device(), classes=names)
+    pcm = clips(6)
+    _, done = check_on_host(device, pcm, tmp_path, 8)
+    labels = np.argmax(jnp_logits(device, pcm), axis=-1)
+    for index, label in enumerate(labels):
+        assert f"clip {index}: {names[label]} bit-exact" in done.stdout
+
+
+@needs_cc
+def test_a_library_written_over_an_older_one_leaves_none_of_its_files(tmp_path):
+    device = make_device()
+    check_on_host(device, clips(3), tmp_path, 8)
+    subprocess.run(["make", "-s", "-C", str(tmp_path), "lstmq_check"], check=False,
+                   capture_output=True)
+    library = write_c_library(device.model, tmp_path, 8, device.classes, device)  # no golden
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(library.files)
+    assert "Makefile" not in library.files
 
 
 @needs_cc

@@ -8,6 +8,8 @@ and the names, not accuracy.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -84,6 +86,38 @@ def test_cli_on_a_speech_commands_tree_at_16_khz(make_folders_dataset, tmp_path,
         assert exited.value.code == 2 and "not allowed with" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not both"):
         lstmq.evaluate_run(qat_dir, path="qat", integer=True)
+
+
+def test_a_two_seed_run_from_pcm_exports_a_c_library_and_predicts_any_seed(
+        make_folders_dataset, tmp_path, capsys):
+    from lstmq.c_export import find_compiler
+
+    root = make_folders_dataset(THREE)
+    run = tmp_path / "float"  # a float run: its integer model is ptq-integer
+    assert _cli(*_train_args(run, root, "features.frontend=integer", "train.seeds=2")) == 0
+    artifact, library = tmp_path / "seed1.lstmqz", tmp_path / "c"
+    assert _cli("export", "--run", str(run), "--out", str(artifact), "--seed-index", "1",
+                "--c-dir", str(library), "--golden", "3") == 0
+    assert "Makefile" in {p.name for p in library.iterdir()}
+    if find_compiler() is not None and shutil.which("make"):
+        done = subprocess.run(["make", "-s", "-C", str(library), "check"], capture_output=True,
+                              text=True, check=False)
+        assert "3 of 3 clips bit-exact" in done.stdout, done.stdout + done.stderr
+    capsys.readouterr()
+    assert _cli("predict", "--model", str(run), "--integer", "--seed-index", "1", "--json",
+                str(root / "up")) == 0
+    from_run = json.loads(capsys.readouterr().out)["predictions"]
+    assert _cli("predict", "--model", str(artifact), "--json", str(root / "up")) == 0
+    from_artifact = json.loads(capsys.readouterr().out)["predictions"]
+    assert [p["logits"] for p in from_run] == [p["logits"] for p in from_artifact]
+    # Impossible buffer sizes are refused, and a refused export leaves the old artifact as is.
+    before = artifact.read_bytes()
+    for seconds, message in (("inf", "--max-seconds must be a positive"),
+                             ("0.001", "fewer than the"), ("0.1", "no test clip fits")):
+        assert _cli("export", "--run", str(run), "--out", str(artifact), "--c-dir",
+                    str(library), "--max-seconds", seconds) == 2
+        assert message in capsys.readouterr().err
+    assert artifact.read_bytes() == before
 
 
 def test_cli_refuses_a_class_count_that_differs_and_changed_data(make_folders_dataset,
