@@ -32,6 +32,7 @@ saturated to [-127, 127]) uses statistics fitted offline on the training clips.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Any
 
@@ -319,6 +320,13 @@ def dataset_features(dataset, cfg: FeatureConfig, progress: bool = False) -> tup
 
     tables = make_tables(cfg, dataset.sample_rate)
     needed = max((cfg.min_frames - 1) * tables.hop, 1)
+    peaks = np.array([np.max(np.abs(a)) if a.size else 0.0 for a in dataset.audio])
+    if (peaks > 1.0).any():  # float WAVs beyond full scale: int16 PCM saturates them
+        loudest = int(np.argmax(peaks))
+        logging.getLogger("lstmq").warning(
+            "%s: %d clip(s) exceed full scale (e.g. %s, peak %.3g): the integer front end "
+            "reads them as int16 PCM, saturated", dataset.source, int((peaks > 1.0).sum()),
+            dataset.names[loudest], peaks[loudest])
     pcm = [pcm_int16(a) for a in dataset.audio]
     pcm = [np.pad(p, (0, needed - p.size)) if p.size < needed else p for p in pcm]
     counts = np.array([frame_count(p.size, tables.hop) for p in pcm])

@@ -355,3 +355,20 @@ def test_integer_front_end_training_sees_the_device_features(wav_folder):
     values = frontend.integer_mfcc_ref(tables, clip)
     device_q = np.asarray(frontend.quantize_features(normalizer.quantizer, jnp.asarray(values)))
     np.testing.assert_array_equal(q[3, :len(device_q)].astype(np.int8), device_q)
+
+
+def test_clips_beyond_full_scale_are_named_when_the_front_end_saturates_them(tmp_path, write_wav,
+                                                                           caplog):
+    import logging
+
+    from lstmq.data import load_recordings
+    from lstmq.features import compute_features
+
+    tone = np.sin(np.arange(4000) / 3.0).astype(np.float32)
+    for label in ("a", "b"):
+        write_wav(tmp_path / label / "quiet.wav", 0.5 * tone, subtype="FLOAT")
+    write_wav(tmp_path / "b" / "loud.wav", 50.0 * tone, subtype="FLOAT")
+    dataset = load_recordings(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="lstmq"):
+        compute_features(dataset, FeatureConfig(frontend="integer", cache=False), progress=False)
+    assert "1 clip(s) exceed full scale (e.g. b/loud.wav, peak 50)" in caplog.text
