@@ -241,12 +241,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return _coerce(value.value, annotation, key)
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(annotation):
             try:
                 return _coerce(value, option, key)
-            except ConfigError as error:
-                errors.append(str(error))
+            except ConfigError:
+                continue
         raise ConfigError(f"{key}: expected {_describe(annotation)}, got {value!r}")
     if origin is Literal:
         if value in typing.get_args(annotation):
