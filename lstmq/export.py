@@ -75,8 +75,9 @@ def export_run(run_dir: str | Path, out_path: str | Path, seed_index: int = 0,
 
     ``path``: the run's own integer path by default: ``qat-integer`` for a QAT run,
     ``ptq-integer`` (post-training quantization) for a float run. A run whose hidden size
-    was solved from the budget must fit ``budget.bytes``. ``max_seconds`` sizes the C library's buffers (default 3 s, or the
-    longest golden clip).
+    was solved from the budget must fit ``budget.bytes``. ``max_seconds`` sizes the C
+    library's buffers (default 3 s, or the longest golden clip); the golden clips are then
+    the first test clips they hold.
 
     Raises:
       lstmq.paths.PathError: the path does not fit the run.
