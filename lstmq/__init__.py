@@ -7,7 +7,7 @@ The parts a researcher composes, importable from the top level (loaded on first 
 | config | ``Config``, ``load_config``, ``ConfigError`` |
 | data | ``load_dataset``, ``load_recordings``, ``Dataset``, ``make_split``, ``prepare_data``, ``prepare_arrays``, ``DataError`` |
 | model and numerics | ``LSTMClassifier``, ``QATNumerics``, ``numerics_for``, ``PATHS`` (the numerics path names, ``lstmq.paths``) |
-| training | ``train_and_evaluate`` (a dataset), ``train_arrays`` (arrays), ``finetune_overrides``, ``load_run`` |
+| training | ``train_and_evaluate`` (a dataset), ``train_arrays`` and ``arrays_split`` (arrays), ``finetune_overrides``, ``load_run`` |
 | quantization | ``calibrate_input_clip``, ``convert_params``, ``integer_models``, ``quantize_input``, ``predict_int`` |
 | evaluation | ``predict_path``, ``evaluate_run``, ``run_predictor`` / ``artifact_predictor`` + ``predict_files`` (WAV files), ``classification_metrics`` |
 | proof and size | ``audit_float_free``, ``solve_hidden_size``, ``count_bytes``, ``model_bytes``, ``Precision`` |
@@ -30,7 +30,7 @@ _EXPORTS = {
     "lstmq.quant": ("QATNumerics",),
     "lstmq.paths": ("numerics_for", "PATHS", "integer_models", "predict_path"),
     "lstmq.runner": ("train_and_evaluate",),
-    "lstmq.arrays": ("train_arrays",),
+    "lstmq.arrays": ("train_arrays", "arrays_split"),
     "lstmq.recipes": ("finetune_overrides",),
     "lstmq.runs": ("load_run",),
     "lstmq.recipe": ("calibrate_input_clip",),

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 
 from lstmq.config import Config
-from lstmq.pipeline import prepare_arrays
+from lstmq.data import DataError
+from lstmq.features import pad_batch
+from lstmq.pipeline import SplitArrays, checked_sequences, prepare_arrays
 from lstmq.runner import train_and_evaluate
 from lstmq.runs import Run, load_run
 
@@ -24,8 +26,8 @@ def train_arrays(x: np.ndarray, lengths: np.ndarray, labels: Any, config: Config
     ``config.features.normalize`` applies to the arrays (``none`` keeps them as given); the
     run folder (a new temporary folder when ``workdir`` is None) holds the usual outputs, so
     the returned run converts and exports like any other. The arrays are not kept: new
-    sequences are scored with ``lstmq.predict_path`` (``lstmq eval --run`` has no data to
-    reload and says so).
+    sequences are scored with ``lstmq.predict_path(run, arrays_split(run, x, lengths))``
+    (``lstmq eval --run`` has no data to reload and says so).
 
     Returns:
       (the trained run, its metrics: test accuracy per seed, per class, confusion, history).
@@ -36,3 +38,42 @@ def train_arrays(x: np.ndarray, lengths: np.ndarray, labels: Any, config: Config
     metrics = train_and_evaluate(config, workdir, data=data, progress=progress,
                                  overwrite=overwrite)
     return load_run(workdir), metrics
+
+
+def arrays_split(run: Run, x: np.ndarray, lengths: np.ndarray, labels: Any = None) -> SplitArrays:
+    """New sequences ``x <float32>[N, T, F]`` as a split ``lstmq.predict_path`` takes for
+    ``run``: normalised with the run's training statistics, cut to its
+    ``features.max_frames``; ``labels`` (strings among the run's classes, or their indices)
+    are optional.
+
+    Raises:
+      DataError: shapes, lengths or values that do not fit, or another number of features
+        than the run was trained on.
+    """
+    x, lengths = checked_sequences(x, lengths)
+    if x.shape[2] != run.derived.input_size:
+        raise DataError(f"x has {x.shape[2]} features per frame; {run.directory} was trained "
+                        f"on {run.derived.input_size}")
+    keep = run.config.features.max_frames or x.shape[1]
+    features = run.derived.normalizer.apply([x[i, :min(n, keep)] for i, n in enumerate(lengths)])
+    padded, lengths = pad_batch(features, bucket=run.config.train.bucket_frames)
+    count = len(lengths)
+    if labels is None:
+        index = np.zeros(count, np.int32)
+    else:
+        labels = np.asarray(labels)
+        if labels.shape != (count,):
+            raise DataError(f"expected labels [N] for {count} sequences, got {labels.shape}")
+        if labels.dtype.kind in "iu":
+            index = labels.astype(np.int32)
+            if index.min() < 0 or index.max() >= len(run.classes):
+                raise DataError(f"integer labels must be in [0, {len(run.classes)})")
+        else:
+            unknown = sorted(set(map(str, labels)) - set(run.classes))
+            if unknown:
+                raise DataError(f"labels {unknown[:5]} are not classes of {run.directory} "
+                                f"({', '.join(run.classes)})")
+            index = np.array([run.classes.index(str(v)) for v in labels], np.int32)
+    return SplitArrays(x=padded, lengths=lengths, labels=index,
+                       speakers=np.full(count, "", dtype=str),
+                       names=tuple(f"row_{i:06d}" for i in range(count)))

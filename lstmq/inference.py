@@ -38,8 +38,7 @@ def run_dataset(run: Run) -> Dataset:
         raise DataError(
             f"{run.directory}: trained on in-memory arrays ({run.data.get('source')}), which "
             "the run does not keep; its test scores are in metrics.json, and new sequences are "
-            "scored with lstmq.predict_path(run, split, path), their features normalised with "
-            "run.derived.normalizer")
+            "scored with lstmq.predict_path(run, lstmq.arrays_split(run, x, lengths))")
     recorded = run.data.get("location")
     path = recorded if recorded and Path(recorded).exists() else None
     dataset = load_dataset(run.config.data, path)

@@ -31,6 +31,15 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validati
                   "val": "validation", "valid": "validation", "dev": "validation",
                   "test": "test", "testing": "test"}
 _LISTS = {"validation_list.txt": "validation", "testing_list.txt": "test"}
+
+
+def split_name(value: str) -> str:
+    """The split a dataset's own split value names (train/validation/test, also training,
+    val, valid, dev, testing; any case, spaces trimmed); "" for "". Raises LayoutError."""
+    value = value.strip().lower()
+    if value and value not in _SPLIT_ALIASES:
+        raise LayoutError(f"split {value!r} is not one of {', '.join(SPLIT_NAMES)}")
+    return _SPLIT_ALIASES.get(value, "")
 _MANIFESTS = ("manifest.csv", "manifest.tsv")
 _INDEX = re.compile(r"[0-9]+")
 NOHASH = "_nohash_"
@@ -175,8 +184,7 @@ def folder_entries(tree: FileTree) -> tuple[list[Entry], list[str]]:
     return entries, notes
 
 
-_SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation",
-                          "dev", "eval"})
+_SPLIT_NAMES = frozenset({*_SPLIT_ALIASES, "eval"})
 
 
 def _misplaced_root_notes(tree: FileTree, root: str, entries: list[Entry]) -> list[str]:
@@ -232,10 +240,10 @@ def manifest_entries(tree: FileTree, manifest: str) -> list[Entry]:
         label = (row.get("label") or "").strip()
         if not path or not label:
             raise LayoutError(f"{where}, line {line}: empty path or label")
-        split = (row.get("split") or "").strip().lower()
-        if split and split not in _SPLIT_ALIASES:
-            raise LayoutError(f"{where}, line {line}: split {split!r} is not one of "
-                              f"{', '.join(SPLIT_NAMES)}")
+        try:
+            split = split_name(row.get("split") or "")
+        except LayoutError as error:
+            raise LayoutError(f"{where}, line {line}: {error}") from None
         if not is_wav(path):
             raise LayoutError(f"{where}, line {line}: {path} is not a .wav file")
         member = path if PurePosixPath(path).is_absolute() else (base / path).as_posix()
@@ -244,7 +252,7 @@ def manifest_entries(tree: FileTree, manifest: str) -> list[Entry]:
                               f"{seen[member]})")
         seen[member] = line
         entries.append(Entry(member, path, label, (row.get("speaker") or "").strip(),
-                             _SPLIT_ALIASES.get(split, "")))
+                             split))
     if not entries:
         raise LayoutError(f"{where}: the manifest lists no clips")
     return entries

@@ -13,6 +13,7 @@ from lstmq.augment import augment_dataset, waveform_augmentation_enabled
 from lstmq.config import Config
 from lstmq.data import DataError, Dataset, class_list, load_dataset
 from lstmq.features import compute_features, pad_batch
+from lstmq.layouts import LayoutError, split_name
 from lstmq.normalization import Normalizer, fit_normalizer
 from lstmq.recipe import calibrate_input_clip
 from lstmq.splits import make_split
@@ -125,47 +126,110 @@ def prepare_arrays(x: np.ndarray, lengths: np.ndarray, labels, config: Config,
                    partition=None) -> PreparedData:
     """PreparedData of feature arrays ``x <float32>[N, T, F]`` with ``lengths <int32>[N]``
     and ``labels`` (strings, or ints into ``classes``): split by ``config.data`` (``official``
-    reads ``partition``: train/validation/test per row), normalised by ``config.features``.
+    reads ``partition``: train/validation/test per row, or training/val/valid/dev/testing),
+    normalised by ``config.features``; ``features.max_frames`` cuts longer sequences.
+
+    Raises:
+      DataError: shapes, lengths, labels, speakers or partition that do not fit, values
+        that are not finite, or settings that need audio (the integer front end, waveform
+        copies).
     """
-    x = np.asarray(x, np.float32)
-    lengths = np.asarray(lengths, np.int32)
-    labels = np.asarray(labels)
-    if x.ndim != 3 or lengths.shape != (x.shape[0],) or labels.shape != (x.shape[0],):
-        raise DataError(f"expected x [N, T, F], lengths [N], labels [N]; got {x.shape}, "
-                        f"{lengths.shape}, {labels.shape}")
-    if lengths.min(initial=1) < 1 or lengths.max(initial=0) > x.shape[1]:
-        raise DataError(f"lengths must be in [1, {x.shape[1]}] (the time axis of x)")
-    if not np.isfinite(x).all():
-        bad = int(np.argwhere(~np.isfinite(x))[0][0])
-        raise DataError(f"x holds NaN or infinite values (first in row {bad})")
-    if labels.dtype.kind in "iu":
-        if classes is None:
-            classes = tuple(str(c) for c in range(int(labels.max()) + 1))
-        if labels.min() < 0 or labels.max() >= len(classes):
-            raise DataError(f"integer labels must be in [0, {len(classes)}), got "
-                            f"{labels.min()}..{labels.max()}")
-        names = [classes[i] for i in labels]
-    else:
-        names = [str(label) for label in labels]
-    found = class_list(names, classes, "arrays")
-    index = {name: i for i, name in enumerate(found)}
+    if config.features.frontend == "integer":
+        raise DataError("arrays are features, not audio: the integer front end "
+                        "(features.frontend=integer) needs PCM; use features.frontend=float")
+    if config.augment.copies:
+        raise DataError(f"augment.copies={config.augment.copies}: waveform copies need audio; "
+                        "arrays take the train-step augmentations (augment.freq_mask, "
+                        "time_mask, mixup)")
+    x, lengths = checked_sequences(x, lengths)
     count = x.shape[0]
+    labels = np.asarray(labels)
+    if labels.shape != (count,):
+        raise DataError(f"expected labels [N] for {count} sequences, got shape {labels.shape}")
+    names = _label_names(labels, classes)
+    found = class_list(names, None if classes is None else tuple(map(str, classes)), "arrays")
+    index = {name: i for i, name in enumerate(found)}
+    own = _row_strings("partition", partition, count)
+    try:
+        own = np.array([split_name(value) for value in own], dtype=object).astype(str)
+    except LayoutError as error:
+        raise DataError(f"partition: {error}") from None
     dataset = Dataset(
         audio=(), labels=np.array([index[n] for n in names], np.int32), classes=found,
-        speakers=np.array(speakers if speakers is not None else [""] * count, dtype=str),
-        partition=np.array(partition if partition is not None else [""] * count, dtype=str),
+        speakers=_row_strings("speakers", speakers, count), partition=own,
         names=tuple(f"row_{i:06d}" for i in range(count)), sample_rate=0,
         fingerprint=hashlib.sha256(x.tobytes() + lengths.tobytes()
                                    + "\0".join(names).encode()).hexdigest(),
         source=f"arrays ({count} sequences)", layout="arrays")
     check_class_count(config, dataset.num_classes, dataset.source)
     split = make_split(dataset, config.data)
-    features = [x[i, :n] for i, n in enumerate(lengths)]
+    keep = config.features.max_frames or x.shape[1]
+    features = [x[i, :min(n, keep)] for i, n in enumerate(lengths)]
     normalizer = fit_normalizer([features[i] for i in split.train], config.features.normalize)
     bucket = config.train.bucket_frames
     info = dataclasses.replace(DataInfo.of(dataset), sample_rate=None)
     return PreparedData(*(_arrays(dataset, features, idx, normalizer, bucket)
                           for idx in (split.train, split.val, split.test)), normalizer, info)
+
+
+def checked_sequences(x, lengths) -> tuple[np.ndarray, np.ndarray]:
+    """``(x <float32>[N, T, F], lengths <int32>[N])``, or a DataError naming what is wrong:
+    rank, empty axes, lengths outside [1, T] (or not whole numbers), values that are not
+    finite within each row's length (padding after it is never read)."""
+    x = np.asarray(x)
+    if x.ndim != 3 or 0 in x.shape:
+        raise DataError(f"expected x [N, T, F] with no empty axis, got shape {x.shape}")
+    if x.dtype.kind not in "fiu":
+        raise DataError(f"x must hold real numbers, got dtype {x.dtype}")
+    lengths = np.asarray(lengths)
+    if lengths.shape != (x.shape[0],):
+        raise DataError(f"expected lengths [N] for {x.shape[0]} sequences, got shape "
+                        f"{lengths.shape}")
+    if lengths.dtype.kind not in "iuf" or not np.all(np.isfinite(lengths)) \
+            or np.any(lengths != np.round(lengths)):
+        raise DataError("lengths must be whole numbers of frames")
+    if lengths.min() < 1 or lengths.max() > x.shape[1]:
+        raise DataError(f"lengths must be in [1, {x.shape[1]}] (the time axis of x), got "
+                        f"{lengths.min():g}..{lengths.max():g}")
+    lengths = lengths.astype(np.int32)
+    with np.errstate(over="ignore"):
+        x = x.astype(np.float32)
+    valid = np.arange(x.shape[1])[None, :] < lengths[:, None]
+    bad = ~np.isfinite(x).all(axis=2) & valid
+    if bad.any():
+        row, frame = map(int, np.argwhere(bad)[0])
+        raise DataError(f"x holds NaN or infinite values in float32 (first in row {row}, "
+                        f"frame {frame})")
+    return x, lengths
+
+
+def _label_names(labels: np.ndarray, classes) -> list[str]:
+    """Class names of ``labels``: strings as given, or ints indexing ``classes``."""
+    if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) \
+            and np.all(labels == np.round(labels)):
+        labels = labels.astype(np.int64)
+    if labels.dtype.kind in "iu":
+        if classes is None:
+            classes = tuple(str(c) for c in range(int(labels.max()) + 1))
+        if labels.min() < 0 or labels.max() >= len(classes):
+            raise DataError(f"integer labels must be in [0, {len(classes)}), got "
+                            f"{labels.min()}..{labels.max()}")
+        return [str(classes[i]) for i in labels]
+    if labels.dtype.kind in "US" or (labels.dtype.kind == "O"
+                                     and all(isinstance(v, str) for v in labels.tolist())):
+        return [str(label) for label in labels]
+    raise DataError(f"labels must be all strings or all whole numbers, got {labels.dtype} "
+                    f"values such as {labels[:3].tolist()}")
+
+
+def _row_strings(name: str, values, count: int) -> np.ndarray:
+    """``<str>[count]``: one string per sequence ("" for each when ``values`` is None)."""
+    if values is None:
+        return np.full(count, "", dtype=str)
+    values = np.asarray(values)
+    if values.shape != (count,):
+        raise DataError(f"expected {name} [N] for {count} sequences, got shape {values.shape}")
+    return values.astype(str)
 
 
 def _integer_normalizer(config: Config, train: list[np.ndarray],
