@@ -85,10 +85,12 @@ def _export(args: argparse.Namespace) -> int:
 def _robustness(args: argparse.Namespace) -> int:
     from lstmq.robustness import format_markdown, robustness_report, write_report
 
+    out = args.out or args.run[0] / ("robustness" if args.on == "test" else "robustness_val")
+    if out.exists() and not out.is_dir():  # checked before minutes of scoring
+        raise NotADirectoryError(f"{out}: exists and is not a folder; give --out a folder")
     report = robustness_report(args.run, args.path, args.condition, seed=args.seed,
                                talkers=args.talkers, progress=not args.quiet, on=args.on)
-    default = args.run[0] / ("robustness" if args.on == "test" else "robustness_val")
-    files = write_report(report, args.out or default)
+    files = write_report(report, out)
     print(format_markdown(report, per_speaker=False))
     print(f"-> {', '.join(map(str, files))}")
     return 0
@@ -241,7 +243,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from lstmq.runner import TrainingDivergedError
 
     return (ConfigError, CheckpointError, BudgetError, FolderLockedError, TrainingDivergedError,
-            ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
+            ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
             NotADirectoryError)
 
 

@@ -68,6 +68,8 @@ class Condition:
                              "[0.25, 4]")
         if kind == "pitch" and abs(number) > 12:
             raise ValueError(f"robustness condition {text!r}: at most 12 semitones either way")
+        if kind in ("white", "babble") and not -30 <= number <= 80:
+            raise ValueError(f"robustness condition {text!r}: the SNR must be in [-30, 80] dB")
         return cls(kind, number)
 
     @property
@@ -175,6 +177,8 @@ def robustness_report(directories: str | Path | Sequence[str | Path],
 
     if on not in ("test", "val"):
         raise ValueError(f"robustness is scored on the test or the val split, not {on!r}")
+    if seed < 0:
+        raise ValueError(f"the noise seed must be at least 0, got {seed}")
     parsed = list({c.name: c for c in map(Condition.parse, conditions or DEFAULT_CONDITIONS)
                    }.values())  # each condition once, in the order given
     single = isinstance(directories, (str, Path))

@@ -64,7 +64,7 @@ def test_conditions_parse_and_name_themselves():
     assert Condition.parse("speed:1.15").label == "speed x1.15"
     for bad, message in [("pink:10", "kind"), ("white", "number"), ("white:loud", "number"),
                          ("speed:9", "speed"), ("pitch:20", "12"), ("clean:3", "no value"),
-                         ("white:nan", "finite")]:
+                         ("white:nan", "finite"), ("babble:-100", "SNR"), ("white:500", "SNR")]:
         with pytest.raises(ValueError, match=message):
             Condition.parse(bad)
 
@@ -143,6 +143,13 @@ def test_robustness_cli_scores_every_condition_and_path(make_folders_dataset, tm
     assert clean["float"]["per_seed"] == evaluated["test_accuracy_per_seed"]
     assert set(clean["float"]["per_speaker"]) == {"ann", "bob", "cid"}
     assert format_markdown(report) == (out / "robustness.md").read_text()
+    taken = tmp_path / "taken.txt"
+    taken.write_text("mine")
+    for extra, message in ((["--out", str(taken)], "taken.txt: exists and is not a folder"),
+                           (["--seed", "-1"], "noise seed must be at least 0")):
+        assert main(["robustness", "--run", str(run), "--quiet", "--condition", "white:10",
+                     *extra]) == 2
+        assert message in capsys.readouterr().err
 
     qat = tmp_path / "qat"
     args = ["train", "--out", str(qat), "--quiet", "--set", f"data.path={root}",
