@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from experiments import common
-from lstmq.budget import Precision, count_artifact_bytes, solve_hidden_size
 from lstmq.artifact import stored_arrays
+from lstmq.budget import Precision, count_artifact_bytes, solve_hidden_size
+from lstmq.config import load_config
+from lstmq.features import num_features
 from lstmq.paths import integer_models, predict_path
 from lstmq.pipeline import prepare_data
 from lstmq.recipes import float_and_qat
@@ -48,16 +50,19 @@ def point_configs(out: Path, budget: int, bits: int, layers: int, overrides: Seq
 
 
 def run(out: str | Path, budgets: Sequence[int] = BUDGETS, bits: Sequence[int] = BITS,
-        layers: Sequence[int] = LAYERS, overrides: Sequence[str] = (), qat_epochs: int = 15,
-        quick: bool = False, progress: bool = True) -> dict[str, Any]:
+        layers: Sequence[int] = LAYERS, overrides: Sequence[str] = (),
+        qat_epochs: int | None = None, quick: bool = False,
+        progress: bool = True) -> dict[str, Any]:
+    """``qat_epochs``: default 15 (``quick``: 1)."""
     out = Path(out)
+    qat_epochs = qat_epochs or (1 if quick else 15)
     if quick:
         overrides = ["train.seeds=1", "train.epochs=2", "augment.copies=0", *overrides]
-        qat_epochs = 1
+    inputs = num_features(load_config(CONFIG, list(overrides)).features)
     points, data = [], None
     for budget, width, depth in itertools.product(budgets, bits, layers):
         try:
-            solution = solve_hidden_size(budget, depth, 13, 10, Precision(width))  # FSDD
+            solution = solve_hidden_size(budget, depth, inputs, 10, Precision(width))  # 10: FSDD
         except ValueError as error:
             common.say(f"skip {budget} B, int{width}, {depth} layer(s): {error}")
             continue
@@ -144,19 +149,23 @@ def plot_pareto(points: list[dict[str, Any]], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common.script_parser(__doc__, "python -m experiments.budget_sweep", "runs/budget_sweep")
-    parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS))
-    parser.add_argument("--bits", type=int, nargs="+", default=list(BITS))
-    parser.add_argument("--layers", type=int, nargs="+", default=list(LAYERS))
-    parser.add_argument("--qat-epochs", type=int, default=15)
+    parser.add_argument("--budgets", type=int, nargs="+",
+                        help=f"byte budgets (default {' '.join(map(str, BUDGETS))}; --quick: "
+                             "8192 36864)")
+    parser.add_argument("--bits", type=int, nargs="+",
+                        help=f"weight bits (default {' '.join(map(str, BITS))}; --quick: 8)")
+    parser.add_argument("--layers", type=int, nargs="+",
+                        help=f"LSTM layers (default {' '.join(map(str, LAYERS))}; --quick: 1)")
+    parser.add_argument("--qat-epochs", type=int, help="QAT epochs (default 15; --quick: 1)")
     args = parser.parse_args(argv)
     common.setup_logging()
-    budgets, bits, layers = args.budgets, args.bits, args.layers
-    if args.quick:
-        budgets, bits, layers = [8192, 36864], [8], [1]
-    run(args.out, budgets, bits, layers, args.set, args.qat_epochs, args.quick,
-        not args.quiet)
+    quick = args.quick  # --quick fills only what is not given
+    budgets = args.budgets or ([8192, 36864] if quick else list(BUDGETS))
+    bits = args.bits or ([8] if quick else list(BITS))
+    layers = args.layers or ([1] if quick else list(LAYERS))
+    run(args.out, budgets, bits, layers, args.set, args.qat_epochs, quick, not args.quiet)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.guarded(main))

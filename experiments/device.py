@@ -189,7 +189,8 @@ def format_report(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = common.script_parser(__doc__, "python -m experiments.device", "runs/device")
+    parser = common.script_parser(__doc__, "python -m experiments.device", "runs/device",
+                                  trains=False)
     parser.add_argument("--run", type=Path, required=True, help="QAT run, integer front end")
     parser.add_argument("--float-run", type=Path, help="float run timed against (default: the "
                         "run's quant.init_from)")
@@ -203,4 +204,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.guarded(main))

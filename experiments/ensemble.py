@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 import numpy as np
 import scipy.special
 
+from experiments import common
 from lstmq.inference import run_dataset
 from lstmq.io import atomic_write_json
 from lstmq.paths import predict_path
@@ -130,4 +132,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(common.guarded(main))

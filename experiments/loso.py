@@ -15,6 +15,7 @@ on a 2-core CPU with ``--set train.batch_shards=2`` (2 seeds: 51 min); ``--quick
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -173,4 +174,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(common.guarded(main))

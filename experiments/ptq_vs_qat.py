@@ -159,7 +159,8 @@ def format_table(result: dict[str, Any]) -> str:
         "Agreement: fraction of (seed, clip) test predictions the integer model shares with "
         "its fake-quant simulation.", "",
         comparison.format_audit(audit), "",
-        "Trainings (seeds trained together; seconds include the first epoch's compilation):",
+        "Trainings (seeds trained together; `train s` includes the first epoch's compilation, "
+        "`s / epoch` is the median of the later epochs):",
         "",
         common.markdown_table(
             ["split", "run", "hidden", "quant", "seeds", "epochs", "train s", "s / epoch",
@@ -191,4 +192,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.guarded(main))

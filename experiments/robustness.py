@@ -18,6 +18,7 @@ Produces <out>/robustness.json, .md and .png; <out>/runs/{float,qat}/ are the ru
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,4 +74,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(common.guarded(main))

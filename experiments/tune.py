@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from experiments import common
 from lstmq.config import load_config
 from lstmq.folds import dataset_speakers, nested_speaker_folds
 from lstmq.io import atomic_write_json, read_json
@@ -102,4 +104,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(common.guarded(main))

@@ -16,6 +16,7 @@ with a plot, and a power law ``error = a * k^-b`` fitted to the mean error of th
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,14 @@ def voices_needed(a: float, b: float, target_accuracy: float) -> float | None:
 
 def run(out: str | Path, config_name: str, counts: Sequence[int],
         overrides: Sequence[str] = (), speakers: Sequence[str] | None = None,
-        target: float = 0.95, progress: bool = True) -> dict[str, Any]:
+        target: float = 0.95, progress: bool = True,
+        max_held_out: int | None = None) -> dict[str, Any]:
+    """``max_held_out``: hold out only the first that many speakers (``--quick``)."""
     out = Path(out)
     base = load_config(config_name, [*overrides, "train.select=last"])
     dataset = load_dataset(base.data)
     every = speakers_of(dataset)
-    held_out_speakers = list(speakers or every)
+    held_out_speakers = list(speakers or every)[:max_held_out]
     rows = []
     for count in counts:
         per_speaker = {}
@@ -145,21 +148,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = common.script_parser(__doc__, "python -m experiments.voices", "runs/voices")
     parser.add_argument("--config", default="task_b_robust",
                         help="built-in config name or YAML file (default task_b_robust)")
-    parser.add_argument("--counts", type=int, nargs="+", default=[2, 3, 4, 5],
-                        help="numbers of training voices (default 2 3 4 5)")
+    parser.add_argument("--counts", type=int, nargs="+",
+                        help="numbers of training voices (default 2 3 4 5; --quick: 2 3)")
     parser.add_argument("--speakers", nargs="+", help="held-out speakers (default: all)")
     parser.add_argument("--target", type=float, default=0.95,
                         help="accuracy the fitted curve is solved for (default 0.95)")
     args = parser.parse_args(argv)
     common.setup_logging()
-    overrides = list(args.set)
-    if args.quick:
+    overrides, counts = list(args.set), args.counts or [2, 3, 4, 5]
+    if args.quick:  # two held-out speakers, two counts: four short trainings
         overrides = ["train.seeds=1", "train.epochs=2", *common.QUICK_OVERRIDES, *overrides]
-    result = run(args.out, args.config, args.counts, overrides, args.speakers, args.target,
-                 not args.quiet)
+        counts = args.counts or [2, 3]
+    result = run(args.out, args.config, counts, overrides, args.speakers, args.target,
+                 not args.quiet, max_held_out=2 if args.quick and not args.speakers else None)
     print(format_table(result))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(common.guarded(main))

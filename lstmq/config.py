@@ -375,11 +375,11 @@ def config_path(name: str | os.PathLike) -> Path:
     path = Path(name)
     if path.is_file():
         return path
-    if path.is_dir():
-        raise ConfigError(f"{name}: is a folder; give a YAML file or a built-in config's name")
     builtin = BUILTIN_CONFIGS / f"{path.name.removesuffix('.yaml')}.yaml"
     if path.parent == Path(".") and builtin.is_file():
-        return builtin
+        return builtin  # also when a folder of that name is in the working directory
+    if path.is_dir():
+        raise ConfigError(f"{name}: is a folder; give a YAML file or a built-in config's name")
     known = ", ".join(sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.yaml")))
     raise ConfigError(f"{name}: config file not found (built-in configs: {known})")
 

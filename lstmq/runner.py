@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ from lstmq.compilation import CompileClock, enable_persistent_cache
 from lstmq.config import Config, config_to_dict
 from lstmq.distill import teacher_targets
 from lstmq.io import FolderLock, atomic_write_json, read_json
+from lstmq.data import load_dataset
 from lstmq.pipeline import PreparedData, SplitArrays, prepare_data
 from lstmq.recipe import calibrate_input_clip
 from lstmq.runs import Derived, load_run, model_from_config
@@ -106,6 +108,14 @@ def _flat(values: dict[str, Any]) -> dict[str, Any]:
             for key, value in fields.items()}
 
 
+RUN_FOLDER_KEYS = ("quant.init_from", "train.distill_from")  # name a run folder
+
+
+def _same_folder(a: Any, b: Any) -> bool:
+    return (isinstance(a, str) and isinstance(b, str) and Path(a).is_dir() and Path(b).is_dir()
+            and os.path.samefile(a, b))
+
+
 def config_differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """Keys whose values keep ``wanted`` from resuming a run recorded with ``recorded``."""
     old, new = _flat(recorded), _flat(wanted)
@@ -113,6 +123,8 @@ def config_differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list
     for key in sorted(set(old) | set(new)):
         if key in EXECUTION_KEYS or old.get(key) == new.get(key):
             continue
+        if key in RUN_FOLDER_KEYS and _same_folder(old.get(key), new.get(key)):
+            continue  # one run folder, named by another path
         if key == "train.epochs" and isinstance(old.get(key), int) and new[key] >= old[key]:
             continue  # more epochs continue from the last checkpoint
         changed.append(f"{key} ({old.get(key)!r} -> {new.get(key)!r})")
@@ -142,8 +154,9 @@ def claim_folder(workdir: Path, record: dict[str, Any], overwrite: bool) -> None
     if problem is None:
         return
     if not overwrite:
-        raise RunFolderError(f"{workdir}: {problem}; choose another --out, or pass --overwrite "
-                             "(train_and_evaluate(..., overwrite=True)) to start it afresh")
+        raise RunFolderError(f"{workdir}: {problem}; choose another --out or remove the folder "
+                             "(lstmq train --overwrite, train_and_evaluate(..., overwrite=True), "
+                             "starts it afresh)")
     log.warning("%s: %s; overwriting it", workdir, problem)
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     for name in RUN_FILES:
@@ -188,12 +201,13 @@ def train_or_reuse(config: Config, workdir: str | Path, data: PreparedData | Non
     """
     workdir = Path(workdir)
     if (workdir / "metrics.json").is_file() and (workdir / "run.json").is_file():
-        record = read_json(workdir / "run.json")
+        record, metrics = read_json(workdir / "run.json"), read_json(workdir / "metrics.json")
         same_config = not config_differences(record.get("config", {}), config_to_dict(config)) \
             and record["config"]["train"]["epochs"] == config.train.epochs
-        same_data = data is None or record.get("data", {}).get("fingerprint") == data.fingerprint
-        if same_config and same_data:
-            return read_json(workdir / "metrics.json")
+        if same_config and metrics.get("params_sha256") == record.get("params_sha256"):
+            fingerprint = (data if data is not None else load_dataset(config.data)).fingerprint
+            if record.get("data", {}).get("fingerprint") == fingerprint:
+                return metrics
     return train_and_evaluate(config, workdir, data=data, progress=progress, overwrite=overwrite)
 
 
@@ -335,9 +349,11 @@ def _train(config: Config, workdir: Path, data: PreparedData, derived: Derived,
         "derived": record["derived"],
         "data": record["data"],
     })
-    # run.json, written last, records the parameters' digest: load_run checks it.
-    record = {**record, "params_sha256": save_params(workdir / "params.msgpack", params)}
-    atomic_write_json(workdir / "run.json", record)
+    # run.json records the parameters' digest (load_run checks it), and so does metrics.json,
+    # written last: a reused run's metrics belong to its parameters.
+    digest = save_params(workdir / "params.msgpack", params)
+    atomic_write_json(workdir / "run.json", {**record, "params_sha256": digest})
+    result["params_sha256"] = digest
     write_run_outputs(workdir, result)
     return result
 
@@ -373,9 +389,10 @@ def test_report(logits: np.ndarray, split: SplitArrays, seeds: tuple[int, ...],
 
 
 def write_run_outputs(workdir: Path, result: dict[str, Any]) -> None:
-    atomic_write_json(workdir / "metrics.json", result)
+    """The plots, then ``metrics.json``: a run with metrics has its plots."""
     evaluate.plot_confusion(result["confusion"], workdir / "confusion.png",
                             f"test accuracy {result['test_accuracy'] * 100:.2f}%",
                             result["classes"])
     if result.get("history"):
         evaluate.plot_history(result["history"], workdir / "history.png")
+    atomic_write_json(workdir / "metrics.json", result)

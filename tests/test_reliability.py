@@ -555,3 +555,51 @@ def test_13_a_float32_run_asked_for_its_integer_model_says_how_to_train_one(wav_
     train(wav_folder, out, "quant.weight_bits=32")
     assert main(["eval", "--run", str(out), "--integer", "--quiet"]) == 2
     assert "quant.weight_bits=32; an integer model needs 4 or 8" in capsys.readouterr().err
+
+
+def test_13_a_finished_run_is_reused_only_for_the_same_data_and_its_own_metrics(wav_folder,
+                                                                                tmp_path):
+    import shutil
+
+    from lstmq.runner import train_or_reuse
+
+    out = tmp_path / "run"
+    config = load_config(overrides=tiny(wav_folder))
+    first = train_or_reuse(config, out, progress=False)
+    assert train_or_reuse(config, out, progress=False) == first  # reused as is
+    other = tmp_path / "other"
+    shutil.copytree(wav_folder, other)
+    clip = sorted(other.iterdir())[0]
+    clip.write_bytes(clip.read_bytes()[:-2] + b"\x01\x00")
+    with pytest.raises(RunFolderError, match="trained on other data"):  # not reused silently
+        train_or_reuse(load_config(overrides=tiny(other)), out, progress=False)
+    metrics = read_json(out / "metrics.json")
+    metrics["params_sha256"] = "0" * 64  # metrics of other parameters (an interrupted rewrite)
+    atomic_write_json(out / "metrics.json", metrics)
+    again = train_or_reuse(config, out, progress=False)  # trained again, not reused
+    assert again["params_sha256"] == read_json(out / "run.json")["params_sha256"]
+
+
+def test_13_a_run_folder_named_by_another_path_is_the_same_folder(tmp_path, monkeypatch):
+    from lstmq.runner import config_differences
+
+    (tmp_path / "float").mkdir()
+    monkeypatch.chdir(tmp_path)
+    recorded = {"quant": {"init_from": str(tmp_path / "float")}}
+    assert config_differences(recorded, {"quant": {"init_from": "float"}}) == []
+    assert config_differences(recorded, {"quant": {"init_from": "elsewhere"}})
+    (tmp_path / "task_a").mkdir()  # a folder does not hide the built-in config of its name
+    assert load_config("task_a").model.layers == 2
+
+
+def test_13_experiment_scripts_report_the_users_errors_in_one_line(capsys, monkeypatch):
+    from experiments import common
+
+    monkeypatch.setattr("sys.argv", ["task_a.py"])
+
+    def bad_config():
+        load_config(overrides=["train.epoch=3"])
+
+    assert common.guarded(bad_config) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("task_a: error: ") and "train.epoch" in err and len(err.splitlines()) == 1
