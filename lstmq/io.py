@@ -60,8 +60,11 @@ class FolderLock:
     The lock goes with the process: a killed training leaves no stale lock behind.
     """
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, remove_temporary: bool = False):
+        """``remove_temporary``: once locked, delete the ``.*.tmp`` files of atomic writes
+        in the folder (left by a killed holder; only for folders written under the lock)."""
         self.path = Path(folder) / ".lock"
+        self._remove_temporary = remove_temporary
         self._handle = None
         self._created = False
 
@@ -81,6 +84,9 @@ class FolderLock:
             raise FolderLockedError(f"{self.path.parent}: another lstmq process is using this "
                                     "run folder; wait for it or choose another --out") from None
         self._handle = handle
+        for stale in folder.glob(".*.tmp") if self._remove_temporary else ():
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc) -> None:

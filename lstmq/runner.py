@@ -178,7 +178,7 @@ def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData |
     """
     workdir = Path(workdir)
     enable_persistent_cache()
-    with FolderLock(workdir):
+    with FolderLock(workdir, remove_temporary=True):
         data = data or prepare_data(config, progress=progress)
         derived = derive(config, data)
         record = {"config": config_to_dict(config), "derived": derived.to_dict(),

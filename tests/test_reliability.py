@@ -147,7 +147,10 @@ def test_3_a_locked_folder_is_refused_in_and_across_processes(wav_folder, tmp_pa
     finally:
         holder.kill()
         holder.wait()
+    stale = out / ".metrics.json.x1y2.tmp"  # an atomic write the killed holder left
+    stale.write_text("{")
     train(wav_folder, out)  # the lock died with its process
+    assert not stale.exists()
 
 
 def test_5_a_failed_rerun_leaves_the_finished_run_intact(wav_folder, tmp_path):
