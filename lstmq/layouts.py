@@ -31,15 +31,6 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validati
                   "val": "validation", "valid": "validation", "dev": "validation",
                   "test": "test", "testing": "test"}
 _LISTS = {"validation_list.txt": "validation", "testing_list.txt": "test"}
-
-
-def split_name(value: str) -> str:
-    """The split a dataset's own split value names (train/validation/test, also training,
-    val, valid, dev, testing; any case, spaces trimmed); "" for "". Raises LayoutError."""
-    value = value.strip().lower()
-    if value and value not in _SPLIT_ALIASES:
-        raise LayoutError(f"split {value!r} is not one of {', '.join(SPLIT_NAMES)}")
-    return _SPLIT_ALIASES.get(value, "")
 _MANIFESTS = ("manifest.csv", "manifest.tsv")
 _INDEX = re.compile(r"[0-9]+")
 NOHASH = "_nohash_"
@@ -58,6 +49,15 @@ class Entry:
     label: str
     speaker: str = ""  # "" when the layout does not know
     partition: str = ""  # the dataset's own split: train, validation, test, or ""
+
+
+def split_name(value: str) -> str:
+    """The split a dataset's own split value names (train/validation/test, also training,
+    val, valid, dev, testing; any case, spaces trimmed); "" for "". Raises LayoutError."""
+    value = value.strip().lower()
+    if value and value not in _SPLIT_ALIASES:
+        raise LayoutError(f"split {value!r} is not one of {', '.join(SPLIT_NAMES)}")
+    return _SPLIT_ALIASES.get(value, "")
 
 
 def parse_fsdd_name(name: str, where: str | None = None) -> tuple[int, str, int]:

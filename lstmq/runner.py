@@ -38,9 +38,9 @@ from lstmq.budget import hidden_from_config
 from lstmq.checkpoint import CheckpointError, TrainingCheckpoints, save_params
 from lstmq.compilation import CompileClock, enable_persistent_cache
 from lstmq.config import Config, config_to_dict
+from lstmq.data import load_dataset
 from lstmq.distill import teacher_targets
 from lstmq.io import FolderLock, atomic_write_json, read_json
-from lstmq.data import load_dataset
 from lstmq.pipeline import PreparedData, SplitArrays, prepare_data
 from lstmq.recipe import calibrate_input_clip
 from lstmq.runs import Derived, load_run, model_from_config
