@@ -408,8 +408,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
         return config_from_dict(apply_overrides(values, list(overrides), keep_text=True))
     except ConfigError as error:
         overridden = {text.split("=", 1)[0].strip() for text in overrides if "=" in text}
-        key = str(error).split(":", 1)[0].split("[", 1)[0]
-        if key in overridden:
+        message = str(error)
+        unknown = message.removeprefix("unknown config key(s): ")
+        keys = unknown.split(", ") if unknown != message else [message.split(":", 1)[0]]
+        if all(key.split("[", 1)[0] in overridden for key in keys):
             where = "--set "
         else:
             where = f"{path}: " if path is not None else ""

@@ -117,6 +117,7 @@ def test_labels_that_yaml_1_1_reads_as_booleans_stay_strings(tmp_path):
     ("model.hidden=abc", "--set model.hidden: expected an integer or 'auto', got 'abc'"),
     ("model=3", "--set model: is a section (a mapping of keys), got 3"),
     ("data.classes=[1,2]", "--set data.classes: expected a list of strings or null, got [1, 2]"),
+    ("train.epoch=3", "--set unknown config key(s): train.epoch"),
 ])
 def test_override_errors_say_what_the_key_takes_and_blame_the_override(override, message):
     with pytest.raises(ConfigError) as error:
