@@ -11,7 +11,7 @@ import numpy as np
 from lstmq.config import Config
 from lstmq.data import DataError
 from lstmq.features import pad_batch
-from lstmq.pipeline import SplitArrays, checked_sequences, prepare_arrays
+from lstmq.pipeline import SplitArrays, checked_sequences, label_names, prepare_arrays
 from lstmq.runner import train_and_evaluate
 from lstmq.runs import Run, load_run
 
@@ -58,22 +58,17 @@ def arrays_split(run: Run, x: np.ndarray, lengths: np.ndarray, labels: Any = Non
     features = run.derived.normalizer.apply([x[i, :min(n, keep)] for i, n in enumerate(lengths)])
     padded, lengths = pad_batch(features, bucket=run.config.train.bucket_frames)
     count = len(lengths)
-    if labels is None:
-        index = np.zeros(count, np.int32)
-    else:
+    index = np.zeros(count, np.int32)
+    if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (count,):
             raise DataError(f"expected labels [N] for {count} sequences, got {labels.shape}")
-        if labels.dtype.kind in "iu":
-            index = labels.astype(np.int32)
-            if index.min() < 0 or index.max() >= len(run.classes):
-                raise DataError(f"integer labels must be in [0, {len(run.classes)})")
-        else:
-            unknown = sorted(set(map(str, labels)) - set(run.classes))
-            if unknown:
-                raise DataError(f"labels {unknown[:5]} are not classes of {run.directory} "
-                                f"({', '.join(run.classes)})")
-            index = np.array([run.classes.index(str(v)) for v in labels], np.int32)
+        names = label_names(labels, run.classes)  # strings, or indices into the run's classes
+        unknown = sorted(set(names) - set(run.classes))
+        if unknown:
+            raise DataError(f"labels {unknown[:5]} are not classes of {run.directory} "
+                            f"({', '.join(run.classes)})")
+        index = np.array([run.classes.index(name) for name in names], np.int32)
     return SplitArrays(x=padded, lengths=lengths, labels=index,
                        speakers=np.full(count, "", dtype=str),
                        names=tuple(f"row_{i:06d}" for i in range(count)))

@@ -4,6 +4,7 @@ header of ``static const`` arrays, with the run's byte budget enforced."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import re
@@ -165,8 +166,8 @@ def _write_c_dir(run, seed_index: int, model: IntegerModel, folder: Path, golden
         dataset = run_dataset(run)
         audio = (pcm_int16(dataset.audio[i]) for i in make_split(dataset, run.config.data).test)
         # With a buffer size given, the golden clips are the first test clips it holds.
-        clips = [pcm for pcm in audio
-                 if max_frames is None or device.frames_of(pcm.size) <= max_frames][:golden]
+        clips = list(itertools.islice((pcm for pcm in audio if max_frames is None
+                                       or device.frames_of(pcm.size) <= max_frames), golden))
         if not clips:
             raise ValueError(f"no test clip fits --max-seconds {max_seconds}; give a longer "
                              "one, or --golden 0 for a library without golden clips")

@@ -45,6 +45,8 @@ from lstmq import fixedpoint as fx
 from lstmq.config import FeatureConfig
 from lstmq.features import frame_sizes, mel_filter_norm
 
+log = logging.getLogger("lstmq")
+
 MAG_MAX = 23171  # isqrt(2 * (2^14 + 16)^2): the largest magnitude a bin can reach
 MAX_FRAMES = 4096  # the utterance sums of a longer clip could leave int32
 MAD_FRAC_BITS = 8  # utterance-normalised values are in Q8 units of the mean absolute deviation
@@ -323,7 +325,7 @@ def dataset_features(dataset, cfg: FeatureConfig, progress: bool = False) -> tup
     peaks = np.array([np.max(np.abs(a)) if a.size else 0.0 for a in dataset.audio])
     if (peaks > 1.0).any():  # float WAVs beyond full scale: int16 PCM saturates them
         loudest = int(np.argmax(peaks))
-        logging.getLogger("lstmq").warning(
+        log.warning(
             "%s: %d clip(s) exceed full scale (e.g. %s, peak %.3g): the integer front end "
             "reads them as int16 PCM, saturated", dataset.source, int((peaks > 1.0).sum()),
             dataset.names[loudest], peaks[loudest])
@@ -333,8 +335,8 @@ def dataset_features(dataset, cfg: FeatureConfig, progress: bool = False) -> tup
     if counts.max() > MAX_FRAMES:
         longest = dataset.names[int(np.argmax(counts))]
         raise FrontendError(f"{dataset.source}: clip {longest} has {counts.max()} frames, more "
-                            f"than the integer front end's {MAX_FRAMES} (its int32 utterance sums); "
-                            "cut the recording into shorter clips")
+                            f"than the integer front end's {MAX_FRAMES} (its int32 utterance "
+                            "sums); cut the recording into shorter clips")
     run = jax.jit(lambda p, l, frames: integer_mfcc(tables, p, l, frames), static_argnums=2)
     out: list[np.ndarray | None] = [None] * len(pcm)
     order = np.argsort(counts, kind="stable")

@@ -78,8 +78,7 @@ def integer_models(run: Run, path: str | None = None) -> list[dict[str, np.ndarr
                         f"model needs 4 or 8 (its {path} path): train it with --set "
                         "quant.weight_bits=8")
     return [convert_params(jax.tree_util.tree_map(lambda p, s=s: np.asarray(p[s]), run.params),
-                           run.derived.input_clip, run.config.quant.weight_bits,
-                           run.config.model.readout)
+                           run.derived.input_clip, bits, run.config.model.readout)
             for s in range(len(run.derived.seeds))]
 
 

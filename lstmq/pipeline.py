@@ -146,7 +146,7 @@ def prepare_arrays(x: np.ndarray, lengths: np.ndarray, labels, config: Config,
     labels = np.asarray(labels)
     if labels.shape != (count,):
         raise DataError(f"expected labels [N] for {count} sequences, got shape {labels.shape}")
-    names = _label_names(labels, classes)
+    names = label_names(labels, classes)
     found = class_list(names, None if classes is None else tuple(map(str, classes)), "arrays")
     index = {name: i for i, name in enumerate(found)}
     own = _row_strings("partition", partition, count)
@@ -203,7 +203,7 @@ def checked_sequences(x, lengths) -> tuple[np.ndarray, np.ndarray]:
     return x, lengths
 
 
-def _label_names(labels: np.ndarray, classes) -> list[str]:
+def label_names(labels: np.ndarray, classes) -> list[str]:
     """Class names of ``labels``: strings as given, or ints indexing ``classes``."""
     if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) \
             and np.all(labels == np.round(labels)):
