@@ -39,7 +39,8 @@ CHECK_SOURCES = (*LIBRARY_SOURCES, "lstmq_golden.c", "lstmq_check.c")
 LIBRARY_FILES = frozenset({"lstmq.h", "lstmq_model.h", *CHECK_SOURCES, "Makefile",
                            "lstmq_check"})
 _C_TYPE = {np.dtype("int8"): "int8_t", np.dtype("int16"): "int16_t",
-           np.dtype("int32"): "int32_t", np.dtype("uint8"): "int8_t"}
+           np.dtype("int32"): "int32_t", np.dtype("uint8"): "int8_t",
+           np.dtype("uint32"): "uint32_t"}
 _FLOAT_WORDS = re.compile(r"\b(float|double|long\s+double|_Complex|__fp16|_Float\d+)\b")
 
 
@@ -129,7 +130,10 @@ def _model_header(m: dict, device: DeviceModel | None, max_frames: int, weight_b
             f"#define LSTMQ_N_FFT {t.n_fft}", f"#define LSTMQ_HOP {t.hop}",
             f"#define LSTMQ_N_MELS {t.n_mels}",
             f"#define LSTMQ_MAX_FRAMES {max_frames}  /* static buffers hold this many frames */",
-            f"#define LSTMQ_MAX_SAMPLES {max_frames * t.hop - 1}",
+            f"#define LSTMQ_MAX_SAMPLES {device.max_samples(max_frames)}"
+            "  /* the longest clip every pass fits */",
+            f"#define LSTMQ_VOTES {len(device.vote_steps)}"
+            "  /* speed votes: passes after the one at speed 1 */",
             f"#define LSTMQ_KEEP_FRAMES {device.keep_frames or 0}  /* 0: the model reads every frame */",
             f"#define LSTMQ_MIN_SAMPLES {device.min_samples}",
             f"#define LSTMQ_FLOOR {-1 if t.floor is None else t.floor}  /* Q10 log2; -1: no floor */",
@@ -175,6 +179,8 @@ def _model_header(m: dict, device: DeviceModel | None, max_frames: int, weight_b
         "extern const int32_t LSTMQ_LOG2_TABLE[257];", "extern const int16_t LSTMQ_DCT[];",
         *(["extern const int16_t LSTMQ_NOISE_GAIN[];"] if device.tables.noise_gain is not None
           else []),
+        *(["extern const uint32_t LSTMQ_VOTE_STEPS[LSTMQ_VOTES];  /* Q16 */"]
+          if device.vote_steps else []),
         "extern const int32_t LSTMQ_FEATURE_OFFSET[LSTMQ_N_MFCC];",
         "extern const int32_t LSTMQ_FEATURE_MULTIPLIER[LSTMQ_N_MFCC];",
         "extern const int8_t LSTMQ_FEATURE_SHIFT[LSTMQ_N_MFCC];"]
@@ -254,7 +260,9 @@ def _frontend_tables(device: DeviceModel) -> list[tuple[str, np.ndarray, str]]:
             ("LSTMQ_FEATURE_MULTIPLIER", quantizer.multiplier, ""),
             ("LSTMQ_FEATURE_SHIFT", quantizer.shift, "")] + (
         [] if t.noise_gain is None else
-        [("LSTMQ_NOISE_GAIN", t.noise_gain, "Q10 log2 max(1 - 2^-d, 10^(-keep_db / 20)), d = i / 16")])
+        [("LSTMQ_NOISE_GAIN", t.noise_gain, "Q10 log2 max(1 - 2^-d, 10^(-keep_db / 20)), d = i / 16")]) + (
+        [("LSTMQ_VOTE_STEPS", np.array(device.vote_steps, np.uint32),
+          "speed votes: input samples per output sample, Q16")] if device.vote_steps else [])
 
 
 GOLDEN_CHECK = r"""

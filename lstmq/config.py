@@ -109,6 +109,9 @@ class FeatureConfig:
     noise_keep_db: float = 12.0  # the subtraction lowers a band by at most this many dB (<= 60)
     min_frames: int = 2
     max_frames: int | None = None  # truncate longer clips (None: keep all)
+    # speed votes (lstmq.speed): each clip is also scored played at these speeds (integer
+    # resampling of its int16 PCM) and the logits are summed; () scores it once
+    vote_speeds: tuple[float, ...] = ()
     cache: bool = True
     workers: int = 0  # 0: one per CPU core
 

@@ -68,6 +68,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "features.noise_keep_db": (lambda v: 0 < v <= 60, "in (0, 60] dB"),
     "features.min_frames": (_positive, "at least 1"),
     "features.max_frames": (_optional(_positive), "at least 1 or null"),
+    "features.vote_speeds": (lambda v: len(set(v)) == len(v) and all(
+        0.5 <= s <= 2 and s != 1 for s in v), "distinct speeds in [0.5, 2], 1 left out (each "
+        "clip is always scored at speed 1)"),
     "features.workers": (_non_negative, "0 (one per core) or more"),
     "model.hidden": (lambda v: v == "auto" or v >= 1, "at least 1 or 'auto'"),
     "model.layers": (_positive, "at least 1"),

@@ -19,6 +19,7 @@ import numpy as np
 from lstmq.frontend import (FeatureQuantizer, FrontendTables, frame_count, integer_mfcc,
                             make_tables, pcm_int16, quantize_features)
 from lstmq.integer import IntegerModel, predict_int
+from lstmq.speed import STEP_BITS, output_length, play_at_speed, speed_step
 
 
 class DeviceError(ValueError):
@@ -35,9 +36,28 @@ class DeviceModel:
     classes: tuple[str, ...]
     keep_frames: int | None  # features.max_frames: later frames are not read
     min_samples: int  # clips are padded with silence to this many samples
+    vote_steps: tuple[int, ...] = ()  # Q16 steps of features.vote_speeds (lstmq.speed)
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        """The Q16 step of every pass over a clip: speed 1, then each speed vote."""
+        return (1 << STEP_BITS,) + self.vote_steps
+
+    def played_samples(self, samples: int) -> int:
+        """The most samples any pass over a clip of ``samples`` reads."""
+        return max(output_length(samples, step) for step in self.steps)
 
     def frames_of(self, samples: int) -> int:
-        return frame_count(max(samples, self.min_samples), self.tables.hop)
+        """The most frames any pass over a clip of ``samples`` computes."""
+        return frame_count(max(self.played_samples(samples), self.min_samples), self.tables.hop)
+
+    def max_samples(self, max_frames: int) -> int:
+        """The longest clip whose every pass fits ``max_frames`` frames."""
+        low, high = 0, max_frames * self.tables.hop  # frames_of(high) > max_frames
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if self.frames_of(middle) <= max_frames else (low, middle)
+        return low
 
 
 def tables_digest(tables: FrontendTables) -> str:
@@ -73,8 +93,21 @@ def device_model(run, seed_index: int = 0) -> DeviceModel:
         raise DeviceError(f"{run.directory}: the front-end tables built here differ from the "
                           "ones it was trained with (another librosa version?)")
     needed = max((features.min_frames - 1) * tables.hop, 1)
-    return DeviceModel(integer_models(run)[seed_index], tables, run.derived.normalizer.quantizer,
-                       run.classes, features.max_frames, needed)
+    model = integer_models(run)[seed_index]
+    steps = tuple(speed_step(speed) for speed in features.vote_speeds)
+    check_vote_sum(model, 1 + len(steps), str(run.directory))
+    return DeviceModel(model, tables, run.derived.normalizer.quantizer, run.classes,
+                       features.max_frames, needed, steps)
+
+
+def check_vote_sum(model: IntegerModel, passes: int, where: str) -> None:
+    """Raise DeviceError unless the int32 logits of ``passes`` passes over a clip add up
+    within int32 whatever the clip (the readout's largest possible logit, times ``passes``)."""
+    kernel = np.abs(np.asarray(model["readout/kernel"], np.int64))
+    largest = int((127 * kernel.sum(0) + np.abs(np.asarray(model["readout/bias"], np.int64))).max())
+    if passes * largest >= 2**31:
+        raise DeviceError(f"{where}: {passes} speed-vote passes could sum logits up to "
+                          f"{passes * largest:,}, beyond int32; use fewer features.vote_speeds")
 
 
 def pcm_to_logits(device: DeviceModel, pcm: jax.Array, lengths: jax.Array,
@@ -95,7 +128,7 @@ def pcm_to_logits(device: DeviceModel, pcm: jax.Array, lengths: jax.Array,
 def batch_pcm(clips: list[np.ndarray], device: DeviceModel) -> tuple[np.ndarray, np.ndarray, int]:
     """(<int16>[n, samples], <int32>[n] lengths, frames) of float or int16 clips."""
     pcm = [c if np.asarray(c).dtype == np.int16 else pcm_int16(c) for c in clips]
-    frames = max(device.frames_of(p.size) for p in pcm)
+    frames = max(frame_count(max(p.size, device.min_samples), device.tables.hop) for p in pcm)
     width = max(frames * device.tables.hop, max(p.size for p in pcm))
     out = np.zeros((len(pcm), width), np.int16)
     for row, p in enumerate(pcm):
@@ -105,7 +138,17 @@ def batch_pcm(clips: list[np.ndarray], device: DeviceModel) -> tuple[np.ndarray,
 
 def jnp_logits(device: DeviceModel, clips: list[np.ndarray], batch: int = 64) -> np.ndarray:
     """<int32>[n, classes] logits of clips through ``pcm_to_logits``, in batches of similar
-    length."""
+    length; with speed votes, the sum over every pass (each clip played at its step by
+    ``lstmq.speed.play_at_speed``), as the C runtime adds them."""
+    pcm = [c if np.asarray(c).dtype == np.int16 else pcm_int16(c) for c in clips]
+    total = np.zeros((len(clips), len(device.classes)), np.int64)
+    for step in device.steps:
+        played = pcm if step == 1 << STEP_BITS else [play_at_speed(p, step) for p in pcm]
+        total += _jnp_pass(device, played, batch)
+    return total.astype(np.int32)  # within int32: check_vote_sum
+
+
+def _jnp_pass(device: DeviceModel, clips: list[np.ndarray], batch: int) -> np.ndarray:
     order = np.argsort([np.asarray(c).size for c in clips], kind="stable")
     out = np.zeros((len(clips), len(device.classes)), np.int32)
     run = jax.jit(lambda p, l, f: pcm_to_logits(device, p, l, f), static_argnums=2)

@@ -156,7 +156,9 @@ def _write_c_dir(run, seed_index: int, model: IntegerModel, folder: Path, golden
         if not (math.isfinite(max_seconds) and max_seconds > 0):
             raise ValueError(f"--max-seconds must be a positive number of seconds, got "
                              f"{max_seconds}")
-        max_frames = int(max_seconds * device.tables.sample_rate) // device.tables.hop + 1
+        # with speed votes, the slowest pass plays the clip longest
+        samples = device.played_samples(int(max_seconds * device.tables.sample_rate))
+        max_frames = samples // device.tables.hop + 1
         if max_frames < device.frames_of(device.min_samples):
             raise ValueError(f"--max-seconds {max_seconds} holds {max_frames} frame(s), fewer "
                              f"than the {device.frames_of(device.min_samples)} the front end "

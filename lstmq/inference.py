@@ -210,6 +210,8 @@ def predict_files(predictor: Predictor, paths: Sequence[str | os.PathLike],
     split = prepare_recordings(clips, config, predictor.normalizer, progress=False)
     logits = np.asarray(predictor.logits(split))
     scaled = logits.astype(np.float64) * predictor.logit_scale
+    if split.votes and np.issubdtype(logits.dtype, np.integer):  # integer votes are summed
+        scaled /= 1 + len(split.votes)  # the score is that of the passes' mean logits
     probabilities = np.exp(scaled - scaled.max(-1, keepdims=True))
     probabilities /= probabilities.sum(-1, keepdims=True)
     rows = []

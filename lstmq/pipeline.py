@@ -16,18 +16,22 @@ from lstmq.features import compute_features, pad_batch
 from lstmq.layouts import LayoutError, split_name
 from lstmq.normalization import Normalizer, fit_normalizer
 from lstmq.recipe import calibrate_input_clip
+from lstmq.speed import vote_datasets
 from lstmq.splits import make_split
 
 
 @dataclasses.dataclass(frozen=True)
 class SplitArrays:
-    """One split, padded to its longest clip: ``x <float32>[n, time, features]``."""
+    """One split, padded to its longest clip: ``x <float32>[n, time, features]``; ``votes``:
+    the same clips played at each of ``features.vote_speeds`` (``lstmq.speed``), whose logits
+    every prediction adds to the split's own."""
 
     x: np.ndarray
     lengths: np.ndarray
     labels: np.ndarray
     speakers: np.ndarray
     names: tuple[str, ...]
+    votes: tuple[SplitArrays, ...] = ()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -87,6 +91,19 @@ def _arrays(dataset: Dataset, features, idx: np.ndarray, normalizer: Normalizer,
                        speakers=dataset.speakers[idx], names=tuple(dataset.names[i] for i in idx))
 
 
+def _with_votes(arrays: SplitArrays, dataset: Dataset, config: Config, normalizer: Normalizer,
+                progress: bool) -> SplitArrays:
+    """``arrays`` of ``dataset``'s clips with their speed votes (none when the config has none)."""
+    if not config.features.vote_speeds or not len(arrays):
+        return arrays
+    votes = []
+    for played in vote_datasets(dataset, config.features.vote_speeds):
+        features = compute_features(played, config.features, progress=progress)
+        votes.append(_arrays(played, features, np.arange(len(played)), normalizer,
+                             config.train.bucket_frames))
+    return dataclasses.replace(arrays, votes=tuple(votes))
+
+
 def prepare_data(config: Config, data_path: str | Path | None = None,
                  progress: bool = True, dataset: Dataset | None = None) -> PreparedData:
     """Load (or take ``dataset``), split, featurize and normalise (training statistics only)."""
@@ -112,10 +129,13 @@ def prepare_data(config: Config, data_path: str | Path | None = None,
         _arrays(dataset, features, split.train, normalizer, bucket),
         *(_arrays(augmented, extra, np.arange(len(augmented)), normalizer, bucket)
           for augmented, extra in copies)])
+    val, test = (_with_votes(_arrays(dataset, features, idx, normalizer, bucket),
+                             dataset.subset(idx), config, normalizer, progress)
+                 for idx in (split.val, split.test))
     return PreparedData(
         train=train,
-        val=_arrays(dataset, features, split.val, normalizer, bucket),
-        test=_arrays(dataset, features, split.test, normalizer, bucket),
+        val=val,
+        test=test,
         normalizer=normalizer,
         info=DataInfo.of(dataset),
     )
@@ -137,6 +157,9 @@ def prepare_arrays(x: np.ndarray, lengths: np.ndarray, labels, config: Config,
     if config.features.frontend == "integer":
         raise DataError("arrays are features, not audio: the integer front end "
                         "(features.frontend=integer) needs PCM; use features.frontend=float")
+    if config.features.vote_speeds:
+        raise DataError(f"features.vote_speeds={list(config.features.vote_speeds)}: speed "
+                        "votes replay the audio; arrays have none (set features.vote_speeds=[])")
     if config.augment.copies:
         raise DataError(f"augment.copies={config.augment.copies}: waveform copies need audio; "
                         "arrays take the train-step augmentations (augment.freq_mask, "
@@ -271,5 +294,5 @@ def prepare_recordings(dataset: Dataset, config: Config, normalizer: Normalizer,
                        progress: bool = True) -> SplitArrays:
     """Featurize any set of recordings with a trained run's feature config and statistics."""
     features = compute_features(dataset, config.features, progress=progress)
-    return _arrays(dataset, features, np.arange(len(dataset.labels)), normalizer,
-                   config.train.bucket_frames)
+    return _with_votes(_arrays(dataset, features, np.arange(len(dataset.labels)), normalizer,
+                               config.train.bucket_frames), dataset, config, normalizer, progress)

@@ -442,7 +442,21 @@ class Trainer:
 
 def predict_split(predict: Callable, params: Any, split: SplitArrays, batch_size: int,
                   bucket: int) -> np.ndarray:
-    """Run a jitted ``predict(params, x, lengths)`` over a split in length-sorted chunks."""
+    """Run a jitted ``predict(params, x, lengths)`` over a split in length-sorted chunks; with
+    speed votes (``split.votes``), the logits of the split and of each vote together: their
+    mean for float logits, their int64 sum for integer ones (as the C runtime adds them)."""
+    logits = _predict_chunks(predict, params, split, batch_size, bucket)
+    if not split.votes:
+        return logits
+    integer = np.issubdtype(logits.dtype, np.integer)
+    total = logits.astype(np.int64 if integer else np.float32)
+    for vote in split.votes:
+        total = total + _predict_chunks(predict, params, vote, batch_size, bucket)
+    return total if integer else total / np.float32(1 + len(split.votes))
+
+
+def _predict_chunks(predict: Callable, params: Any, split: SplitArrays, batch_size: int,
+                    bucket: int) -> np.ndarray:
     order = np.argsort(split.lengths, kind="stable")
     batch_size = max(1, min(batch_size, len(order)))  # small splits: no padding to a full batch
     chunks = []

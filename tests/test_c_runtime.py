@@ -20,6 +20,7 @@ from lstmq.cortex_m import missing_tools, run_on_cortex_m3
 from lstmq.device import DeviceModel, jnp_logits
 from lstmq.integer import convert_params, predict_int
 from lstmq.model import LSTMClassifier
+from lstmq.speed import speed_step
 
 needs_cc = pytest.mark.skipif(find_compiler() is None,
                               reason="no C compiler (cc, gcc, clang or $CC) on this machine")
@@ -28,7 +29,7 @@ needs_cc = pytest.mark.skipif(find_compiler() is None,
 def make_device(bits: int = 8, readout: str = "last", normalize: str = "utterance",
                 top_db: float | None = 40.0, layers: int = 2, seed: int = 0,
                 speech_db: float | None = None, noise_percentile: int | None = None,
-                noise_keep_db: float = 12.0) -> DeviceModel:
+                noise_keep_db: float = 12.0, vote_speeds: tuple[float, ...] = ()) -> DeviceModel:
     model = LSTMClassifier(hidden=6, layers=layers, num_classes=4, readout=readout)
     params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 2, 13)), jnp.ones((1,), jnp.int32))
     params = jax.tree_util.tree_map(lambda p: np.asarray(p) * 3.0, params["params"])  # busier gates
@@ -40,7 +41,8 @@ def make_device(bits: int = 8, readout: str = "last", normalize: str = "utteranc
     rng = np.random.default_rng(seed)
     quantizer = frontend.FeatureQuantizer.fit(rng.normal(0, 2, 13), rng.uniform(0.5, 3, 13), 2.5,
                                               scale)
-    return DeviceModel(integer, tables, quantizer, ("zero", "one", "two", "three"), None, 128)
+    return DeviceModel(integer, tables, quantizer, ("zero", "one", "two", "three"), None, 128,
+                       tuple(speed_step(v) for v in vote_speeds))
 
 
 def clips(count: int = 24, seed: int = 0) -> list[np.ndarray]:
@@ -82,6 +84,32 @@ def test_host_build_is_bit_exact_with_jnp(tmp_path, bits, readout, normalize, to
     assert done.returncode == 0
     assert library.layer_bytes > 0 and library.frontend_bytes > 0
     assert library.macs_per_second == library.macs_per_frame * 62.5
+
+
+@needs_cc
+@pytest.mark.parametrize("speeds", [(0.9, 1.1), (0.5, 2.0, 0.93)])
+def test_speed_votes_on_the_host_are_bit_exact_with_jnp(tmp_path, speeds):
+    device = make_device(8, "mean", "utterance", 40.0, vote_speeds=speeds)
+    pcm = clips(12)
+    library, _ = check_on_host(device, pcm, tmp_path, 8)
+    plain = dataclasses.replace(device, vote_steps=())
+    assert not np.array_equal(jnp_logits(device, pcm), jnp_logits(plain, pcm))  # votes counted
+    # the slowest pass sizes the buffers: a clip of LSTMQ_MAX_SAMPLES fits, one more does not
+    assert device.frames_of(device.max_samples(library.max_frames)) <= library.max_frames
+    assert device.frames_of(device.max_samples(library.max_frames) + 1) > library.max_frames
+    assert library.max_frames >= device.frames_of(max(p.size for p in pcm))
+
+
+def test_speed_votes_that_could_overflow_the_int32_sum_are_refused():
+    from lstmq.device import DeviceError, check_vote_sum
+
+    device = make_device()
+    model = dict(device.model)
+    check_vote_sum(model, 3, "model")
+    model["readout/bias"] = np.full_like(model["readout/bias"], 2**30)
+    check_vote_sum(model, 1, "model")
+    with pytest.raises(DeviceError, match="model: 2 speed-vote passes could sum logits"):
+        check_vote_sum(model, 2, "model")
 
 
 @needs_cc

@@ -21,11 +21,14 @@ int32_t lstmq_classify_features(const int8_t *features, int32_t frames, int32_t 
 
 #if LSTMQ_FRONTEND
 /* Classifies one clip of n samples of int16 PCM at LSTMQ_SAMPLE_RATE Hz (the integer front
- * end, then the LSTM); returns as lstmq_classify_features. */
+ * end, then the LSTM); returns as lstmq_classify_features. With speed votes (LSTMQ_VOTES > 0)
+ * the clip is also played at each LSTMQ_VOTE_STEPS speed and the logits of every pass are
+ * added. Clips up to LSTMQ_MAX_SAMPLES samples fit every pass. */
 int32_t lstmq_classify(const int16_t *pcm, int32_t n, int32_t *logits);
 
-/* The int8 features the model reads: frames x LSTMQ_N_MFCC values into `features`
- * (room for LSTMQ_MAX_FRAMES frames). Returns the frame count, or a negative error. */
+/* The int8 features the model reads (of the clip as recorded): frames x LSTMQ_N_MFCC values
+ * into `features` (room for LSTMQ_MAX_FRAMES frames). Returns the frame count, or a negative
+ * error. */
 int32_t lstmq_features(const int16_t *pcm, int32_t n, int8_t *features);
 #endif
 

@@ -155,6 +155,10 @@ static uint8_t counted[LSTMQ_MAX_FRAMES];  /* speech frames: those of the uttera
 #define COUNTED(t) 1  /* every frame: no array, no test */
 #endif
 
+#ifndef LSTMQ_VOTES  /* a header written before features.vote_speeds */
+#define LSTMQ_VOTES 0
+#endif
+
 #ifndef LSTMQ_NOISE_PERCENTILE  /* a header written before features.noise_percentile */
 #define LSTMQ_NOISE_PERCENTILE -1
 #endif
@@ -188,11 +192,27 @@ static void subtract_noise(int32_t frames) {
 }
 #endif
 
+/* Speed votes (lstmq/speed.py): the pass being computed reads the clip played with this Q16
+ * step, sample k by linear interpolation at k * step; 1 << 16 reads it as recorded. */
+static uint32_t pass_step = 1u << 16;
+static int32_t source_samples;  /* samples of the clip as recorded */
+
+static int32_t played_samples(int32_t n) {  /* samples of the clip played with pass_step */
+  return n == 0 ? 0 : (int32_t)((((uint64_t)n << 16) - 1u) / pass_step + 1u);
+}
+
+static int32_t played_sample(const int16_t *pcm, int32_t k) {
+  uint64_t position = (uint64_t)k * pass_step;
+  int32_t i = (int32_t)(position >> 16), w = (int32_t)((position & 0xFFFFu) >> 1);
+  int32_t here = pcm[i], next = i + 1 < source_samples ? pcm[i + 1] : here;
+  return here + rsr((next - here) * w, 15);  /* between here and next: no saturation */
+}
+
 static void log_mel_frame(const int16_t *pcm, int32_t n, int32_t t, int32_t *out) {
   int32_t i, k, m, peak = 0, shift;
   for (i = 0; i < LSTMQ_N_FFT; i++) {
     int32_t at = t * LSTMQ_HOP + i - LSTMQ_N_FFT / 2;
-    int32_t x = (at >= 0 && at < n) ? pcm[at] : 0;
+    int32_t x = (at >= 0 && at < n) ? (pass_step == 1u << 16 ? pcm[at] : played_sample(pcm, at)) : 0;
     int32_t v = rsr(x * LSTMQ_WINDOW[i], 15);
     frame[i] = v;
     if ((v < 0 ? -v : v) > peak) peak = v < 0 ? -v : v;
@@ -283,7 +303,8 @@ static int8_t quantize_value(int32_t v, int32_t j) {
 int32_t lstmq_features(const int16_t *pcm, int32_t n, int8_t *features) {
   int32_t frames, t, j;
   if (pcm == 0 || features == 0 || n < 0) return LSTMQ_ERROR_ARGUMENT;
-  frames = front_end(pcm, n);
+  source_samples = n;
+  frames = front_end(pcm, played_samples(n));
   if (frames < 0) return frames;
   if (LSTMQ_KEEP_FRAMES > 0 && frames > LSTMQ_KEEP_FRAMES) frames = LSTMQ_KEEP_FRAMES;
   for (t = 0; t < frames; t++)
@@ -399,8 +420,27 @@ int32_t lstmq_classify_features(const int8_t *x, int32_t frames, int32_t *logits
 int32_t lstmq_classify(const int16_t *pcm, int32_t n, int32_t *logits) {
   int32_t frames;
   if (logits == 0) return LSTMQ_ERROR_ARGUMENT;
+#if LSTMQ_VOTES > 0
+  {  /* the logits of every pass added: speed 1, then each speed vote (int32: checked at export) */
+    int32_t total[LSTMQ_NUM_CLASSES], pass, c, best = 0;
+    for (pass = 0; pass <= LSTMQ_VOTES; pass++) {
+      pass_step = pass == 0 ? 1u << 16 : LSTMQ_VOTE_STEPS[pass - 1];
+      frames = lstmq_features(pcm, n, features);
+      if (frames < 0) { pass_step = 1u << 16; return frames; }
+      lstmq_classify_features(features, frames, logits);
+      for (c = 0; c < LSTMQ_NUM_CLASSES; c++) total[c] = (pass == 0 ? 0 : total[c]) + logits[c];
+    }
+    pass_step = 1u << 16;
+    for (c = 0; c < LSTMQ_NUM_CLASSES; c++) {
+      logits[c] = total[c];
+      if (total[c] > total[best]) best = c;
+    }
+    return best;
+  }
+#else
   frames = lstmq_features(pcm, n, features);
   if (frames < 0) return frames;
   return lstmq_classify_features(features, frames, logits);
+#endif
 }
 #endif
