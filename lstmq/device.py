@@ -19,7 +19,7 @@ import numpy as np
 from lstmq.frontend import (FeatureQuantizer, FrontendTables, frame_count, integer_mfcc,
                             make_tables, pcm_int16, quantize_features)
 from lstmq.integer import IntegerModel, predict_int
-from lstmq.speed import STEP_BITS, output_length, play_at_speed, speed_step
+from lstmq.speed import STEP_BITS, output_length, play_at_speed_batch, speed_step
 
 
 class DeviceError(ValueError):
@@ -111,11 +111,15 @@ def check_vote_sum(model: IntegerModel, passes: int, where: str) -> None:
 
 
 def pcm_to_logits(device: DeviceModel, pcm: jax.Array, lengths: jax.Array,
-                  frames: int) -> jax.Array:
-    """<int16>[batch, samples] PCM (zero after each clip's ``lengths``) to <int32> logits.
+                  frames: int, step: int = 1 << STEP_BITS) -> jax.Array:
+    """<int16>[batch, samples] PCM (zero after each clip's ``lengths``) to <int32> logits of
+    one pass: the clips played with the Q16 ``step`` (static; a speed vote, or 1 << 16 as
+    recorded).
 
-    ``frames`` (static) is at least the frame count of the longest clip.
+    ``frames`` (static) is at least the frame count of the longest clip's pass.
     """
+    if step != 1 << STEP_BITS:
+        pcm, lengths = play_at_speed_batch(pcm, lengths, step, frames * device.tables.hop)
     lengths = jnp.maximum(lengths.astype(jnp.int32), device.min_samples)
     values = integer_mfcc(device.tables, pcm, lengths, frames)
     q = quantize_features(device.quantizer, values)
@@ -128,7 +132,7 @@ def pcm_to_logits(device: DeviceModel, pcm: jax.Array, lengths: jax.Array,
 def batch_pcm(clips: list[np.ndarray], device: DeviceModel) -> tuple[np.ndarray, np.ndarray, int]:
     """(<int16>[n, samples], <int32>[n] lengths, frames) of float or int16 clips."""
     pcm = [c if np.asarray(c).dtype == np.int16 else pcm_int16(c) for c in clips]
-    frames = max(frame_count(max(p.size, device.min_samples), device.tables.hop) for p in pcm)
+    frames = max(device.frames_of(p.size) for p in pcm)  # of every pass
     width = max(frames * device.tables.hop, max(p.size for p in pcm))
     out = np.zeros((len(pcm), width), np.int16)
     for row, p in enumerate(pcm):
@@ -139,19 +143,17 @@ def batch_pcm(clips: list[np.ndarray], device: DeviceModel) -> tuple[np.ndarray,
 def jnp_logits(device: DeviceModel, clips: list[np.ndarray], batch: int = 64) -> np.ndarray:
     """<int32>[n, classes] logits of clips through ``pcm_to_logits``, in batches of similar
     length; with speed votes, the sum over every pass (each clip played at its step by
-    ``lstmq.speed.play_at_speed``), as the C runtime adds them."""
-    pcm = [c if np.asarray(c).dtype == np.int16 else pcm_int16(c) for c in clips]
+    ``lstmq.speed.play_at_speed_batch``), as the C runtime adds them."""
     total = np.zeros((len(clips), len(device.classes)), np.int64)
     for step in device.steps:
-        played = pcm if step == 1 << STEP_BITS else [play_at_speed(p, step) for p in pcm]
-        total += _jnp_pass(device, played, batch)
+        total += _jnp_pass(device, clips, batch, step)
     return total.astype(np.int32)  # within int32: check_vote_sum
 
 
-def _jnp_pass(device: DeviceModel, clips: list[np.ndarray], batch: int) -> np.ndarray:
+def _jnp_pass(device: DeviceModel, clips: list[np.ndarray], batch: int, step: int) -> np.ndarray:
     order = np.argsort([np.asarray(c).size for c in clips], kind="stable")
     out = np.zeros((len(clips), len(device.classes)), np.int32)
-    run = jax.jit(lambda p, l, f: pcm_to_logits(device, p, l, f), static_argnums=2)
+    run = jax.jit(lambda p, l, f: pcm_to_logits(device, p, l, f, step), static_argnums=2)
     for start in range(0, len(order), batch):
         idx = order[start:start + batch]
         pcm, lengths, frames = batch_pcm([clips[i] for i in idx], device)

@@ -5,8 +5,10 @@ slower (tempo and pitch together, like a tape): ``features.vote_speeds`` scores 
 speed 1 and at each listed speed and sums the logits (``lstmq.paths.predict_path``). The
 bytes of the model do not change; the device runs the front end and the LSTM once per speed.
 
-The resampler is integer arithmetic on int16 PCM, the same in NumPy (``play_at_speed``), in a
-plain per-sample reference (``play_at_speed_ref``) and in the C runtime:
+The resampler is integer arithmetic on int16 PCM, the same in NumPy (``play_at_speed``, one
+clip: the data pipeline), in ``jnp`` on int16/int32 only (``play_at_speed_batch``: the device
+path ``lstmq.device.pcm_to_logits``, audited float-free), in a plain per-sample reference
+(``play_at_speed_ref``) and in the C runtime:
 
 - the step between output samples is ``round(speed * 2^16)`` input samples (Q16);
 - output sample k sits at ``k * step``: index ``i = (k * step) >> 16``, weight
@@ -23,7 +25,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from lstmq.fixedpoint import rounding_shift_right
 
 STEP_BITS = 16
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
@@ -54,6 +60,34 @@ def play_at_speed(pcm: np.ndarray, step: int) -> np.ndarray:
     after = pcm.astype(np.int32)[np.minimum(index + 1, len(pcm) - 1)]
     product = (after - here) * weight
     return (here + ((product + (1 << 14)) >> 15)).astype(np.int16)
+
+
+def play_at_speed_batch(pcm: jax.Array, lengths: jax.Array, step: int,
+                        width: int) -> tuple[jax.Array, jax.Array]:
+    """``(<int16>[batch, width], <int32>[batch])``: each clip of ``pcm <int16>[batch, S]``
+    (``lengths`` samples, zero after) played with the Q16 ``step`` (static), zero after its new
+    length, and the new lengths; ``width`` (static, < 2^24) must hold the longest result.
+
+    int32 only: ``k * step`` would overflow, so ``k = kh 2^14 + kl`` and the fraction of
+    ``k * (step & 0xFFFF)`` is gathered from ``kl (step & 0xFFFF) < 2^30`` and ``kh (step &
+    0xFFFF)``'s low two bits."""
+    if not 0 < width < 1 << 24:
+        raise ValueError(f"width {width}: must be in [1, 2^24)")
+    whole, part = step >> STEP_BITS, step & 0xFFFF
+    k = jnp.arange(width, dtype=jnp.int32)
+    high = (k >> 14) * part  # k * part = high * 2^14 + (k & 0x3FFF) * part
+    rest = ((high & 3) << 14) + (k & 0x3FFF) * part  # < 2^31
+    index = k * whole + (high >> 2) + (rest >> STEP_BITS)
+    weight = (rest & 0xFFFF) >> 1
+    lengths = lengths.astype(jnp.int32)
+    last = pcm.shape[1] - 1
+    here = jnp.take(pcm, jnp.minimum(index, last), axis=1).astype(jnp.int32)
+    after = jnp.take(pcm, jnp.minimum(index + 1, last), axis=1).astype(jnp.int32)
+    after = jnp.where(index[None, :] + 1 < lengths[:, None], after, here)
+    played = here + rounding_shift_right((after - here) * weight[None, :], 15)
+    inside = index[None, :] < lengths[:, None]
+    return (jnp.where(inside, played, 0).astype(jnp.int16),
+            jnp.sum(inside, axis=1, dtype=jnp.int32))
 
 
 def play_at_speed_ref(pcm: np.ndarray, step: int) -> np.ndarray:

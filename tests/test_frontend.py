@@ -312,8 +312,10 @@ def test_quantizer_saturates_and_matches_the_exact_formula():
     assert np.all(np.abs(q[3] - np.clip(real, -127, 127)) <= 1)
 
 
-@pytest.mark.parametrize("noise_percentile", [None, 10])
-def test_pcm_to_logits_is_float_free(tmp_path, noise_percentile):
+@pytest.mark.parametrize("noise_percentile, speed", [(None, 1.0), (10, 1.0), (10, 0.9)])
+def test_pcm_to_logits_is_float_free(tmp_path, noise_percentile, speed):
+    from lstmq.speed import speed_step
+
     from lstmq.device import DeviceModel, pcm_to_logits
     from lstmq.integer import convert_params
     from lstmq.model import LSTMClassifier
@@ -326,7 +328,10 @@ def test_pcm_to_logits_is_float_free(tmp_path, noise_percentile):
     quantizer = frontend.FeatureQuantizer.fit(np.zeros(13), np.ones(13), 3.0, 256)
     device = DeviceModel(integer, tables, quantizer, ("a", "b", "c"), None, 128)
     pcm, lengths, frames = _batch(_clips(8000)[:3], tables.hop)
-    report = audit_float_free(lambda p, l: pcm_to_logits(device, p, l, frames), pcm, lengths)
+    frames = device.frames_of(int(pcm.shape[1] / speed) + 1)
+    pcm = np.pad(pcm, ((0, 0), (0, frames * tables.hop - pcm.shape[1])))
+    report = audit_float_free(
+        lambda p, l: pcm_to_logits(device, p, l, frames, speed_step(speed)), pcm, lengths)
     assert report.num_equations > 500 and "float32" not in report.dtypes
 
 

@@ -7,8 +7,9 @@ import pytest
 
 from lstmq.config import ConfigError, load_config
 from lstmq.data import DataError, Dataset
-from lstmq.speed import (output_length, play_at_speed, play_at_speed_ref, speed_step,
-                         vote_datasets)
+from lstmq.audit import audit_float_free
+from lstmq.speed import (output_length, play_at_speed, play_at_speed_batch, play_at_speed_ref,
+                         speed_step, vote_datasets)
 
 FULL_SCALE = np.where(np.arange(301) % 2 == 0, 32767, -32768).astype(np.int16)
 
@@ -20,6 +21,38 @@ def test_the_resampler_equals_its_per_sample_reference(seed):
         pcm = rng.integers(-32768, 32768, int(rng.integers(1, 400))).astype(np.int16)
         step = speed_step(float(rng.uniform(0.5, 2.0)))
         np.testing.assert_array_equal(play_at_speed(pcm, step), play_at_speed_ref(pcm, step))
+
+
+@pytest.mark.parametrize("speed", [0.5, 0.9, 1.1, 2.0])
+def test_the_batched_jnp_resampler_equals_numpy_and_is_float_free(speed):
+    rng = np.random.default_rng(int(speed * 10))
+    sizes = [1, 2, 37, 300, 511]
+    pcm = np.zeros((len(sizes) + 1, 512), np.int16)
+    for row, size in enumerate(sizes):
+        pcm[row, :size] = rng.integers(-32768, 32768, size)
+    pcm[-1, :301] = FULL_SCALE
+    lengths = np.array([*sizes, 301], np.int32)
+    step = speed_step(speed)
+    width = 1100
+    played, played_lengths = play_at_speed_batch(pcm, lengths, step, width)
+    for row, size in enumerate(lengths):
+        expected = play_at_speed(pcm[row, :size], step)
+        assert int(played_lengths[row]) == expected.size
+        np.testing.assert_array_equal(np.asarray(played[row, :expected.size]), expected)
+        assert not np.asarray(played[row, expected.size:]).any()
+    report = audit_float_free(lambda p, l: play_at_speed_batch(p, l, step, width), pcm, lengths)
+    assert report.dtypes <= {"int8", "int16", "int32", "bool"}
+
+
+def test_the_batched_resampler_stays_exact_for_long_clips():
+    """Positions k * step beyond 2^31 (a minute at 8 kHz, played slower) without int64."""
+    rng = np.random.default_rng(5)
+    pcm = rng.integers(-32768, 32768, (1, 480_000)).astype(np.int16)
+    step = speed_step(0.9)
+    width = output_length(480_000, step)
+    played, count = play_at_speed_batch(pcm, np.array([480_000], np.int32), step, width)
+    assert int(count[0]) == width
+    np.testing.assert_array_equal(np.asarray(played[0]), play_at_speed(pcm[0], step))
 
 
 @pytest.mark.parametrize("speed", [0.5, 0.9, 0.999, 1.1, 1.5, 2.0])
