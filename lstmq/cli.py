@@ -89,7 +89,8 @@ def _robustness(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():  # checked before minutes of scoring
         raise NotADirectoryError(f"{out}: exists and is not a folder; give --out a folder")
     report = robustness_report(args.run, args.path, args.condition, seed=args.seed,
-                               talkers=args.talkers, progress=not args.quiet, on=args.on)
+                               talkers=args.talkers, progress=not args.quiet, on=args.on,
+                               vote_speeds=args.vote_speed)
     files = write_report(report, out)
     print(format_markdown(report, per_speaker=False))
     print(f"-> {', '.join(map(str, files))}")
@@ -188,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "settings without looking at test clips)")
     robust.add_argument("--seed", type=int, default=0,
                         help="noise seed (the same seed gives every run the same audio)")
+    robust.add_argument("--vote-speed", type=float, action="append", metavar="SPEED",
+                        help="score with this speed vote instead of the run's "
+                             "features.vote_speeds (repeatable; training never reads them)")
     robust.add_argument("--quiet", action="store_true", help="no progress bars")
     robust.set_defaults(handler=_robustness)
 

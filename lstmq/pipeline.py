@@ -129,12 +129,13 @@ def prepare_data(config: Config, data_path: str | Path | None = None,
         _arrays(dataset, features, split.train, normalizer, bucket),
         *(_arrays(augmented, extra, np.arange(len(augmented)), normalizer, bucket)
           for augmented, extra in copies)])
-    val, test = (_with_votes(_arrays(dataset, features, idx, normalizer, bucket),
-                             dataset.subset(idx), config, normalizer, progress)
-                 for idx in (split.val, split.test))
+    # speed votes score the test clips; training validates each clip once, so the parameters
+    # do not depend on features.vote_speeds
+    test = _with_votes(_arrays(dataset, features, split.test, normalizer, bucket),
+                       dataset.subset(split.test), config, normalizer, progress)
     return PreparedData(
         train=train,
-        val=val,
+        val=_arrays(dataset, features, split.val, normalizer, bucket),
         test=test,
         normalizer=normalizer,
         info=DataInfo.of(dataset),

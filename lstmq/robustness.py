@@ -159,14 +159,27 @@ def _plan(runs: list[Any], paths: Sequence[str] | None) -> list[tuple[Any, str]]
     return plan
 
 
+def with_vote_speeds(run: Any, speeds: Sequence[float]) -> Any:
+    """``run`` scored with the speed votes ``speeds`` (checked like the config key)."""
+    from lstmq.config_checks import check_config  # pylint: disable=import-outside-toplevel
+
+    config = dataclasses.replace(run.config, features=dataclasses.replace(
+        run.config.features, vote_speeds=tuple(float(v) for v in speeds)))
+    check_config(config)
+    return dataclasses.replace(run, config=config)
+
+
 def robustness_report(directories: str | Path | Sequence[str | Path],
                       paths: Sequence[str] | None = None, conditions: Sequence[str] | None = None,
                       seed: int = 0, talkers: int = DEFAULT_TALKERS, progress: bool = True,
-                      on: str = "test") -> dict[str, Any]:
+                      on: str = "test",
+                      vote_speeds: Sequence[float] | None = None) -> dict[str, Any]:
     """Scores of one run, or of runs sharing their data and split (a float run and its QAT
     fine-tune), on the test split (``on="val"``: the validation split, for choosing settings)
     under every condition along ``paths`` (default: each run as trained and its integer
-    model), per seed and per speaker; ``conditions`` default to ``DEFAULT_CONDITIONS``."""
+    model), per seed and per speaker; ``conditions`` default to ``DEFAULT_CONDITIONS``.
+    ``vote_speeds`` scores with these speed votes instead of the runs' own
+    ``features.vote_speeds`` (``[]``: none; training never reads them)."""
     # pylint: disable=import-outside-toplevel
     from lstmq.inference import run_dataset
     from lstmq.paths import INTEGER_PATHS, integer_models, predict_path
@@ -185,6 +198,8 @@ def robustness_report(directories: str | Path | Sequence[str | Path],
     runs = [load_run(d) for d in ([directories] if single else directories)]
     if not runs:
         raise ValueError("no run to score")
+    if vote_speeds is not None:
+        runs = [with_vote_speeds(run, vote_speeds) for run in runs]
     plan = _plan(runs, paths)
     dataset = run_dataset(runs[0])
     split = make_split(dataset, runs[0].config.data)
@@ -221,6 +236,7 @@ def robustness_report(directories: str | Path | Sequence[str | Path],
             "data": dataset.source, "split": runs[0].config.data.split, "scored": on,
             "test_count": int(len(test)), "seeds": list(runs[0].derived.seeds),
             "noise_seed": seed, "talkers": talkers, "paths": [p for _, p in plan],
+            "vote_speeds": list(runs[0].config.features.vote_speeds),
             "conditions": [c.name for c in parsed], "rows": rows}
 
 
