@@ -15,6 +15,7 @@ on a 2-core CPU with ``--set train.batch_shards=2`` (2 seeds: 51 min); ``--quick
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,6 +108,10 @@ def run(out: str | Path, speakers: Sequence[str] | None = None, seeds: int | Non
                **_accuracies(logits, data.test, qat_run)}
         row["integer_qat_agreement"] = float(np.mean(
             np.argmax(logits["integer"], -1) == np.argmax(logits["QAT"], -1)))
+        if data.test.votes:  # the same models, each clip scored once
+            plain = dataclasses.replace(data.test, votes=())
+            row["without_votes"] = _accuracies(_predict(float_run, qat_run, models, plain),
+                                               plain, qat_run)
         if noise_snr_db is not None:
             noisy = noisy_test_split(float_config, data, noise_snr_db)
             row["noisy"] = _accuracies(_predict(float_run, qat_run, models, noisy), noisy, qat_run)
@@ -122,6 +127,9 @@ def run(out: str | Path, speakers: Sequence[str] | None = None, seeds: int | Non
               "environment": common.environment()}
     if noise_snr_db is not None:
         result["noisy_mean_over_speakers"] = _speaker_means([r["noisy"] for r in rows])
+    if all("without_votes" in r for r in rows):
+        result["without_votes_mean_over_speakers"] = _speaker_means(
+            [r["without_votes"] for r in rows])
     common.write_results(out, "loso", result, format_table(result))
     return result
 
@@ -142,6 +150,11 @@ def format_table(result: dict[str, Any]) -> str:
                  *[common.format_accuracy(result["mean_over_speakers"][p]) for p in PATHS], "",
                  *noisy_cells(result.get("noisy_mean_over_speakers", {}))])
     settings = result["settings"]
+    plain = result.get("without_votes_mean_over_speakers")
+    if plain:
+        rows.append(["mean without speed votes", "",
+                     *[common.format_accuracy(plain[p]) for p in PATHS], "",
+                     *(["" for _ in noisy])])
     return ("# Leave-one-speaker-out\n\n"
             f"Config {settings['config']} with overrides {settings['overrides'] or 'none'}; "
             f"accuracy mean (min-max) over seeds; the last row averages speakers per seed."

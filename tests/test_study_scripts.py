@@ -41,14 +41,18 @@ def test_reproduce_quick_writes_report_with_every_path(tmp_path: Path, tiny: lis
 
 def test_loso_quick_reports_each_path(tmp_path: Path, tiny: list[str], wav_folder: Path):
     speaker = sorted(p.name.split("_")[1] for p in wav_folder.glob("*.wav"))[0]
-    result = loso.run(tmp_path, speakers=[speaker], quick=True, overrides=tiny, progress=False)
+    result = loso.run(tmp_path, speakers=[speaker], quick=True, progress=False,
+                      overrides=[*tiny, "features.vote_speeds=[0.9, 1.1]"])
     row = result["rows"][0]
+    assert set(row["without_votes"]) == set(loso.PATHS)  # the same models, no speed votes
+    assert set(result["without_votes_mean_over_speakers"]) == set(loso.PATHS)
     assert row["speaker"] == speaker and row["test_count"] > 0
     assert set(result["mean_over_speakers"]) == set(loso.PATHS)
     assert 0.0 <= row["integer_qat_agreement"] <= 1.0
     assert set(row["noisy"]) == set(loso.PATHS) == set(result["noisy_mean_over_speakers"])
     table = (tmp_path / "loso.md").read_text()
     assert f"| {speaker} |" in table and "integer at 10 dB SNR" in table
+    assert "| mean without speed votes |" in table
 
 
 def test_robustness_quick_scores_the_official_split_along_four_paths(tmp_path: Path,
