@@ -215,7 +215,8 @@ def test_a_clip_beyond_the_buffers_is_an_error_code(tmp_path):
 def test_cortex_m3_under_qemu_is_bit_exact_and_float_free(tmp_path):
     deploy = load_config("task_b_robust").features  # the front end of the config to deploy
     device = make_device(bits=4, readout="mean", noise_percentile=deploy.noise_percentile,
-                         noise_keep_db=deploy.noise_keep_db)
+                         noise_keep_db=deploy.noise_keep_db, vote_speeds=deploy.vote_speeds)
+    assert device.vote_steps  # the deploy config's speed votes run on the Cortex-M3 too
     pcm = clips(20)
     library = write_c_library(device.model, tmp_path / "c", 4, device.classes, device, pcm,
                               jnp_logits(device, pcm))
