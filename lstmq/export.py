@@ -146,6 +146,11 @@ def _write_c_dir(run, seed_index: int, model: IntegerModel, folder: Path, golden
 
     bits = run.config.quant.weight_bits
     if run.config.features.frontend != "integer":
+        if run.config.features.vote_speeds:
+            log.warning("%s: features.vote_speeds=%s are not in the C library: without the "
+                        "integer front end it reads features, not PCM, so each clip is scored "
+                        "once (train with features.frontend=integer for votes on the device)",
+                        run.directory, list(run.config.features.vote_speeds))
         return write_c_library(model, folder, bits, run.classes)
     from lstmq.inference import run_dataset
     from lstmq.splits import make_split

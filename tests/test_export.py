@@ -322,7 +322,8 @@ def test_cli_export_of_a_trained_qat_run(wav_folder, tmp_path, capsys):
     config = load_config(None, [f"data.path={wav_folder}", "features.cache=false",
                                 "train.epochs=1", "model.hidden=8", "train.seeds=1",
                                 "train.batch_size=8", "data.split=official",
-                                "data.val_fraction=0", "quant.mode=qat"])
+                                "data.val_fraction=0", "quant.mode=qat",
+                                "features.vote_speeds=[0.9]"])
     train_and_evaluate(config, tmp_path / "run", progress=False)
     capsys.readouterr()
     out, header = tmp_path / "model.lstmqz", tmp_path / "model.h"
@@ -345,3 +346,7 @@ def test_cli_export_of_a_trained_qat_run(wav_folder, tmp_path, capsys):
     assert main(["export", "--run", str(tmp_path / "run"), "--out", str(out),
                  "--seed-index", "1"]) == 2
     assert "seed index 1 out of range" in capsys.readouterr().err
+    # speed votes replay PCM: a library of features (float front end) cannot; it says so
+    assert main(["export", "--run", str(tmp_path / "run"), "--out", str(out), "--c-dir",
+                 str(tmp_path / "c")]) == 0
+    assert "features.vote_speeds=[0.9] are not in the C library" in capsys.readouterr().err
