@@ -175,46 +175,41 @@ def test_robustness_cli_scores_every_condition_and_path(make_folders_dataset, tm
 
     assert main(["robustness", "--run", str(run), "--condition", "pink:3", "--quiet"]) == 2
     assert "pink:3" in capsys.readouterr().err
+    _check_speed_votes_score_the_run_without_retraining(run, tmp_path, capsys)
     assert main(["robustness", "--run", str(run), "--path", "qat", "--quiet"]) == 2
     assert "needs a qat run" in capsys.readouterr().err
 
 
-def test_speed_votes_score_a_trained_run_without_retraining(make_folders_dataset, tmp_path,
-                                                            capsys):
+def _run_test_clips(run):
+    from lstmq.inference import run_dataset
+    from lstmq.splits import make_split
+
+    dataset = run_dataset(run)
+    return dataset.subset(make_split(dataset, run.config.data).test)
+
+
+def _check_speed_votes_score_the_run_without_retraining(run, tmp_path, capsys):
     from lstmq.paths import predict_path
     from lstmq.pipeline import prepare_recordings
     from lstmq.robustness import with_vote_speeds
     from lstmq.runs import load_run
 
-    root = make_folders_dataset(("down", "left", "up"))
-    run = tmp_path / "run"
-    args = ["train", "--out", str(run), "--quiet", "--set", f"data.path={root}"]
-    for override in TINY:
-        args += ["--set", override]
-    assert main(args) == 0
     out = tmp_path / "voted"
     assert main(["robustness", "--run", str(run), "--out", str(out), "--quiet", "--condition",
                  "clean", "--vote-speed", "0.9", "--vote-speed", "1.1"]) == 0
     report = read_json(out / "robustness.json")
     assert report["vote_speeds"] == [0.9, 1.1]
     voted = with_vote_speeds(load_run(run), (0.9, 1.1))
-    test = prepare_recordings(run_test_clips(voted), voted.config, voted.derived.normalizer,
+    test = prepare_recordings(_run_test_clips(voted), voted.config, voted.derived.normalizer,
                               progress=False)
     assert len(test.votes) == 2
-    expected = np.mean(np.argmax(predict_path(voted, test, "ptq-integer"), -1) == test.labels, -1)
+    logits = predict_path(voted, test, "ptq-integer")
+    expected = np.mean(np.argmax(logits, -1) == test.labels, -1)
     row = next(r for r in report["rows"] if r["path"] == "ptq-integer")
     assert list(row["per_seed"].values()) == pytest.approx(expected.tolist())
     plain = predict_path(voted, dataclasses.replace(test, votes=()), "ptq-integer")
-    assert not np.array_equal(predict_path(voted, test, "ptq-integer"), plain)
+    assert not np.array_equal(logits, plain)
     capsys.readouterr()
     assert main(["robustness", "--run", str(run), "--quiet", "--condition", "clean",
                  "--vote-speed", "1.0"]) == 2
     assert "features.vote_speeds" in capsys.readouterr().err
-
-
-def run_test_clips(run):
-    from lstmq.inference import run_dataset
-    from lstmq.splits import make_split
-
-    dataset = run_dataset(run)
-    return dataset.subset(make_split(dataset, run.config.data).test)

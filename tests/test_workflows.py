@@ -89,13 +89,29 @@ def test_cli_on_a_speech_commands_tree_at_16_khz(make_folders_dataset, tmp_path,
         lstmq.evaluate_run(qat_dir, path="qat", integer=True)
 
 
-def test_a_two_seed_run_from_pcm_exports_a_c_library_and_predicts_any_seed(
+def test_a_two_seed_run_from_pcm_with_speed_votes_exports_a_c_library_and_predicts_any_seed(
         make_folders_dataset, tmp_path, capsys):
     from lstmq.c_export import find_compiler
+    from lstmq.paths import predict_path
+    from lstmq.pipeline import prepare_data
 
     root = make_folders_dataset(THREE)
     run = tmp_path / "float"  # a float run: its integer model is ptq-integer
-    assert _cli(*_train_args(run, root, "features.frontend=integer", "train.seeds=2")) == 0
+    assert _cli(*_train_args(run, root, "features.frontend=integer", "train.seeds=2",
+                             "features.vote_speeds=[0.9, 1.1]")) == 0
+    # Speed votes: every path adds the passes (integer: int64 sum; float: mean), either engine.
+    loaded = lstmq.load_run(run)
+    test = prepare_data(loaded.config, progress=False).test
+    assert len(test.votes) == 2 and all(vote.names == test.names for vote in test.votes)
+    assert all(not np.array_equal(vote.lengths, test.lengths) for vote in test.votes)
+    passes = (dataclasses.replace(test, votes=()), *test.votes)
+    summed = sum(predict_path(loaded, split, "ptq-integer", engine="jnp").astype(np.int64)
+                 for split in passes)
+    for engine in ("jnp", "c") if find_compiler() else ("jnp",):
+        np.testing.assert_array_equal(predict_path(loaded, test, "ptq-integer", engine=engine),
+                                      summed)
+    mean = sum(predict_path(loaded, split, "float") for split in passes) / 3
+    np.testing.assert_allclose(predict_path(loaded, test, "float"), mean, rtol=1e-5, atol=1e-5)
     artifact, library = tmp_path / "seed1.lstmqz", tmp_path / "c"
     assert _cli("export", "--run", str(run), "--out", str(artifact), "--seed-index", "1",
                 "--c-dir", str(library), "--golden", "3") == 0
@@ -111,6 +127,7 @@ def test_a_two_seed_run_from_pcm_exports_a_c_library_and_predicts_any_seed(
     assert _cli("predict", "--model", str(artifact), "--json", str(root / "up")) == 0
     from_artifact = json.loads(capsys.readouterr().out)["predictions"]
     assert [p["logits"] for p in from_run] == [p["logits"] for p in from_artifact]
+    assert [p["score"] for p in from_run] == [p["score"] for p in from_artifact]
     # Impossible buffer sizes are refused, and a refused export leaves the old artifact as is.
     before = artifact.read_bytes()
     for seconds, message in (("inf", "--max-seconds must be a positive"),
@@ -119,44 +136,6 @@ def test_a_two_seed_run_from_pcm_exports_a_c_library_and_predicts_any_seed(
                     str(library), "--max-seconds", seconds) == 2
         assert message in capsys.readouterr().err
     assert artifact.read_bytes() == before
-
-
-def test_speed_votes_flow_from_training_to_every_path_and_the_c_library(
-        make_folders_dataset, tmp_path, capsys):
-    from lstmq.c_export import find_compiler
-    from lstmq.paths import predict_path
-    from lstmq.pipeline import prepare_data
-
-    root = make_folders_dataset(THREE)
-    run = tmp_path / "votes"
-    assert _cli(*_train_args(run, root, "features.frontend=integer",
-                             "features.vote_speeds=[0.9, 1.1]")) == 0
-    loaded = lstmq.load_run(run)
-    test = prepare_data(loaded.config, progress=False).test
-    assert len(test.votes) == 2 and all(vote.names == test.names for vote in test.votes)
-    assert all(not np.array_equal(vote.lengths, test.lengths) for vote in test.votes)
-    passes = (dataclasses.replace(test, votes=()), *test.votes)
-    summed = sum(predict_path(loaded, split, "ptq-integer", engine="jnp").astype(np.int64)
-                 for split in passes)
-    for engine in ("jnp", "c") if find_compiler() else ("jnp",):
-        np.testing.assert_array_equal(predict_path(loaded, test, "ptq-integer", engine=engine),
-                                      summed)
-    mean = sum(predict_path(loaded, split, "float") for split in passes) / 3
-    np.testing.assert_allclose(predict_path(loaded, test, "float"), mean, rtol=1e-5, atol=1e-5)
-    artifact, library = tmp_path / "votes.lstmqz", tmp_path / "c"
-    assert _cli("export", "--run", str(run), "--out", str(artifact), "--c-dir", str(library),
-                "--golden", "3") == 0
-    if find_compiler() is not None and shutil.which("make"):
-        done = subprocess.run(["make", "-s", "-C", str(library), "check"], capture_output=True,
-                              text=True, check=False)
-        assert "3 of 3 clips bit-exact" in done.stdout, done.stdout + done.stderr
-    capsys.readouterr()
-    assert _cli("predict", "--model", str(run), "--integer", "--json", str(root / "up")) == 0
-    from_run = json.loads(capsys.readouterr().out)["predictions"]
-    assert _cli("predict", "--model", str(artifact), "--json", str(root / "up")) == 0
-    from_artifact = json.loads(capsys.readouterr().out)["predictions"]
-    assert [p["logits"] for p in from_run] == [p["logits"] for p in from_artifact]
-    assert [p["score"] for p in from_run] == [p["score"] for p in from_artifact]
 
 
 def test_cli_refuses_a_class_count_that_differs_and_changed_data(make_folders_dataset,
