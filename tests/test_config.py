@@ -260,10 +260,11 @@ def test_every_builtin_config_loads_by_path_and_by_name(path):
     assert "Run:" in path.read_text() and "Result:" in path.read_text()  # a short header
 
 
-def test_the_deploy_config_is_task_b_speaker_plus_babble_noisier_and_more_copies_and_the_integer_front_end_with_noise_subtraction():
+def test_the_deploy_config_is_task_b_speaker_plus_babble_noisier_and_more_copies_and_the_integer_front_end_with_noise_subtraction_and_speed_votes():
     robust, speaker = load_config("task_b_robust"), load_config("task_b_speaker")
     assert robust.features == dataclasses.replace(
-        speaker.features, frontend="integer", noise_percentile=10, noise_keep_db=24.0)
+        speaker.features, frontend="integer", noise_percentile=10, noise_keep_db=24.0,
+        vote_speeds=(0.9, 1.1))
     assert robust.augment == dataclasses.replace(
         speaker.augment, babble_snr_db=0.0, babble_snr_db_max=20.0, babble_prob=0.5, copies=8,
         noise_snr_db=5.0)
