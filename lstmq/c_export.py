@@ -359,8 +359,9 @@ def write_c_library(model: dict, folder: str | Path, weight_bits: int,
     if device is not None:
         t = device.tables
         longest = max([device.frames_of(c.size) for c in clips] or [1])
-        if max_frames is None:
-            max_frames = max(longest, int(np.ceil(3.0 * t.sample_rate / t.hop)) + 1)
+        if max_frames is None:  # 3 s of audio, in every pass (speed votes play it longer)
+            max_frames = max(longest, int(np.ceil(3.0 * t.sample_rate / t.hop)) + 1,
+                             device.frames_of(int(3.0 * t.sample_rate)))
         if longest > max_frames:
             raise CExportError(f"a golden clip needs {longest} frames, over max_frames={max_frames}")
         if max_frames > 4096:
