@@ -59,7 +59,7 @@ class CLibrary:
     frontend_bytes: int  # front-end tables
     constant_bytes: int  # LUTs, quantizer, layer structs' data beyond the parameters
     macs_per_frame: int
-    frames_per_second: float
+    frames_per_second: float  # frames computed per second of audio, speed votes included
 
     @property
     def readonly_bytes(self) -> int:
@@ -367,7 +367,8 @@ def write_c_library(model: dict, folder: str | Path, weight_bits: int,
         if max_frames > 4096:
             raise CExportError(f"max_frames {max_frames} exceeds the front end's 4096")
         frontend_bytes = sum(np.asarray(a).nbytes for _, a, _ in _frontend_tables(device))
-        frames_per_second = t.sample_rate / t.hop
+        # frames computed per second of audio, over every pass (a pass at speed v: 1 / v)
+        frames_per_second = t.sample_rate / t.hop * sum(65536 / step for step in device.steps)
     files = {"lstmq.h": (RUNTIME / "lstmq.h").read_text(),
              "lstmq_runtime.c": (RUNTIME / "lstmq_runtime.c").read_text(),
              "lstmq_model.h": _model_header(model, device, max_frames or 0, weight_bits),

@@ -99,6 +99,8 @@ def test_speed_votes_on_the_host_are_bit_exact_with_jnp(tmp_path, speeds):
     assert device.frames_of(device.max_samples(library.max_frames) + 1) > library.max_frames
     assert library.max_frames >= device.frames_of(max(p.size for p in pcm))
     assert device.max_samples(library.max_frames) >= 3 * 8000  # the default: 3 s in every pass
+    passes = sum(65536 / speed_step(v) for v in (1.0, *speeds))  # 1 + 1/0.9 + 1/1.1, ...
+    assert library.macs_per_second == pytest.approx(library.macs_per_frame * 62.5 * passes)
 
 
 def test_speed_votes_that_could_overflow_the_int32_sum_are_refused():
