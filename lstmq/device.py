@@ -144,6 +144,7 @@ def jnp_logits(device: DeviceModel, clips: list[np.ndarray], batch: int = 64) ->
     """<int32>[n, classes] logits of clips through ``pcm_to_logits``, in batches of similar
     length; with speed votes, the sum over every pass (each clip played at its step by
     ``lstmq.speed.play_at_speed_batch``), as the C runtime adds them."""
+    clips = [c if np.asarray(c).dtype == np.int16 else pcm_int16(c) for c in clips]  # once
     total = np.zeros((len(clips), len(device.classes)), np.int64)
     for step in device.steps:
         total += _jnp_pass(device, clips, batch, step)
