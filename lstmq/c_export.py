@@ -29,6 +29,7 @@ from lstmq.fixedpoint import SIGMOID_LUT, TANH_LUT
 from lstmq.frontend import MAD_FRAC_BITS, NOISE_SPAN, NOISE_STEP_BITS
 from lstmq.integer import MEAN_READOUT, layer_names
 from lstmq.io import atomic_write_text
+from lstmq.speed import STEP_BITS
 
 RUNTIME = Path(__file__).resolve().parent / "c_runtime"
 CFLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-Wdouble-promotion", "-Wfloat-conversion",
@@ -368,7 +369,8 @@ def write_c_library(model: dict, folder: str | Path, weight_bits: int,
             raise CExportError(f"max_frames {max_frames} exceeds the front end's 4096")
         frontend_bytes = sum(np.asarray(a).nbytes for _, a, _ in _frontend_tables(device))
         # frames computed per second of audio, over every pass (a pass at speed v: 1 / v)
-        frames_per_second = t.sample_rate / t.hop * sum(65536 / step for step in device.steps)
+        passes = sum((1 << STEP_BITS) / step for step in device.steps)
+        frames_per_second = t.sample_rate / t.hop * passes
     files = {"lstmq.h": (RUNTIME / "lstmq.h").read_text(),
              "lstmq_runtime.c": (RUNTIME / "lstmq_runtime.c").read_text(),
              "lstmq_model.h": _model_header(model, device, max_frames or 0, weight_bits),

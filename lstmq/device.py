@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lstmq.frontend import (FeatureQuantizer, FrontendTables, frame_count, integer_mfcc,
-                            make_tables, pcm_int16, quantize_features)
+from lstmq.frontend import (FeatureQuantizer, FrontendTables, as_pcm, frame_count, frames_bucket,
+                            integer_mfcc, make_tables, quantize_features)
 from lstmq.integer import IntegerModel, predict_int
 from lstmq.speed import STEP_BITS, output_length, play_at_speed_batch, speed_step
 
@@ -131,7 +131,7 @@ def pcm_to_logits(device: DeviceModel, pcm: jax.Array, lengths: jax.Array,
 
 def batch_pcm(clips: list[np.ndarray], device: DeviceModel) -> tuple[np.ndarray, np.ndarray, int]:
     """(<int16>[n, samples], <int32>[n] lengths, frames) of float or int16 clips."""
-    pcm = [c if np.asarray(c).dtype == np.int16 else pcm_int16(c) for c in clips]
+    pcm = [as_pcm(c) for c in clips]
     frames = max(device.frames_of(p.size) for p in pcm)  # of every pass
     width = max(frames * device.tables.hop, max(p.size for p in pcm))
     out = np.zeros((len(pcm), width), np.int16)
@@ -144,7 +144,7 @@ def jnp_logits(device: DeviceModel, clips: list[np.ndarray], batch: int = 64) ->
     """<int32>[n, classes] logits of clips through ``pcm_to_logits``, in batches of similar
     length; with speed votes, the sum over every pass (each clip played at its step by
     ``lstmq.speed.play_at_speed_batch``), as the C runtime adds them."""
-    clips = [c if np.asarray(c).dtype == np.int16 else pcm_int16(c) for c in clips]  # once
+    clips = [as_pcm(c) for c in clips]  # once
     total = np.zeros((len(clips), len(device.classes)), np.int64)
     for step in device.steps:
         total += _jnp_pass(device, clips, batch, step)
@@ -158,7 +158,7 @@ def _jnp_pass(device: DeviceModel, clips: list[np.ndarray], batch: int, step: in
     for start in range(0, len(order), batch):
         idx = order[start:start + batch]
         pcm, lengths, frames = batch_pcm([clips[i] for i in idx], device)
-        frames = max(16, 1 << (frames - 1).bit_length())
+        frames = frames_bucket(frames)
         if pcm.shape[1] < frames * device.tables.hop:
             pcm = np.pad(pcm, ((0, 0), (0, frames * device.tables.hop - pcm.shape[1])))
         out[idx] = np.asarray(run(pcm, lengths, frames))
@@ -171,7 +171,7 @@ def save_golden(path: Path, clips: list[np.ndarray], logits: np.ndarray) -> None
     import io  # pylint: disable=import-outside-toplevel
 
     buffer = io.BytesIO()
-    pcm = [c if np.asarray(c).dtype == np.int16 else pcm_int16(c) for c in clips]
+    pcm = [as_pcm(c) for c in clips]
     np.savez(buffer, offsets=np.cumsum([0] + [p.size for p in pcm]).astype(np.int64),
              pcm=np.concatenate(pcm), logits=logits.astype(np.int32))
     atomic_write_bytes(path, buffer.getvalue())

@@ -302,10 +302,15 @@ def pcm_int16(audio: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(audio, np.float64) * 32768.0), -32768, 32767).astype(np.int16)
 
 
+def as_pcm(clip: np.ndarray) -> np.ndarray:
+    """int16 PCM as it is; float audio in [-1, 1] through ``pcm_int16``."""
+    return clip if np.asarray(clip).dtype == np.int16 else pcm_int16(clip)
+
+
 BATCH = 64  # clips per front-end call
 
 
-def _frames_bucket(frames: int) -> int:
+def frames_bucket(frames: int) -> int:
     """Batches are padded to 16, 32, 64, ... frames: a handful of compiled shapes."""
     return max(16, 1 << (frames - 1).bit_length())
 
@@ -343,7 +348,7 @@ def dataset_features(dataset, cfg: FeatureConfig, progress: bool = False) -> tup
     with tqdm(total=len(pcm), desc="integer front end", unit="clip", disable=not progress) as bar:
         for start in range(0, len(order), BATCH):
             idx = order[start:start + BATCH]
-            frames = _frames_bucket(int(counts[idx].max()))
+            frames = frames_bucket(int(counts[idx].max()))
             samples = frames * tables.hop  # the longest clip with this many frames
             batch = np.zeros((BATCH, samples), np.int16)
             lengths = np.ones(BATCH, np.int32)
