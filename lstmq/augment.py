@@ -1,4 +1,4 @@
-"""Training-time augmentation: waveform copies (speed, pitch, formants, shift, reverb, band
+"""Training-time augmentation: waveform copies (speed, pitch, formants, tempo, shift, reverb, band
 limits, white noise, babble of other speakers) and SpecAugment masks.
 
 Waveform augmentation makes ``augment.copies`` extra versions of every training clip
@@ -25,7 +25,7 @@ from lstmq.data import DataError, Dataset
 _STEP_ONLY = ("mixup",)
 # Waveform options newer than cached copies: in the fingerprint only when set, so that the
 # copies of configs without them keep their cache entries.
-_FINGERPRINT_WHEN_SET = ("formant",)
+_FINGERPRINT_WHEN_SET = ("formant", "tempo")
 
 
 def _phase_vocoder_fft(sample_rate: int) -> int:
@@ -50,6 +50,19 @@ def shift_pitch(audio: np.ndarray, sample_rate: int, semitones: float) -> np.nda
     return librosa.effects.pitch_shift(np.asarray(audio, np.float32), sr=sample_rate,
                                        n_steps=semitones, n_fft=n_fft, hop_length=n_fft // 4,
                                        res_type="soxr_mq").astype(np.float32)
+
+
+def stretch_tempo(audio: np.ndarray, sample_rate: int, rate: float) -> np.ndarray:
+    """The clip spoken ``rate`` times faster (``len / rate`` samples), pitch and formants kept
+    (32 ms phase vocoder)."""
+    import librosa
+
+    audio = np.asarray(audio, np.float32)
+    if rate == 1.0 or len(audio) == 0:
+        return audio.copy()
+    n_fft = _phase_vocoder_fft(sample_rate)
+    return librosa.effects.time_stretch(audio, rate=rate, n_fft=n_fft,
+                                        hop_length=n_fft // 4).astype(np.float32)
 
 
 def warp_formants(audio: np.ndarray, sample_rate: int, factor: float,
@@ -160,6 +173,8 @@ def augment_clip(audio: np.ndarray, sample_rate: int, cfg: AugmentConfig,
       down, keeping the duration (``librosa.effects.pitch_shift`` with a 32 ms window);
     - formant: stretch the spectral envelope (formants) by a factor in [1 - formant,
       1 + formant], pitch and duration kept (``warp_formants``: other vocal tract lengths);
+    - tempo: speak faster or slower by a factor in [1 - tempo, 1 + tempo], pitch and formants
+      kept (``stretch_tempo``: other speaking rates);
     - time_shift: up to this fraction of the clip of leading silence;
     - reverb_rt60: convolve with a synthetic room response (``room_response``) whose
       reverberation time is drawn uniformly up to this many seconds, keeping length and RMS;
@@ -176,6 +191,8 @@ def augment_clip(audio: np.ndarray, sample_rate: int, cfg: AugmentConfig,
         out = shift_pitch(out, sample_rate, rng.uniform(-cfg.pitch, cfg.pitch))
     if cfg.formant > 0:
         out = warp_formants(out, sample_rate, rng.uniform(1 - cfg.formant, 1 + cfg.formant))
+    if cfg.tempo > 0:
+        out = stretch_tempo(out, sample_rate, rng.uniform(1 - cfg.tempo, 1 + cfg.tempo))
     if cfg.time_shift > 0:
         lead = int(rng.uniform(0, cfg.time_shift) * len(out))
         out = np.concatenate([np.zeros(lead, np.float32), out])
@@ -257,6 +274,8 @@ def check_augment_config(cfg: AugmentConfig, sample_rate: int | None = None) -> 
         raise ValueError(f"augment.pitch must be in [0, 12] semitones, got {cfg.pitch}")
     if not 0 <= cfg.formant < 0.5:
         raise ValueError(f"augment.formant must be in [0, 0.5), got {cfg.formant}")
+    if not 0 <= cfg.tempo < 0.5:
+        raise ValueError(f"augment.tempo must be in [0, 0.5), got {cfg.tempo}")
     if cfg.babble_snr_db_max is not None and (cfg.babble_snr_db is None
                                               or cfg.babble_snr_db_max < cfg.babble_snr_db):
         raise ValueError(f"augment.babble_snr_db_max {cfg.babble_snr_db_max} needs "
@@ -267,7 +286,7 @@ def check_augment_config(cfg: AugmentConfig, sample_rate: int | None = None) -> 
 
 
 def waveform_augmentation_enabled(cfg: AugmentConfig) -> bool:
-    return cfg.copies > 0 and (cfg.speed > 0 or cfg.pitch > 0 or cfg.formant > 0
+    return cfg.copies > 0 and (cfg.speed > 0 or cfg.pitch > 0 or cfg.formant > 0 or cfg.tempo > 0
                                or cfg.time_shift > 0
                                or cfg.reverb_rt60 > 0 or cfg.lowpass_hz is not None
                                or cfg.highpass_hz is not None

@@ -162,6 +162,7 @@ class AugmentConfig:
     speed: float = 0.0  # max relative speed change (resampling)
     pitch: float = 0.0  # max pitch shift in semitones, duration kept (frequency warp)
     formant: float = 0.0  # max relative formant shift (vocal tract length), pitch kept
+    tempo: float = 0.0  # max relative tempo change (speaking rate), pitch and formants kept
     freq_mask: int = 0  # SpecAugment: max masked MFCC coefficients
     time_mask: int = 0  # SpecAugment: max masked frames
     babble_snr_db: float | None = None  # babble of other training speakers at this SNR

@@ -88,6 +88,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "augment.speed": (_fraction, "in [0, 1)"),
     "augment.pitch": (lambda v: 0 <= v <= 12, "in [0, 12] semitones"),
     "augment.formant": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+    "augment.tempo": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
     "augment.freq_mask": (_non_negative, "0 (off) or more"),
     "augment.time_mask": (_non_negative, "0 (off) or more"),
     "augment.babble_talkers": (_positive, "at least 1"),

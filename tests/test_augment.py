@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from lstmq.augment import (augment_clip, augment_dataset, band_limit, make_spec_augment, mixup,
-                           reverberate, room_response, spec_augment, warp_formants)
+                           reverberate, room_response, spec_augment, stretch_tempo,
+                           warp_formants)
 from lstmq.config import AugmentConfig, load_config
 from lstmq.pipeline import prepare_data
 
@@ -101,6 +102,28 @@ def test_formant_warp_of_one_is_the_clip_and_the_option_draws_factors_in_range()
     assert 0.8 < min(ratios) and max(ratios) < 1.2 and max(ratios) - min(ratios) > 0.05
 
 
+def _peak_hz(audio, rate=8000):
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    return np.fft.rfftfreq(len(audio), 1 / rate)[np.argmax(spectrum)]
+
+
+@pytest.mark.parametrize("rate", [0.8, 1.25])
+def test_tempo_stretch_changes_the_duration_and_keeps_the_pitch(rate):
+    audio = _tone(1.0)
+    out = stretch_tempo(audio, 8000, rate)
+    assert abs(len(out) - len(audio) / rate) <= 1
+    assert abs(_peak_hz(out[400:-400]) - 440.0) < 8.0  # a speed change would move it to 440 x rate
+
+
+def test_tempo_of_one_is_the_clip_and_the_option_draws_rates_in_range():
+    audio = _tone(0.5)
+    np.testing.assert_array_equal(stretch_tempo(audio, 8000, 1.0), audio)
+    cfg = AugmentConfig(tempo=0.2, copies=1)
+    lengths = [len(augment_clip(audio, 8000, cfg, np.random.default_rng(seed))) for seed in range(8)]
+    assert len(audio) / 1.2 - 1 <= min(lengths) and max(lengths) <= len(audio) / 0.8 + 1
+    assert max(lengths) - min(lengths) > 0.1 * len(audio)  # really drawn, not fixed
+
+
 def test_noise_has_requested_snr():
     audio = _tone(2.0)
     noisy = augment_clip(audio, 8000, AugmentConfig(noise_snr_db=10.0, copies=1),
@@ -128,6 +151,8 @@ def test_noise_snr_range_draws_within_bounds():
                                  AugmentConfig(pitch=13.0, copies=1),
                                  AugmentConfig(formant=-0.1, copies=1),
                                  AugmentConfig(formant=0.5, copies=1),
+                                 AugmentConfig(tempo=-0.1, copies=1),
+                                 AugmentConfig(tempo=0.5, copies=1),
                                  AugmentConfig(reverb_rt60=-0.1, copies=1),
                                  AugmentConfig(reverb_rt60=3.0, copies=1),
                                  AugmentConfig(lowpass_hz=0.0, copies=1),
@@ -251,7 +276,8 @@ def test_mixup_matches_numpy_and_keeps_padding_out():
     np.testing.assert_array_equal(longer[~mixed_in], lengths[~mixed_in])
 
 
-def test_formant_option_enters_the_copies_fingerprint_only_when_set(wav_folder):
+@pytest.mark.parametrize("option", ["formant", "tempo"])
+def test_newer_options_enter_the_copies_fingerprint_only_when_set(wav_folder, option):
     import hashlib
     import json
 
@@ -260,12 +286,13 @@ def test_formant_option_enters_the_copies_fingerprint_only_when_set(wav_folder):
     dataset = load_recordings(wav_folder)
     cfg = AugmentConfig(pitch=1.0, copies=1)
     # the fingerprint of copies made before the option existed: every other field
-    older = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("mixup", "formant")}
+    older = {k: v for k, v in dataclasses.asdict(cfg).items()
+             if k not in ("mixup", "formant", "tempo")}
     spec = json.dumps({"parent": dataset.fingerprint, "augment": older, "seed": 0, "copy": 0},
                       sort_keys=True)
     assert augment_dataset(dataset, cfg, 0, 0).fingerprint == hashlib.sha256(spec.encode()).hexdigest()
-    warped = augment_dataset(dataset, dataclasses.replace(cfg, formant=0.1), 0, 0)
-    assert warped.fingerprint != hashlib.sha256(spec.encode()).hexdigest()
+    changed = augment_dataset(dataset, dataclasses.replace(cfg, **{option: 0.1}), 0, 0)
+    assert changed.fingerprint != hashlib.sha256(spec.encode()).hexdigest()
 
 
 def test_mixup_is_refused_when_negative_and_leaves_copies_fingerprint_alone(wav_folder):
