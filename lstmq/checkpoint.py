@@ -24,7 +24,8 @@ class TrainingCheckpoints:
     def __init__(self, directory: str | Path, keep: int = 1):
         self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            item_handlers=ocp.StandardCheckpointHandler())
 
     def latest_epoch(self) -> int | None:
         return self.manager.latest_step()
@@ -36,6 +37,11 @@ class TrainingCheckpoints:
     def restore(self, epoch: int, like: Any) -> Any:
         """Restore into the structure of ``like``; a structure mismatch is a CheckpointError."""
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+        problem = _layout_difference(_shapes(self.manager.item_metadata(epoch).tree),
+                                     _shapes(abstract))
+        if problem:  # refused before orbax starts reading, so no read is left pending
+            raise CheckpointError(f"{self.directory}: checkpoint of epoch {epoch} does not "
+                                  f"match this run's model/optimizer ({problem})")
         try:
             return self.manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
         except (ValueError, KeyError, TypeError) as error:
@@ -45,6 +51,23 @@ class TrainingCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {jax.tree_util.keystr(path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _layout_difference(saved: dict[str, tuple[int, ...]], wanted: dict[str, tuple[int, ...]]
+                       ) -> str:
+    """What keeps a checkpoint of layout ``saved`` from filling ``wanted`` ('' if nothing)."""
+    missing = sorted(wanted.keys() - saved.keys())
+    unexpected = sorted(saved.keys() - wanted.keys())
+    reshaped = [f"{key} saved {saved[key]}, expected {wanted[key]}"
+                for key in sorted(wanted.keys() & saved.keys()) if saved[key] != wanted[key]]
+    parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+        [f"unexpected {', '.join(unexpected)}"] if unexpected else []) + reshaped
+    return "; ".join(parts)
 
 
 def save_params(path: str | Path, params: Any) -> str:

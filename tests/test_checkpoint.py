@@ -141,6 +141,9 @@ def test_structure_mismatch_raises_checkpoint_error(tmp_path, change):
         checkpoints.restore(1, target)
     checkpoints.close()
     assert "checkpoints" in str(error.value) and "epoch 1" in str(error.value)
+    named = {"shape": "saved (", "missing": "unexpected ['states']['readout']",
+             "extra": "missing ['best']['extra']"}[change]
+    assert named in str(error.value)
 
 
 # atomic writes --------------------------------------------------------------------------
