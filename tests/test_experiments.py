@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import benchmark, ensemble, ptq_vs_qat, task_a, tune, voices
+from experiments import benchmark, ensemble, ptq_vs_qat, task_a, tune, voices, votes
 from lstmq import comparison
 from lstmq.runner import RunFolderError
 
@@ -99,9 +99,27 @@ def test_ensemble_scores_a_tuning_variant(tmp_path: Path, tiny: list[str]):
     assert all(len(row["seeds"]) == 2 and len(row["ensembles"]) == 1
                for row in noisy["conditions"].values())
     assert noisy["conditions"]["clean"]["seeds"] == result["folds"]["pair"]["seeds"]
+    read = votes.run(tmp_path / "pair", speeds=(0.9, 1.1), tempos=(1.1,))
+    assert list(read["means"]) == ["once", "speed votes", "tempo votes", "speed and tempo votes"]
+    assert read["folds"]["pair"]["once"] == result["folds"]["pair"]["seeds"]
+    assert all(len(values) == 2 for values in read["folds"]["pair"].values())
+    assert _read(tmp_path / "pair" / "votes.json") == json.loads(json.dumps(read))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no finished run"):
         ensemble.run(tmp_path / "empty", members=2)
+
+
+def test_votes_sum_the_logits_of_each_set_of_reads():
+    labels = np.array([0, 1])
+    logits = {"once": np.array([[[2.0, 0.0], [1.0, 0.0]]]),      # right, wrong
+              "speed 0.9": np.array([[[0.0, 1.0], [0.0, 3.0]]]),  # wrong, right
+              "tempo 1.1": np.array([[[0.0, 3.0], [0.0, 0.5]]])}  # wrong, wrong
+    sets = votes.read_sets([0.9], [1.1])
+    assert sets == {"once": ["once"], "speed votes": ["once", "speed 0.9"],
+                    "tempo votes": ["once", "tempo 1.1"],
+                    "speed and tempo votes": ["once", "speed 0.9", "tempo 1.1"]}
+    assert votes.accuracy_of_sums(logits, labels, sets) == {
+        "once": [0.5], "speed votes": [1.0], "tempo votes": [0.0], "speed and tempo votes": [0.5]}
 
 
 def test_voices_picks_the_next_speakers_and_fits_a_power_law():
