@@ -36,9 +36,9 @@ from lstmq.splits import make_split
 
 def stretched(dataset, rate: float):
     """``dataset`` with every clip spoken ``rate`` times faster, pitch kept."""
+    audio = tuple(stretch_tempo(clip, dataset.sample_rate, rate) for clip in dataset.audio)
     return dataclasses.replace(
-        dataset, audio=tuple(stretch_tempo(clip, dataset.sample_rate, rate) for clip in dataset.audio),
-        fingerprint=f"{dataset.fingerprint}:tempo:{rate!r}",
+        dataset, audio=audio, fingerprint=f"{dataset.fingerprint}:tempo:{rate!r}",
         source=f"{dataset.source}, stretched x{rate:g}")
 
 

@@ -1,5 +1,5 @@
-"""Training-time augmentation: waveform copies (speed, pitch, formants, tempo, shift, reverb, band
-limits, white noise, babble of other speakers) and SpecAugment masks.
+"""Training-time augmentation: waveform copies (speed, pitch, formants, tempo, shift, reverb,
+band limits, white noise, babble of other speakers) and SpecAugment masks.
 
 Waveform augmentation makes ``augment.copies`` extra versions of every training clip
 before featurization (each copy is a Dataset of its own, so its features are cached like
@@ -286,8 +286,8 @@ def check_augment_config(cfg: AugmentConfig, sample_rate: int | None = None) -> 
 
 
 def waveform_augmentation_enabled(cfg: AugmentConfig) -> bool:
-    return cfg.copies > 0 and (cfg.speed > 0 or cfg.pitch > 0 or cfg.formant > 0 or cfg.tempo > 0
-                               or cfg.time_shift > 0
+    return cfg.copies > 0 and (cfg.speed > 0 or cfg.pitch > 0 or cfg.formant > 0
+                               or cfg.tempo > 0 or cfg.time_shift > 0
                                or cfg.reverb_rt60 > 0 or cfg.lowpass_hz is not None
                                or cfg.highpass_hz is not None
                                or cfg.noise_snr_db is not None

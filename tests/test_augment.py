@@ -119,7 +119,8 @@ def test_tempo_of_one_is_the_clip_and_the_option_draws_rates_in_range():
     audio = _tone(0.5)
     np.testing.assert_array_equal(stretch_tempo(audio, 8000, 1.0), audio)
     cfg = AugmentConfig(tempo=0.2, copies=1)
-    lengths = [len(augment_clip(audio, 8000, cfg, np.random.default_rng(seed))) for seed in range(8)]
+    lengths = [len(augment_clip(audio, 8000, cfg, np.random.default_rng(seed)))
+               for seed in range(8)]
     assert len(audio) / 1.2 - 1 <= min(lengths) and max(lengths) <= len(audio) / 0.8 + 1
     assert max(lengths) - min(lengths) > 0.1 * len(audio)  # really drawn, not fixed
 
