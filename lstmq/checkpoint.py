@@ -53,8 +53,17 @@ class TrainingCheckpoints:
         self.manager.close()
 
 
+def _key_name(entry: Any) -> str:
+    """One step of a tree path by its name alone: an attribute of the training state and the
+    dict key orbax records for it read the same."""
+    for field in ("key", "name", "idx"):
+        if hasattr(entry, field):
+            return str(getattr(entry, field))
+    return str(entry)
+
+
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    return {jax.tree_util.keystr(path): tuple(leaf.shape)
+    return {"/".join(map(_key_name, path)): tuple(leaf.shape)
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 

@@ -126,6 +126,24 @@ def test_only_the_latest_checkpoint_is_kept(tmp_path):
     checkpoints.close()
 
 
+def test_a_state_of_attributes_restores_and_its_mismatch_is_named(tmp_path):
+    from flax import struct
+
+    @struct.dataclass
+    class State:
+        params: dict
+        step: np.ndarray
+
+    checkpoints = TrainingCheckpoints(tmp_path / "checkpoints")
+    state = State(params=params_tree(1), step=np.array([7], np.int32))
+    checkpoints.save(1, {"states": state})
+    assert_bit_identical(checkpoints.restore(1, {"states": State(params_tree(), np.array([0], np.int32))}),
+                         {"states": state})
+    with pytest.raises(CheckpointError, match="states/params/readout/kernel saved"):
+        checkpoints.restore(1, {"states": State(params_tree(hidden=6), np.array([0], np.int32))})
+    checkpoints.close()
+
+
 @pytest.mark.parametrize("change", ["shape", "missing", "extra"])
 def test_structure_mismatch_raises_checkpoint_error(tmp_path, change):
     checkpoints = TrainingCheckpoints(tmp_path / "checkpoints")
@@ -141,8 +159,8 @@ def test_structure_mismatch_raises_checkpoint_error(tmp_path, change):
         checkpoints.restore(1, target)
     checkpoints.close()
     assert "checkpoints" in str(error.value) and "epoch 1" in str(error.value)
-    named = {"shape": "saved (", "missing": "unexpected ['states']['readout']",
-             "extra": "missing ['best']['extra']"}[change]
+    named = {"shape": "saved (", "missing": "unexpected states/readout",
+             "extra": "missing best/extra"}[change]
     assert named in str(error.value)
 
 
