@@ -29,6 +29,7 @@ from lstmq.inference import run_dataset
 from lstmq.io import atomic_write_json
 from lstmq.paths import predict_path
 from lstmq.pipeline import prepare_recordings
+from lstmq.robustness import with_vote_speeds
 from lstmq.runs import load_run
 from lstmq.speed import vote_datasets
 from lstmq.splits import make_split
@@ -65,9 +66,7 @@ def accuracy_of_sums(logits: dict[str, np.ndarray], labels: np.ndarray,
 
 
 def score_run(folder: Path, speeds: Sequence[float], tempos: Sequence[float]) -> dict:
-    trained = load_run(folder)
-    config = dataclasses.replace(trained.config, features=dataclasses.replace(
-        trained.config.features, vote_speeds=()))  # each read scored on its own, summed here
+    trained = with_vote_speeds(load_run(folder), ())  # each read scored alone, summed here
     dataset = run_dataset(trained)
     val = dataset.subset(make_split(dataset, trained.config.data).val)
     if len(val) == 0:
@@ -77,7 +76,8 @@ def score_run(folder: Path, speeds: Sequence[float], tempos: Sequence[float]) ->
     reads.update((f"tempo {t:g}", stretched(val, t)) for t in tempos)
     logits, labels = {}, None
     for name, data in reads.items():
-        arrays = prepare_recordings(data, config, trained.derived.normalizer, progress=False)
+        arrays = prepare_recordings(data, trained.config, trained.derived.normalizer,
+                                    progress=False)
         logits[name] = np.asarray(predict_path(trained, arrays), np.float64)
         labels = arrays.labels
     return accuracy_of_sums(logits, labels, read_sets(speeds, tempos))
