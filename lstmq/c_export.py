@@ -147,6 +147,7 @@ def _model_header(m: dict, device: DeviceModel | None, max_frames: int, weight_b
             f"#define LSTMQ_NOISE_STEP_BITS {NOISE_STEP_BITS}",
             f"#define LSTMQ_NOISE_SPAN {NOISE_SPAN}",
             f"#define LSTMQ_MAD_FRAC_BITS {MAD_FRAC_BITS}",
+            f"#define LSTMQ_PREEMPHASIS {t.preemphasis}  /* Q15; 0: no pre-emphasis */",
             f"#define LSTMQ_DCT_FRAC_BITS {t.dct_frac_bits}"]
     else:
         lines += ["#define LSTMQ_UTTERANCE 0"]

@@ -91,6 +91,9 @@ class FeatureConfig:
     n_mels: int = 40
     fmin: float = 20.0
     fmax: float | None = None  # None: the Nyquist frequency
+    # pre-emphasis y[n] = x[n] - a x[n-1] of the clip before framing (x[-1] = 0); 0: off.
+    # The integer front end uses a in Q15 on the int16 PCM (lstmq.frontend)
+    preemphasis: float = 0.0
     mel_norm: Literal["slaney", "none"] = "slaney"  # triangles / width (librosa's), or peak 1
     deltas: int = 0  # 0: MFCC only; 1: + delta; 2: + delta and delta-delta
     trim_db: float | None = None  # trim leading/trailing silence below this many dB under peak

@@ -66,6 +66,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                                   "an integer percentile in [0, 100] or null"),
     # at most 60 dB keeps every log within the DCT's no-overflow bound (docs/numerics.md)
     "features.noise_keep_db": (lambda v: 0 < v <= 60, "in (0, 60] dB"),
+    "features.preemphasis": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "features.min_frames": (_positive, "at least 1"),
     "features.max_frames": (_optional(_positive), "at least 1 or null"),
     "features.vote_speeds": (lambda v: len(set(v)) == len(v) and all(

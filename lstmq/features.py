@@ -131,6 +131,8 @@ def extract_mfcc(audio: npt.ArrayLike, sample_rate: int, cfg: FeatureConfig) -> 
     needed = max((cfg.min_frames - 1) * sizes.hop, 1)
     if y.size < needed:
         y = np.pad(y, (0, needed - y.size))
+    if cfg.preemphasis:  # after the padding, as the integer front end
+        y = np.append(y[:1], y[1:] - np.float32(cfg.preemphasis) * y[:-1])
     mel = librosa.feature.melspectrogram(
         y=y, sr=sample_rate, n_fft=sizes.n_fft, hop_length=sizes.hop, win_length=sizes.window,
         window="hann", center=True, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=sizes.fmax,
@@ -188,6 +190,8 @@ def feature_cache_key(dataset: Dataset, cfg: FeatureConfig) -> str:
     fields = {name: getattr(cfg, name) for name in _KEY_FIELDS}
     if cfg.compression != "log":  # log-mel keys stay those of caches written before PCEN
         fields.update(compression=cfg.compression, pcen_time_ms=cfg.pcen_time_ms)
+    if cfg.preemphasis:  # keys stay those of caches written before the option
+        fields["preemphasis"] = cfg.preemphasis
     if cfg.frontend == "integer":
         from lstmq.frontend import FRONTEND_VERSION  # pylint: disable=import-outside-toplevel
 

@@ -5,6 +5,8 @@ int8/int16/int32, batched), the same function the device runs (the C runtime is 
 from the same tables, ``lstmq.c_runtime``), so training sees exactly what the device
 computes. Steps per frame (rules in docs/numerics.md, "Front end"):
 
+0. with ``features.preemphasis`` a: ``x[n] - rsr(A x[n-1], 15)`` over the clip's samples,
+   ``A = round(a 2^15)``, ``x[-1] = 0`` (int32, |value| < 2^16);
 1. frame t: N = n_fft samples of the clip padded with N/2 zeros at both ends, from t * hop;
    times a periodic Hann window of ``window`` samples in Q15 (centred), ``rsr(x w, 15)``;
 2. block scaling: shift the frame so its peak lies in [2^13, 2^14) (``dsp.block_shift``);
@@ -93,6 +95,7 @@ class FrontendTables:
     speech: int | None = None  # speech_db in Q10 log2 units: utterance statistics' frames
     noise_percentile: int | None = None  # the bands' noise estimate; None: no subtraction
     noise_gain: np.ndarray | None = None  # <int16>[NOISE_SPAN / 2^NOISE_STEP_BITS + 1] Q10
+    preemphasis: int = 0  # the pre-emphasis coefficient in Q15; 0: none
 
     @property
     def bins(self) -> int:
@@ -173,7 +176,25 @@ def make_tables(cfg: FeatureConfig, sample_rate: int) -> FrontendTables:
         utterance=cfg.normalize == "utterance",
         speech=None if cfg.speech_db is None else int(round(cfg.speech_db / LOG_DB * 1024)),
         noise_percentile=cfg.noise_percentile,
-        noise_gain=None if cfg.noise_percentile is None else make_noise_gain(cfg.noise_keep_db))
+        noise_gain=None if cfg.noise_percentile is None else make_noise_gain(cfg.noise_keep_db),
+        preemphasis=preemphasis_q15(cfg.preemphasis))
+
+
+def preemphasis_q15(coefficient: float) -> int:
+    """The pre-emphasis coefficient in Q15 (at most 32767: the product stays in int32)."""
+    if not 0 <= coefficient < 1:
+        raise FrontendError(f"features.preemphasis must lie in [0, 1), got {coefficient}")
+    return min(int(round(coefficient * 2**15)), 2**15 - 1)
+
+
+def preemphasize(pcm: jax.Array, lengths: jax.Array, coefficient_q15: int) -> jax.Array:
+    """``x[n] - rsr(A x[n-1], 15)`` of a batch <int16>[batch, samples] within each clip's
+    ``lengths`` samples (x[-1] = 0), 0 after them: <int32>[batch, samples], |value| < 2^16."""
+    x = pcm.astype(jnp.int32)
+    previous = jnp.concatenate([jnp.zeros_like(x[:, :1]), x[:, :-1]], axis=1)
+    y = x - fx.rounding_shift_right(previous * jnp.int32(coefficient_q15), 15)
+    inside = jnp.arange(x.shape[1], dtype=jnp.int32)[None, :] < lengths.astype(jnp.int32)[:, None]
+    return jnp.where(inside, y, 0)
 
 
 def frame_count(samples: int, hop: int) -> int:
@@ -196,10 +217,12 @@ def integer_mfcc(tables: FrontendTables, pcm: jax.Array, lengths: jax.Array,
       normalisation ``(c - mean) / mad`` in Q8; frames past a clip's count are 0.
     """
     n, hop = tables.n_fft, tables.hop
-    pad = jnp.zeros((pcm.shape[0], n // 2), jnp.int16)
+    signal = (preemphasize(pcm, lengths, tables.preemphasis) if tables.preemphasis
+              else pcm.astype(jnp.int16))
+    pad = jnp.zeros((pcm.shape[0], n // 2), signal.dtype)
     need = (frames - 1) * hop + n - (pcm.shape[1] + n)
-    tail = jnp.zeros((pcm.shape[0], n // 2 + max(need, 0)), jnp.int16)
-    padded = jnp.concatenate([pad, pcm.astype(jnp.int16), tail], axis=1)
+    tail = jnp.zeros((pcm.shape[0], n // 2 + max(need, 0)), signal.dtype)
+    padded = jnp.concatenate([pad, signal, tail], axis=1)
     index = np.arange(frames)[:, None] * hop + np.arange(n)[None, :]
     x = padded[:, index].astype(jnp.int32)  # [B, T, N]
     v = fx.rounding_shift_right(x * jnp.asarray(tables.window, jnp.int32), 15)
@@ -372,6 +395,9 @@ def integer_mfcc_ref(tables: FrontendTables, pcm: np.ndarray) -> np.ndarray:
     n, hop = tables.n_fft, tables.hop
     pcm = np.asarray(pcm, np.int64)
     frames = frame_count(pcm.size, hop)
+    if tables.preemphasis:
+        pcm = np.array([int(x) - dsp._rsr(tables.preemphasis * int(previous), 15)
+                        for x, previous in zip(pcm, np.concatenate([[0], pcm[:-1]]))], np.int64)
     padded = np.concatenate([np.zeros(n // 2, np.int64), pcm, np.zeros(n // 2 + n, np.int64)])
     window = tables.window.astype(np.int64)
     mel, dct = tables.mel.astype(np.int64), tables.dct.astype(np.int64)

@@ -29,13 +29,15 @@ needs_cc = pytest.mark.skipif(find_compiler() is None,
 def make_device(bits: int = 8, readout: str = "last", normalize: str = "utterance",
                 top_db: float | None = 40.0, layers: int = 2, seed: int = 0,
                 speech_db: float | None = None, noise_percentile: int | None = None,
-                noise_keep_db: float = 12.0, vote_speeds: tuple[float, ...] = ()) -> DeviceModel:
+                noise_keep_db: float = 12.0, vote_speeds: tuple[float, ...] = (),
+                preemphasis: float = 0.0) -> DeviceModel:
     model = LSTMClassifier(hidden=6, layers=layers, num_classes=4, readout=readout)
     params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 2, 13)), jnp.ones((1,), jnp.int32))
     params = jax.tree_util.tree_map(lambda p: np.asarray(p) * 3.0, params["params"])  # busier gates
     integer = convert_params(params, 2.5, bits, readout)
     cfg = FeatureConfig(normalize=normalize, top_db=top_db, speech_db=speech_db,
-                        noise_percentile=noise_percentile, noise_keep_db=noise_keep_db)
+                        noise_percentile=noise_percentile, noise_keep_db=noise_keep_db,
+                        preemphasis=preemphasis)
     tables = frontend.make_tables(cfg, 8000)
     scale = frontend.value_scale(cfg)
     rng = np.random.default_rng(seed)
@@ -101,6 +103,20 @@ def test_speed_votes_on_the_host_are_bit_exact_with_jnp(tmp_path, speeds):
     assert device.max_samples(library.max_frames) >= 3 * 8000  # the default: 3 s in every pass
     passes = sum(65536 / speed_step(v) for v in (1.0, *speeds))  # 1 + 1/0.9 + 1/1.1, ...
     assert library.macs_per_second == pytest.approx(library.macs_per_frame * 62.5 * passes)
+
+
+@needs_cc
+@pytest.mark.parametrize("speeds", [(), (0.9, 1.1)])
+def test_preemphasis_on_the_host_is_bit_exact_with_jnp(tmp_path, speeds):
+    """Pre-emphasis of the clip as recorded and of every speed-vote pass (full-scale clips
+    included, whose emphasised samples reach +-65534)."""
+    device = make_device(4, "mean", "utterance", 40.0, noise_percentile=10, noise_keep_db=24.0,
+                         vote_speeds=speeds, preemphasis=0.97)
+    pcm = clips(12)
+    check_on_host(device, pcm, tmp_path, 4)
+    plain = make_device(4, "mean", "utterance", 40.0, noise_percentile=10, noise_keep_db=24.0,
+                        vote_speeds=speeds)
+    assert not np.array_equal(jnp_logits(device, pcm), jnp_logits(plain, pcm))
 
 
 def test_speed_votes_that_could_overflow_the_int32_sum_are_refused():

@@ -134,6 +134,13 @@ def test_speech_db_needs_the_integer_front_ends_utterance_statistics(overrides):
         load_config(overrides=overrides)
 
 
+@pytest.mark.parametrize("value", ["1.0", "-0.1", "1.5"])
+def test_preemphasis_outside_0_to_1_is_refused(value):
+    with pytest.raises(ConfigError, match=r"features\.preemphasis"):
+        load_config(overrides=[f"features.preemphasis={value}"])
+    assert load_config(overrides=["features.preemphasis=0.97"]).features.preemphasis == 0.97
+
+
 @pytest.mark.parametrize("overrides, key", [
     (["features.noise_percentile=10"], "features.noise_percentile"),  # the float front end
     (["features.frontend=integer", "features.noise_percentile=101"], "features.noise_percentile"),

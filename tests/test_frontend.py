@@ -3,6 +3,7 @@ front end against its reference, the int8 quantizer, and its place in training."
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lstmq import dsp, fixedpoint as fx, frontend
+from lstmq import dsp, features, fixedpoint as fx, frontend
 from lstmq.audit import audit_float_free
 from lstmq.config import FeatureConfig, load_config
 
@@ -150,17 +151,20 @@ def _clips(rate):
     return [tone, square, quiet, silence, tiny]
 
 
-@pytest.mark.parametrize("rate, normalize, top_db, speech_db, noise", [
-    (8000, "global", 80.0, None, None), (8000, "utterance", 40.0, None, None),
-    (16000, "none", None, None, None), (8000, "utterance", 40.0, 20.0, None),
-    (16000, "utterance", None, 30.0, None), (8000, "utterance", 40.0, None, (10, 12.0)),
-    (8000, "none", None, None, (0, 30.0)),
-    (16000, "utterance", 40.0, 30.0, (50, 6.0))])
-def test_front_end_is_bit_exact_with_its_reference(rate, normalize, top_db, speech_db, noise):
+@pytest.mark.parametrize("rate, normalize, top_db, speech_db, noise, preemphasis", [
+    (8000, "global", 80.0, None, None, 0.0), (8000, "utterance", 40.0, None, None, 0.0),
+    (16000, "none", None, None, None, 0.0), (8000, "utterance", 40.0, 20.0, None, 0.0),
+    (16000, "utterance", None, 30.0, None, 0.0), (8000, "utterance", 40.0, None, (10, 12.0), 0.0),
+    (8000, "none", None, None, (0, 30.0), 0.0),
+    (16000, "utterance", 40.0, 30.0, (50, 6.0), 0.0), (8000, "utterance", 40.0, None, (10, 24.0), 0.97),
+    (16000, "none", None, None, None, 0.5)])
+def test_front_end_is_bit_exact_with_its_reference(rate, normalize, top_db, speech_db, noise,
+                                                   preemphasis):
     percentile, keep_db = noise or (None, 12.0)
     tables = frontend.make_tables(FeatureConfig(normalize=normalize, top_db=top_db,
                                                 speech_db=speech_db, noise_percentile=percentile,
-                                                noise_keep_db=keep_db), rate)
+                                                noise_keep_db=keep_db, preemphasis=preemphasis),
+                                  rate)
     clips = _clips(rate)
     pcm, lengths, frames = _batch(clips, tables.hop)
     run = jax.jit(lambda p, l: frontend.integer_mfcc(tables, p, l, frames))
@@ -169,6 +173,49 @@ def test_front_end_is_bit_exact_with_its_reference(rate, normalize, top_db, spee
         ref = frontend.integer_mfcc_ref(tables, clip)
         np.testing.assert_array_equal(out[row, :len(ref)], ref)
         assert not out[row, len(ref):].any()  # frames past the clip are zero
+
+
+def test_preemphasis_rounds_half_up_and_spans_both_int16_ends_without_wrapping():
+    """x[n] - rsr(A x[n-1], 15) in int32: full-scale alternation reaches -65534 and 65534, a
+    half-way product rounds up, the first sample keeps x[-1] = 0 and samples past a clip's
+    length are 0 (not -A x[last])."""
+    a = frontend.preemphasis_q15(0.97)
+    assert a == 31785 and frontend.preemphasis_q15(0.99999) == 32767
+    with pytest.raises(frontend.FrontendError, match="preemphasis"):
+        frontend.preemphasis_q15(1.0)
+    pcm = np.array([[32767, -32768, 32767, -32768, 0, 0], [-32768, 32767, -32768, 2, 9, 0]],
+                   np.int16)
+    out = np.asarray(frontend.preemphasize(jnp.asarray(pcm), jnp.asarray([4, 5]), 32767))
+    np.testing.assert_array_equal(out[0], [32767, -65534, 65534, -65534, 0, 0])
+    np.testing.assert_array_equal(out[1], [-32768, 65534, -65534, 32769, 7, 0])
+    half = np.asarray(frontend.preemphasize(jnp.asarray([[1, 0], [-1, 0]], jnp.int16),
+                                            jnp.asarray([2, 2]), 2**14))  # A x[0] = +-0.5
+    np.testing.assert_array_equal(half[:, 1], [-1, 0])  # rsr: 0.5 rounds to 1, -0.5 to 0
+    # the window product of the largest value stays in int32
+    assert 65534 * int(frontend.make_tables(FeatureConfig(), 8000).window.max()) < 2**31
+
+
+def test_preemphasis_tilts_both_front_ends_as_its_filter_response():
+    """On white noise, a = 0.97 moves every coefficient (mean over frames, in dB) by the DCT of
+    the filter's gain 20 log10 |1 - a e^-jw| at the mel bands' centres (-21 dB at 100 Hz,
+    +5 dB at 3 kHz), in the integer and the float front end alike."""
+    import librosa  # pylint: disable=import-outside-toplevel
+    import scipy.fft  # pylint: disable=import-outside-toplevel
+
+    rate = 8000
+    clip = np.round(np.random.default_rng(1).normal(0, 3000, rate)).astype(np.int16)
+    moved = []
+    for coefficient in (0.0, 0.97):
+        cfg = FeatureConfig(normalize="none", top_db=None, preemphasis=coefficient)
+        integer = frontend.integer_mfcc_ref(frontend.make_tables(cfg, rate), clip)
+        floats = features.extract_mfcc(clip / 32768.0, rate, dataclasses.replace(cfg, frontend="float"))
+        moved.append((integer[2:-2].mean(0) / 1024 * frontend.LOG_DB, floats[2:-2].mean(0)))
+    centres = librosa.mel_frequencies(n_mels=42, fmin=20.0, fmax=rate / 2)[1:-1]
+    gain_db = 20 * np.log10(np.abs(1 - 0.97 * np.exp(-2j * np.pi * centres / rate)))
+    expected = scipy.fft.dct(gain_db, type=2, norm="ortho")[:13]
+    assert expected[1] < -40  # a strong tilt: the low bands fall, the high ones rise
+    for path in (0, 1):
+        np.testing.assert_allclose(moved[1][path] - moved[0][path], expected, atol=1.0)
 
 
 def test_speech_frame_statistics_ignore_the_silence_around_a_word():

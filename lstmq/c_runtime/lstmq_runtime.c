@@ -208,11 +208,24 @@ static int32_t played_sample(const int16_t *pcm, int32_t k) {
   return here + rsr((next - here) * w, 15);  /* between here and next: no saturation */
 }
 
-static void log_mel_frame(const int16_t *pcm, int32_t n, int32_t t, int32_t *out) {
+/* Sample `at` of the pass's n samples padded with zeros to `samples` (0 <= at < samples). */
+static int32_t input_sample(const int16_t *pcm, int32_t n, int32_t at) {
+  int32_t x = at >= n ? 0 : pass_step == 1u << 16 ? pcm[at] : played_sample(pcm, at);
+#if LSTMQ_PREEMPHASIS > 0  /* x[k] - rsr(A x[k-1], 15), x[-1] = 0: |value| < 2^16 */
+  if (at > 0 && at <= n) {
+    int32_t previous = pass_step == 1u << 16 ? pcm[at - 1] : played_sample(pcm, at - 1);
+    x -= rsr(LSTMQ_PREEMPHASIS * previous, 15);
+  }
+#endif
+  return x;
+}
+
+static void log_mel_frame(const int16_t *pcm, int32_t n, int32_t samples, int32_t t,
+                          int32_t *out) {
   int32_t i, k, m, peak = 0, shift;
   for (i = 0; i < LSTMQ_N_FFT; i++) {
     int32_t at = t * LSTMQ_HOP + i - LSTMQ_N_FFT / 2;
-    int32_t x = (at >= 0 && at < n) ? (pass_step == 1u << 16 ? pcm[at] : played_sample(pcm, at)) : 0;
+    int32_t x = (at >= 0 && at < samples) ? input_sample(pcm, n, at) : 0;
     int32_t v = rsr(x * LSTMQ_WINDOW[i], 15);
     frame[i] = v;
     if ((v < 0 ? -v : v) > peak) peak = v < 0 ? -v : v;
@@ -237,7 +250,7 @@ static int32_t front_end(const int16_t *pcm, int32_t n) {
   int32_t samples = n < LSTMQ_MIN_SAMPLES ? LSTMQ_MIN_SAMPLES : n;  /* zeros after the clip */
   int32_t frames = 1 + samples / LSTMQ_HOP, t, m, j;
   if (frames > LSTMQ_MAX_FRAMES) return LSTMQ_ERROR_TOO_LONG;
-  for (t = 0; t < frames; t++) log_mel_frame(pcm, n, t, logmel[t]);
+  for (t = 0; t < frames; t++) log_mel_frame(pcm, n, samples, t, logmel[t]);
 #if LSTMQ_NOISE_PERCENTILE >= 0
   subtract_noise(frames);
 #endif
