@@ -188,6 +188,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # > 0: evaluate and keep a moving average of the params (e.g. 0.999)
+    # > 0: sharpness-aware minimisation: each gradient is taken again at the parameters moved
+    # by this length along the first one's direction (twice the gradient work per step)
+    sam_rho: float = 0.0
     # > 0: a speaker-adversarial head (lstmq.adversary) whose gradient reaches the LSTM
     # reversed and scaled by this weight; training only, never exported
     speaker_adversary: float = 0.0

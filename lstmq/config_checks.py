@@ -104,6 +104,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.grad_clip": (_non_negative, "0 (off) or more"),
     "train.label_smoothing": (_fraction, "in [0, 1)"),
     "train.ema_decay": (_fraction, "in [0, 1) (0: off)"),
+    "train.sam_rho": (_non_negative, "0 (off) or a positive neighbourhood radius"),
     "train.speaker_adversary": (_non_negative, "0 (off) or a positive gradient-reversal weight"),
     "train.distill_from": (lambda v: v is None or v.strip() != "", "a run folder or null"),
     "train.distill_weight": (lambda v: 0 < v <= 1, "in (0, 1]"),

@@ -156,8 +156,8 @@ def summed_gradients(state: TrainState, key: jax.Array, x: jax.Array, lengths: j
                      augment: Callable | None = None,
                      mixup_alpha: float = 0.0, speakers: jax.Array | None = None,
                      reversal: float = 0.0, soft: jax.Array | None = None,
-                     distill_weight: float = 0.0, temperature: float = 1.0
-                     ) -> tuple[Any, dict[str, jax.Array]]:
+                     distill_weight: float = 0.0, temperature: float = 1.0,
+                     sam_rho: float = 0.0) -> tuple[Any, dict[str, jax.Array]]:
     """Gradient of the weighted loss sum of one seed on a batch, and the batch's metric sums.
 
     ``key`` drives dropout; ``fold_in(key, 1)`` drives augmentation, ``fold_in(key, 2)``
@@ -167,8 +167,13 @@ def summed_gradients(state: TrainState, key: jax.Array, x: jax.Array, lengths: j
     (classifier's, head's), the head's loss is added to the sum, and the metrics also count
     the speakers it named right (``speaker_correct``). With a teacher's soft targets
     (``soft``, ``lstmq.distill``) the loss is ``(1 - distill_weight)`` times the hard one plus
-    ``distill_weight`` times the distillation loss at ``temperature``.
+    ``distill_weight`` times the distillation loss at ``temperature``. With ``sam_rho > 0``
+    (sharpness-aware minimisation) the gradient is taken again, with the same dropout and
+    augmentation, at the parameters moved by ``sam_rho`` along the first gradient's
+    direction; the metrics stay those of the unmoved parameters.
     """
+    if sam_rho > 0 and state.adversary is not None:
+        raise ValueError("train.sam_rho cannot be combined with train.speaker_adversary")
     if soft is not None and (mixup_alpha > 0 or state.adversary is not None):
         raise ValueError("train.distill_from cannot be combined with augment.mixup or "
                          "train.speaker_adversary")
@@ -197,8 +202,19 @@ def summed_gradients(state: TrainState, key: jax.Array, x: jax.Array, lengths: j
         return loss, logits
 
     (loss_sum, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if sam_rho > 0:
+        grads = sharpness_aware_gradients(loss_fn, state.params, grads, sam_rho)
     correct = jnp.sum(jnp.where(jnp.argmax(logits, -1) == labels, weight, 0.0))
     return grads, {"loss": loss_sum, "correct": correct, "count": weight.sum()}
+
+
+def sharpness_aware_gradients(loss_fn: Callable, params: Any, grads: Any, rho: float) -> Any:
+    """SAM's gradient: ``loss_fn``'s (``(loss, aux)``) at ``params + rho g / |g|``, ``g`` =
+    ``grads`` at ``params`` (a zero gradient leaves the parameters where they are)."""
+    norm = optax.global_norm(grads)
+    scale = rho / jnp.where(norm > 0, norm, 1.0)
+    moved = jax.tree_util.tree_map(lambda p, g: p + scale * g, params, grads)
+    return jax.grad(lambda p: loss_fn(p)[0])(moved)
 
 
 def _adversarial_gradients(state: TrainState, key: jax.Array, x: jax.Array,
@@ -254,13 +270,13 @@ def train_step(state: TrainState, x: jax.Array, lengths: jax.Array, labels: jax.
                augment: Callable | None = None, ema_decay: float = 0.0,
                mixup_alpha: float = 0.0, speakers: jax.Array | None = None,
                reversal: float = 0.0, soft: jax.Array | None = None,
-               distill_weight: float = 0.0, temperature: float = 1.0
+               distill_weight: float = 0.0, temperature: float = 1.0, sam_rho: float = 0.0
                ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step of one seed (vmapped over seeds by the caller)."""
     key = jax.random.fold_in(state.dropout_key, state.step)
     grads, metrics = summed_gradients(state, key, x, lengths, labels, weight, label_smoothing,
                                       augment, mixup_alpha, speakers, reversal, soft,
-                                      distill_weight, temperature)
+                                      distill_weight, temperature, sam_rho)
     return apply_summed_gradients(state, grads, metrics["count"], ema_decay), metrics
 
 
@@ -308,6 +324,9 @@ class Trainer:
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1) (0: off), got {ema_decay}")
         reversal = self.cfg.speaker_adversary
+        sam_rho = self.cfg.sam_rho
+        if sam_rho > 0 and reversal > 0:
+            raise ValueError("train.sam_rho cannot be combined with train.speaker_adversary")
         # (head, optimiser) for create_train_states; None without the adversary
         self.adversary = None
         if reversal > 0:
@@ -328,14 +347,15 @@ class Trainer:
             x, lengths, labels, speakers, soft = gather(data, index, frames)
             step = lambda s: train_step(s, x, lengths, labels, weight, smoothing, augment,
                                         ema_decay, mixup_alpha, speakers, reversal, soft,
-                                        distill_weight, temperature)
+                                        distill_weight, temperature, sam_rho)
             return jax.vmap(step)(states)
 
         def seeds_gradients(states, data, index, weight, frames, shard):
             x, lengths, labels, speakers, soft = gather(data, index, frames)
             return jax.vmap(lambda s: summed_gradients(
                 s, shard_key(s, shard), x, lengths, labels, weight, smoothing, augment,
-                mixup_alpha, speakers, reversal, soft, distill_weight, temperature))(states)
+                mixup_alpha, speakers, reversal, soft, distill_weight, temperature,
+                sam_rho))(states)
 
         def seeds_apply(states, parts):
             grads, metrics = jax.tree_util.tree_map(lambda *a: sum(a), *parts)

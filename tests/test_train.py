@@ -563,3 +563,41 @@ def test_a_seed_mesh_needs_the_devices_and_a_multiple_of_them():
     assert seed_mesh(3, 1) is None
     with pytest.raises(ValueError, match="JAX sees"):
         seed_mesh(4, len(jax.devices()) + 1)
+
+
+def test_sharpness_aware_gradient_is_taken_at_the_moved_parameters():
+    """loss = sum(a p^2) / 2: the SAM gradient is a (p + rho g / |g|) with g = a p; a zero
+    gradient leaves p in place."""
+    from lstmq.train import sharpness_aware_gradients
+
+    a = {"w": jnp.array([1.0, 4.0]), "b": jnp.array([2.0])}
+    p = {"w": jnp.array([3.0, -1.0]), "b": jnp.array([0.5])}
+    loss_fn = lambda q: (0.5 * sum(jnp.sum(a[k] * q[k] ** 2) for k in q), None)
+    g = {k: a[k] * p[k] for k in p}
+    norm = np.sqrt(sum(float(jnp.sum(v ** 2)) for v in g.values()))
+    out = sharpness_aware_gradients(loss_fn, p, g, 0.1)
+    for k in p:
+        np.testing.assert_allclose(out[k], a[k] * (p[k] + 0.1 * g[k] / norm), rtol=1e-6)
+    zero = {k: jnp.zeros_like(v) for k, v in p.items()}
+    np.testing.assert_allclose(sharpness_aware_gradients(loss_fn, zero, zero, 0.1)["w"], [0, 0])
+
+
+def test_sam_training_still_learns_and_reports_the_unmoved_loss():
+    from lstmq.train import summed_gradients
+
+    x, lengths, labels, weight = batch_arrays(synthetic_split(BATCH, seed=6))
+    step = jax.jit(lambda states: jax.vmap(
+        lambda s: train_step(s, x, lengths, labels, weight, sam_rho=0.05))(states))
+    states = jitted_init()(0)
+    for _ in range(60):
+        states, metrics = step(states)
+    assert np.all(np.asarray(metrics["correct"]) >= 0.75 * BATCH)
+    state = jax.tree_util.tree_map(lambda a: a[0], states)
+    key = jax.random.PRNGKey(3)
+    grads = jax.jit(lambda s, rho: summed_gradients(s, key, x, lengths, labels, weight,
+                                                    sam_rho=rho), static_argnums=1)
+    plain, plain_metrics = grads(state, 0.0)
+    sam, sam_metrics = grads(state, 0.05)
+    assert float(sam_metrics["loss"]) == float(plain_metrics["loss"])
+    difference = optax.global_norm(jax.tree_util.tree_map(lambda a, b: a - b, sam, plain))
+    assert float(difference) > 1e-3 * float(optax.global_norm(plain))
