@@ -108,13 +108,15 @@ def test_without_the_adversary_nothing_changes():
     assert states.adversary is None and "speaker_accuracy" not in metrics
 
 
-def test_the_adversary_refuses_one_speaker_and_mixup():
+def test_the_adversary_refuses_one_speaker_mixup_and_sam():
     with pytest.raises(ValueError, match="at least 2 training speakers"):
         Trainer(config(speaker_adversary=0.5), MODEL, split_with_speakers(["only"]))
     both = dataclasses.replace(config(speaker_adversary=0.5),
                                augment=dataclasses.replace(config().augment, mixup=0.2))
     with pytest.raises(ValueError, match="mixup"):
         Trainer(both, MODEL, split_with_speakers(["a", "b"]))
+    with pytest.raises(ValueError, match="sam_rho cannot be combined"):
+        Trainer(config(speaker_adversary=0.5, sam_rho=0.05), MODEL, split_with_speakers(["a", "b"]))
 
 
 def test_a_negative_weight_is_a_config_error():
