@@ -185,6 +185,9 @@ def _check_combinations(config: Config) -> None:
             and (a.mixup > 0 or t.speaker_adversary > 0):
         raise ConfigError("distillation (train.distill_from or train.teacher_seeds) cannot be "
                           "combined with augment.mixup or train.speaker_adversary")
+    if t.sam_rho > 0 and t.speaker_adversary > 0:
+        raise ConfigError("train.sam_rho cannot be combined with train.speaker_adversary: set "
+                          "one of them to 0")
     if t.warmup_epochs > t.epochs:
         raise ConfigError(f"train.warmup_epochs ({t.warmup_epochs}) exceeds train.epochs "
                           f"({t.epochs})")

@@ -132,7 +132,7 @@ def extract_mfcc(audio: npt.ArrayLike, sample_rate: int, cfg: FeatureConfig) -> 
     if y.size < needed:
         y = np.pad(y, (0, needed - y.size))
     if cfg.preemphasis:  # after the padding, as the integer front end
-        y = np.append(y[:1], y[1:] - np.float32(cfg.preemphasis) * y[:-1])
+        y = librosa.effects.preemphasis(y, coef=cfg.preemphasis, zi=0.0)  # x[-1] = 0
     mel = librosa.feature.melspectrogram(
         y=y, sr=sample_rate, n_fft=sizes.n_fft, hop_length=sizes.hop, win_length=sizes.window,
         window="hann", center=True, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=sizes.fmax,

@@ -325,8 +325,6 @@ class Trainer:
             raise ValueError(f"train.ema_decay must be in [0, 1) (0: off), got {ema_decay}")
         reversal = self.cfg.speaker_adversary
         sam_rho = self.cfg.sam_rho
-        if sam_rho > 0 and reversal > 0:
-            raise ValueError("train.sam_rho cannot be combined with train.speaker_adversary")
         # (head, optimiser) for create_train_states; None without the adversary
         self.adversary = None
         if reversal > 0:
