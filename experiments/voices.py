@@ -4,7 +4,8 @@
         [--set quant.mode=float --set train.epochs=20 --set train.seeds=1]
 
 For each speaker s of the data and each count k, a model is trained on the clips of the k
-speakers that follow s (in sorted order, cyclically) and tested on every clip of s; k = all
+speakers that follow s (in sorted order, cyclically; ``--skip j``: those after the first j
+that follow s, another set of voices per count) and tested on every clip of s; k = all
 other speakers is leave-one-speaker-out. Babble copies (``augment.babble_*``) are made of
 other training voices, so a config with them needs k >= 2. The last epoch's parameters are kept
 (``train.select=last``), so the test voice chooses nothing. Reports, per k, the mean over
@@ -30,15 +31,21 @@ from lstmq.pipeline import prepare_data
 from lstmq.splits import speakers_of
 
 
-def training_voices(speakers: Sequence[str], held_out: str, count: int) -> list[str]:
-    """The ``count`` speakers after ``held_out`` in ``speakers``' order, cyclically."""
+def training_voices(speakers: Sequence[str], held_out: str, count: int,
+                    skip: int = 0) -> list[str]:
+    """The ``count`` speakers after ``held_out`` in ``speakers``' order, cyclically, leaving out
+    the ``skip`` that follow it first."""
     speakers = list(speakers)
     if held_out not in speakers:
         raise ValueError(f"{held_out!r} is not one of the speakers {speakers}")
     if not 1 <= count < len(speakers):
         raise ValueError(f"a count of training voices must be in 1..{len(speakers) - 1} "
                          f"(the data has {len(speakers)} speakers), got {count}")
-    start = speakers.index(held_out)
+    most = len(speakers) - 1 - count
+    if not 0 <= skip <= most:
+        raise ValueError(f"cannot skip {skip} speaker(s) before {count} training voice(s) of "
+                         f"{len(speakers)} speakers: skip must be in 0..{most}")
+    start = speakers.index(held_out) + skip
     return [speakers[(start + step) % len(speakers)] for step in range(1, count + 1)]
 
 
@@ -60,7 +67,7 @@ def voices_needed(a: float, b: float, target_accuracy: float) -> float | None:
 def run(out: str | Path, config_name: str, counts: Sequence[int],
         overrides: Sequence[str] = (), speakers: Sequence[str] | None = None,
         target: float = 0.95, progress: bool = True,
-        max_held_out: int | None = None) -> dict[str, Any]:
+        max_held_out: int | None = None, skip: int = 0) -> dict[str, Any]:
     """``max_held_out``: hold out only the first that many speakers (``--quick``)."""
     out = Path(out)
     base = load_config(config_name, [*overrides, "train.select=last"])
@@ -71,7 +78,7 @@ def run(out: str | Path, config_name: str, counts: Sequence[int],
     for count in counts:
         per_speaker = {}
         for held_out in held_out_speakers:
-            voices = training_voices(every, held_out, count)
+            voices = training_voices(every, held_out, count, skip)
             keep = np.isin(dataset.speakers, [held_out, *voices])
             config = load_config(config_name, [*overrides, "train.select=last",
                                                "data.split=speaker",
@@ -96,7 +103,7 @@ def run(out: str | Path, config_name: str, counts: Sequence[int],
         fit = {"a": a, "b": b, "target": target, "voices_needed": voices_needed(a, b, target)}
     result = {"experiment": "voices", "rows": rows, "speakers": held_out_speakers, "fit": fit,
               "settings": {"config": config_name, "overrides": list(overrides),
-                           "counts": list(counts)},
+                           "counts": list(counts), "skip": skip},
               "environment": common.environment()}
     common.write_results(out, "voices", result, format_table(result))
     _plot(result, out / "voices.png")
@@ -112,7 +119,9 @@ def format_table(result: dict[str, Any]) -> str:
     settings = result["settings"]
     text = ("# Accuracy on a new voice against the number of training voices\n\n"
             f"Config {settings['config']} with overrides {settings['overrides'] or 'none'}, "
-            "last epoch kept; a speaker column is that voice held out (mean over seeds).\n\n"
+            + (f"training voices after the first {settings['skip']} that follow the held-out "
+               "one, " if settings.get("skip") else "")
+            + "last epoch kept; a speaker column is that voice held out (mean over seeds).\n\n"
             + common.markdown_table(headers, rows))
     fit = result.get("fit")
     if fit:
@@ -151,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--counts", type=int, nargs="+",
                         help="numbers of training voices (default 2 3 4 5; --quick: 2 3)")
     parser.add_argument("--speakers", nargs="+", help="held-out speakers (default: all)")
+    parser.add_argument("--skip", type=int, default=0,
+                        help="train on the voices after the first SKIP that follow the held-out "
+                             "one: another set of voices per count (default 0)")
     parser.add_argument("--target", type=float, default=0.95,
                         help="accuracy the fitted curve is solved for (default 0.95)")
     args = parser.parse_args(argv)
@@ -160,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = ["train.seeds=1", "train.epochs=2", *common.QUICK_OVERRIDES, *overrides]
         counts = args.counts or [2, 3]
     result = run(args.out, args.config, counts, overrides, args.speakers, args.target,
-                 not args.quiet, max_held_out=2 if args.quick and not args.speakers else None)
+                 not args.quiet, max_held_out=2 if args.quick and not args.speakers else None,
+                 skip=args.skip)
     print(format_table(result))
     return 0
 

@@ -128,6 +128,10 @@ def test_voices_picks_the_next_speakers_and_fits_a_power_law():
         voices.training_voices(["a", "b", "c", "d"], "c", 4)
     with pytest.raises(ValueError, match="'e' is not one of the speakers"):
         voices.training_voices(["a", "b", "c", "d"], "e", 1)
+    assert voices.training_voices(["a", "b", "c", "d"], "c", 2, skip=1) == ["a", "b"]
+    assert voices.training_voices(["a", "b", "c", "d"], "a", 1, skip=2) == ["d"]
+    with pytest.raises(ValueError, match="skip must be in 0..1"):
+        voices.training_voices(["a", "b", "c", "d"], "c", 2, skip=2)  # would reach "c" again
     a, b = voices.power_law([2, 4, 8], [0.2, 0.1, 0.05])  # error = 0.4 / k
     assert a == pytest.approx(0.4) and b == pytest.approx(1.0)
     assert voices.voices_needed(0.4, 1.0, 0.95) == pytest.approx(8.0)
