@@ -86,8 +86,9 @@ def run(out: str | Path, config_name: str, counts: Sequence[int],
             data = prepare_data(config, progress=progress, dataset=dataset.subset(keep))
             common.say(f"[{held_out}, {count} voice(s): {', '.join(voices)}] "
                        f"{len(data.train)} train / {len(data.test)} test clips")
-            metrics = common.train_or_resume(config, out / "runs" / f"{count}" / held_out,
-                                             data, progress)
+            folder = f"{count}-skip{skip}" if skip else f"{count}"  # each set its own runs
+            metrics = common.train_or_resume(config, out / "runs" / folder / held_out, data,
+                                             progress)
             per_speaker[held_out] = {"voices": voices,
                                      **common.accuracy_summary(
                                          list(metrics["test_accuracy_per_seed"].values()))}
