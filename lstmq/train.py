@@ -211,7 +211,7 @@ def summed_gradients(state: TrainState, key: jax.Array, x: jax.Array, lengths: j
 def sharpness_aware_gradients(loss_fn: Callable, params: Any, grads: Any, rho: float) -> Any:
     """SAM's gradient: ``loss_fn``'s (``(loss, aux)``) at ``params + rho g / |g|``, ``g`` =
     ``grads`` at ``params`` (a zero gradient leaves the parameters where they are)."""
-    norm = optax.global_norm(grads)
+    norm = optax.tree.norm(grads)
     scale = rho / jnp.where(norm > 0, norm, 1.0)
     moved = jax.tree_util.tree_map(lambda p, g: p + scale * g, params, grads)
     return jax.grad(lambda p: loss_fn(p)[0])(moved)
