@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
         quick: bool = False, shards: Sequence[int] = (1, 2),
         pytorch: bool | None = None, compile_check: bool = True,
         batch_sizes: Sequence[int] = (32, 64), seed_run_hidden: int = 48,
-        seed_run_epochs: int = 10) -> dict[str, Any]:
+        seed_run_epochs: int = 10, paired_rounds: int = 5) -> dict[str, Any]:
     """Measure training and inference throughput; write ``benchmark.json``/``.md``.
 
     Args:
@@ -90,6 +90,9 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
       quick: hidden 24 only, 1 timed epoch, 10 latency clips.
       pytorch: also time the reference study's PyTorch model on the synthetic epoch
         (``experiments.pytorch_reference``); None: when torch is importable.
+      paired_rounds: with PyTorch, rounds of lstmq's and PyTorch's synthetic epochs taken in
+        turns (``time_interleaved``), whose round-by-round speed-ups are reported beside the
+        ratio of the separate timings (0: none).
     """
     out = Path(out)
     if pytorch is None:
@@ -97,6 +100,7 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
     if quick:
         hidden, epochs, latency_clips, inference_repeats = (hidden[0],), 1, 10, 3
         batch_sizes, seed_run_epochs = (batch_sizes[-1],), 0
+        paired_rounds = min(paired_rounds, 2)
     hidden, seeds = tuple(int(h) for h in hidden), tuple(int(s) for s in seeds)
     environment = common.environment()
     common.say(f"benchmark: hidden {hidden}, seeds {seeds}, {epochs} timed epoch(s); "
@@ -167,6 +171,21 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
                                f"{measured['seconds_per_epoch']['median']:.3f} s: "
                                f"{row['speedup_vs_pytorch_measured']:.2f}x its throughput")
 
+    if pytorch and paired_rounds > 0:
+        for h in hidden:
+            for batch in batch_sizes:
+                same = [*overrides, f"model.hidden={h}", "train.seeds=1", "model.dropout=0",
+                        f"train.batch_size={batch}"]
+                configs = {shard: load_config(None, [*same, f"train.batch_shards={shard}"])
+                           for shard in shards}
+                paired = _time_paired(configs, synthetic_split, data.input_size, h, batch,
+                                      paired_rounds, base)
+                for row in (r for r in synthetic if (r["hidden"], r["batch_size"]) == (h, batch)):
+                    row["paired"] = {"rounds": paired["rounds"],
+                                     "pytorch_seconds_per_epoch":
+                                         paired["pytorch_seconds_per_epoch"],
+                                     **paired["shards"][row["batch_shards"]]}
+
     if inference_hidden is None:
         solution = solve_hidden_size(36864, base.model.layers, data.input_size,
                                      len(data.classes), Precision(8))
@@ -185,7 +204,7 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
                      "bucket_frames": base.train.bucket_frames, "input_size": data.input_size,
                      "recurrence": base.train.recurrence,
                      "synthetic_clips": synthetic_clips, "synthetic_frames": synthetic_frames,
-                     "synthetic_batch_sizes": list(batch_sizes),
+                     "synthetic_batch_sizes": list(batch_sizes), "paired_rounds": paired_rounds,
                      "seed_run_hidden": seed_run_hidden, "seed_run_epochs": seed_run_epochs,
                      "inference_hidden": inference_hidden, "inference_batch": inference_batch,
                      "inference_repeats": inference_repeats, "latency_clips": latency_clips,
@@ -203,8 +222,10 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
     return result
 
 
-def _time_training(config, split: SplitArrays, input_size: int, epochs: int) -> dict[str, Any]:
-    """Warm-up epoch (compiles every bucket shape), then ``epochs`` timed epochs."""
+def _epoch_runner(config, split: SplitArrays,
+                  input_size: int) -> tuple[Callable[[], float], dict[str, Any]]:
+    """A float or QAT model ready to train on ``split``: ``(epoch, info)``; ``epoch()``
+    trains one epoch and returns its seconds. The first call compiles every bucket shape."""
     seeds = config.train.seeds
     # Only hidden and input size shape a float model; the normaliser is never used here.
     derived = Derived(hidden=config.model.hidden, input_size=input_size,
@@ -213,25 +234,78 @@ def _time_training(config, split: SplitArrays, input_size: int, epochs: int) -> 
     model = model_from_config(config, derived)
     trainer = Trainer(config, model, split)
     states = create_train_states(model, trainer.tx, config.train.seed, seeds, input_size)
-    batches = len(trainer.epoch_batches(np.random.default_rng(0)))
-    start = time.perf_counter()
-    states, _ = trainer.run_epoch(states, 0)
-    jax.block_until_ready(states.params)
-    warmup = time.perf_counter() - start
-    times = []
-    for epoch in range(1, epochs + 1):
+    trained = {"states": states, "epochs": 0}
+
+    def epoch() -> float:
         start = time.perf_counter()
-        states, _ = trainer.run_epoch(states, epoch)
-        jax.block_until_ready(states.params)
-        times.append(time.perf_counter() - start)
-    seconds = common.spread(times)
-    clips = len(split) * seeds / seconds["median"]
-    common.say(f"  train hidden {config.model.hidden} x{seeds} seed(s) on {len(split)} clips "
-               f"({batches} batches): {seconds['median']:.3f} s/epoch "
+        trained["states"], _ = trainer.run_epoch(trained["states"], trained["epochs"])
+        jax.block_until_ready(trained["states"].params)
+        trained["epochs"] += 1
+        return time.perf_counter() - start
+
+    info = {"clips": len(split), "seeds": seeds,
+            "batches": len(trainer.epoch_batches(np.random.default_rng(0)))}
+    return epoch, info
+
+
+def _time_training(config, split: SplitArrays, input_size: int, epochs: int) -> dict[str, Any]:
+    """Warm-up epoch (compiles every bucket shape), then ``epochs`` timed epochs."""
+    epoch, info = _epoch_runner(config, split, input_size)
+    warmup = epoch()
+    seconds = common.spread([epoch() for _ in range(epochs)])
+    clips = len(split) * info["seeds"] / seconds["median"]
+    common.say(f"  train hidden {config.model.hidden} x{info['seeds']} seed(s) on {len(split)} "
+               f"clips ({info['batches']} batches): {seconds['median']:.3f} s/epoch "
                f"(min {seconds['min']:.3f}, max {seconds['max']:.3f}), {clips:,.0f} clip-seeds/s; "
                f"warm-up epoch with compilation {warmup:.1f} s")
-    return {"clips": len(split), "batches": batches, "warmup_seconds": warmup,
+    return {"clips": len(split), "batches": info["batches"], "warmup_seconds": warmup,
             "seconds_per_epoch": seconds, "clip_seeds_per_second": clips}
+
+
+def time_interleaved(runners: dict[str, Callable[[], float]], rounds: int,
+                     pause: float = 0.2) -> dict[str, list[float]]:
+    """Seconds of each runner's epochs taken in turns: every round runs each runner once,
+    in an order reversed every other round, after ``pause`` seconds of idle (so no thread
+    pool of the previous runner still spins). A slow spell of a shared host then falls on
+    every runner alike; the ratio of two runners' epochs in one round is its measurement.
+    Each runner is called once before the first round (its warm-up, untimed)."""
+    for epoch in runners.values():
+        epoch()
+    names = list(runners)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(rounds):
+        for name in (names if index % 2 == 0 else names[::-1]):
+            time.sleep(pause)
+            times[name].append(runners[name]())
+    return times
+
+
+def paired_speedups(times: dict[str, list[float]], reference: str) -> dict[str, Any]:
+    """Per runner other than ``reference``: the spread of its round-by-round speed-ups
+    (the reference's seconds / its seconds in the same round) and of its seconds."""
+    base = np.asarray(times[reference])
+    return {name: {"seconds_per_epoch": common.spread(list(seconds)),
+                   "speedup": common.spread(list(base / np.asarray(seconds)))}
+            for name, seconds in times.items() if name != reference}
+
+
+def _time_paired(configs: dict[int, Any], split: SplitArrays, input_size: int, hidden: int,
+                 batch: int, rounds: int, base_config) -> dict[str, Any]:
+    """lstmq's epochs (one runner per batch-shard count) and PyTorch's in turns."""
+    runners = {f"shards {shard}": _epoch_runner(config, split, input_size)[0]
+               for shard, config in configs.items()}
+    runners["pytorch"], _ = pytorch_reference.epoch_runner(
+        hidden, layers=base_config.model.layers, features=input_size, classes=10,
+        clips=len(split), frames=split.x.shape[1], batch_size=batch)
+    times = time_interleaved(runners, rounds)
+    result = {"rounds": rounds, "pytorch_seconds_per_epoch": common.spread(times["pytorch"]),
+              "shards": {int(name.split()[1]): row for name, row in
+                         paired_speedups(times, "pytorch").items()}}
+    for shard, row in result["shards"].items():
+        common.say(f"  interleaved, hidden {hidden}, batch {batch}, {shard} batch shard(s): "
+                   f"speed-up over PyTorch {row['speedup']['median']:.2f}x "
+                   f"(rounds {row['speedup']['min']:.2f}-{row['speedup']['max']:.2f})")
+    return result
 
 
 def _time_pytorch(hidden: int, config, input_size: int, clips: int, frames: int,
@@ -417,6 +491,28 @@ def _seed_run_lines(runs: dict[str, Any] | None) -> list[str]:
                   f"{runs['ratio']:.2f}"]]), ""]
 
 
+def _paired_lines(result: dict[str, Any]) -> list[str]:
+    rows = [[r["hidden"], r["batch_size"], r["batch_shards"],
+             _seconds(r["paired"]["seconds_per_epoch"]),
+             _seconds(r["paired"]["pytorch_seconds_per_epoch"]),
+             f"{r['paired']['speedup']['median']:.2f}x ({r['paired']['speedup']['min']:.2f}-"
+             f"{r['paired']['speedup']['max']:.2f})",
+             f"{r['speedup_vs_pytorch_measured']:.2f}x"]
+            for r in result["training_synthetic"] if r.get("paired")]
+    if not rows:
+        return []
+    return ["## (b, in turns) lstmq's and PyTorch's epochs interleaved", "",
+            f"The synthetic epoch again, {result['settings']['paired_rounds']} rounds: each "
+            "round trains one epoch of every lstmq layout and one of PyTorch, in an order "
+            "reversed every other round, each after 0.2 s idle. Speed-up: PyTorch's seconds / "
+            "lstmq's in the same round, median (min-max) over rounds; a slow spell of the host "
+            "falls on both sides of a round. The last column is the speed-up of the separate "
+            "timings above.", "",
+            common.markdown_table(["hidden", "batch", "batch shards", "lstmq s / epoch",
+                                   "PyTorch s / epoch", "speed-up, in turns",
+                                   "speed-up, separate"], rows), ""]
+
+
 def format_benchmark(result: dict[str, Any]) -> str:
     s, env = result["settings"], result["environment"]
     real_rows = [[r["hidden"], r["seeds"], _layout(r), r["batches"],
@@ -478,6 +574,7 @@ def format_benchmark(result: dict[str, Any]) -> str:
                                "speed-up", "XLA scan s / epoch", "kernel vs scan",
                                "QAT s / epoch", "QAT throughput vs float"],
                               synthetic_rows), "",
+        *_paired_lines(result),
         *_compile_lines(result.get("compile")),
         *_seed_run_lines(result.get("seed_runs")),
         f"## (c) Inference, hidden {inf['hidden']} x {inf['layers']} layers, {inf['frames']} "
@@ -506,6 +603,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="batch sizes of the synthetic epoch, lstmq and PyTorch alike")
     parser.add_argument("--seed-run-epochs", type=int, default=10,
                         help="epochs of the whole-process multi-seed runs (0: skip them)")
+    parser.add_argument("--paired-rounds", type=int, default=5,
+                        help="with PyTorch: rounds of lstmq's and PyTorch's epochs taken in "
+                             "turns, speed-up read round by round (0: none)")
     parser.add_argument("--inference-hidden", type=int,
                         help="default: solved for the 36,864-byte int8 budget")
     parser.add_argument("--inference-batch", type=int, default=512)
@@ -519,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.synthetic_frames, args.inference_hidden, args.inference_batch,
         latency_clips=args.latency_clips, overrides=args.set, quick=args.quick,
         shards=args.batch_shards, pytorch=args.pytorch, batch_sizes=args.batch_sizes,
-        seed_run_epochs=args.seed_run_epochs)
+        seed_run_epochs=args.seed_run_epochs, paired_rounds=args.paired_rounds)
     return 0
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from experiments import common
@@ -30,10 +30,11 @@ def torch_available() -> bool:
     return True
 
 
-def time_training(hidden: int, layers: int = 2, features: int = 13, classes: int = 10,
-                  clips: int = 2400, frames: int = 36, batch_size: int = 64, epochs: int = 3,
-                  seed: int = 0) -> dict[str, Any]:
-    """Seconds per epoch (spread over ``epochs`` timed epochs after one warm-up epoch).
+def epoch_runner(hidden: int, layers: int = 2, features: int = 13, classes: int = 10,
+                 clips: int = 2400, frames: int = 36, batch_size: int = 64,
+                 seed: int = 0) -> tuple[Callable[[], float], dict[str, Any]]:
+    """The reference model and loop ready to train: ``(epoch, info)``, where ``epoch()``
+    trains one epoch and returns its seconds (call it once untimed to warm up).
 
     Raises:
       ImportError: torch is not installed (it is optional: ``pip install torch``).
@@ -72,11 +73,25 @@ def time_training(hidden: int, layers: int = 2, features: int = 13, classes: int
             optimizer.step()
         return time.perf_counter() - start
 
+    info = {"hidden": hidden, "layers": layers, "clips": clips, "frames": frames,
+            "batch_size": batch_size, "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+    return epoch, info
+
+
+def time_training(hidden: int, layers: int = 2, features: int = 13, classes: int = 10,
+                  clips: int = 2400, frames: int = 36, batch_size: int = 64, epochs: int = 3,
+                  seed: int = 0) -> dict[str, Any]:
+    """Seconds per epoch (spread over ``epochs`` timed epochs after one warm-up epoch).
+
+    Raises:
+      ImportError: torch is not installed (it is optional: ``pip install torch``).
+    """
+    epoch, info = epoch_runner(hidden, layers, features, classes, clips, frames, batch_size,
+                               seed)
     warmup = epoch()
     seconds = common.spread([epoch() for _ in range(epochs)])
-    return {"hidden": hidden, "layers": layers, "clips": clips, "frames": frames,
-            "batch_size": batch_size, "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "warmup_seconds": warmup, "seconds_per_epoch": seconds,
+    return {**info, "warmup_seconds": warmup, "seconds_per_epoch": seconds,
             "clips_per_second": clips / seconds["median"]}
 
 

@@ -188,6 +188,27 @@ def test_benchmark_writes_report(tmp_path: Path, tiny: list[str]):
     assert "| vmapped |" in markdown and "per seed x 2 shards" in markdown
     assert "Seeds in one program" in markdown
     assert result["environment"]["cores"] >= 1
+    assert "epochs interleaved" not in markdown  # no PyTorch, no rounds in turns
+
+
+def test_interleaved_timing_reverses_the_order_every_other_round():
+    calls = []
+
+    def runner(name: str, seconds: list[float]):
+        def epoch() -> float:
+            calls.append(name)
+            return seconds[calls.count(name) - 1]
+        return epoch
+
+    times = benchmark.time_interleaved({"ours": runner("ours", [9, 1, 2, 4]),
+                                        "theirs": runner("theirs", [9, 3, 3, 2])},
+                                       rounds=3, pause=0)
+    assert calls == ["ours", "theirs", "ours", "theirs", "theirs", "ours", "ours", "theirs"]
+    assert times == {"ours": [1, 2, 4], "theirs": [3, 3, 2]}  # the warm-up call is not timed
+    speedups = benchmark.paired_speedups(times, "theirs")
+    assert list(speedups) == ["ours"]
+    assert speedups["ours"]["speedup"]["values"] == [3.0, 1.5, 0.5]
+    assert speedups["ours"]["speedup"]["median"] == 1.5
 
 
 def test_pytorch_reference_times_the_reference_model():
@@ -199,18 +220,31 @@ def test_pytorch_reference_times_the_reference_model():
     assert (row["hidden"], row["layers"], row["clips"], row["frames"]) == (4, 2, 40, 6)
 
 
-def test_benchmark_times_pytorch_in_the_same_run(tmp_path: Path, tiny: list[str]):
-    pytest.importorskip("torch")
+def test_benchmark_times_pytorch_in_the_same_run_and_in_turns(tmp_path: Path,
+                                                                tiny: list[str], monkeypatch):
+    """The PyTorch reference replaced by an epoch of 0.5 s (torch is optional; its own
+    loop is tested above): the separate and the interleaved ratios are read from it."""
+    from experiments import pytorch_reference
+
+    info = {"hidden": 4, "threads": 1, "torch": "fake"}
+    monkeypatch.setattr(pytorch_reference, "epoch_runner",
+                        lambda *args, **kwargs: (lambda: 0.5, info))
+    monkeypatch.setattr(pytorch_reference, "time_training", lambda *args, **kwargs: {
+        **info, "seconds_per_epoch": {"median": 0.5, "min": 0.5, "max": 0.5}})
     saved = benchmark.run(tmp_path, hidden=(4,), seeds=(1,), shards=(1,), epochs=1,
                           synthetic_clips=32, inference_hidden=4, inference_batch=8,
                           inference_repeats=1, latency_clips=2, overrides=tiny, pytorch=True,
-                          compile_check=False)
+                          compile_check=False, batch_sizes=(16,), paired_rounds=3)
     row = saved["training_synthetic"][0]
     assert row["pytorch_measured"]["hidden"] == 4
     assert row["speedup_vs_pytorch_measured"] == pytest.approx(
-        row["pytorch_measured"]["seconds_per_epoch"]["median"]
-        / row["seconds_per_epoch"]["median"])
-    assert "PyTorch here s" in (tmp_path / "benchmark.md").read_text()
+        0.5 / row["seconds_per_epoch"]["median"])
+    paired = row["paired"]
+    assert paired["rounds"] == 3 == paired["seconds_per_epoch"]["n"]
+    assert paired["speedup"]["values"] == pytest.approx(
+        [0.5 / seconds for seconds in paired["seconds_per_epoch"]["values"]])
+    markdown = (tmp_path / "benchmark.md").read_text()
+    assert "PyTorch here s" in markdown and "epochs interleaved" in markdown
 
 
 def test_pytorch_reference_without_torch_says_how_to_install(monkeypatch):
