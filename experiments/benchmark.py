@@ -2,14 +2,15 @@
 
 Run:      python -m experiments.benchmark --out runs/benchmark
 Quick:    python -m experiments.benchmark --quick --out runs/bench_quick   (hidden 24, 1 epoch)
-Options:  --hidden 24 128  --seeds 1 3  --batch-shards 1 2  --epochs 3  --set key=value
+Options:  --hidden 24 128  --seeds 1 3  --batch-shards 1 2  --epochs 3  --paired-rounds 5
+          --set key=value
           --pytorch / --no-pytorch (time the PyTorch reference too; default: if torch is installed)
-Time on a 2-core CPU (shared): about 5-7 min for hidden 24 48 128, --quick 2 min.
-Expected (load average ~2): FSDD split, 1 seed, ~0.17-0.28 s/epoch at hidden 24 and
-  ~1.6-1.9 s at hidden 128 (AMD EPYC and Intel Xeon hosts); 3 seeds on a thread each cost
-  ~0.6-0.85x of three single seeds, vmapped on one thread ~1.0-1.4x; 2 batch shards
-  ~0.6-0.8x of one; integer inference ~0.2x float's batched throughput; PyTorch's reference
-  model about as fast as one lstmq seed at hidden 24-48 and faster at hidden 128.
+Time on a 2-core CPU (shared): about 11 min for hidden 24 48 67 128 with PyTorch, --quick 2 min.
+Expected (AMD EPYC, 2 cores, 2026-12-07): FSDD split, 1 seed, ~0.1 s/epoch at hidden 24 and
+  ~0.9-1.1 s at hidden 128; 3 seeds on a thread each ~0.73-0.93x of three single seeds,
+  vmapped on one thread ~0.86-1.15x; 2 batch shards ~0.8-1.4x of one; integer inference
+  ~0.15x float's batched throughput; PyTorch's reference model, in turns, 1.1-1.7x slower
+  than one lstmq seed at hidden 48-128 and ~2.2-2.5x at hidden 24.
 Produces: <out>/benchmark.json + <out>/benchmark.md. Nothing is asserted; it reports:
   (a) training on the real FSDD training split with the default config (length-bucketed
       batches of 64): seconds per epoch and clip-seeds per second for hidden 24 and 128,
@@ -18,7 +19,8 @@ Produces: <out>/benchmark.json + <out>/benchmark.md. Nothing is asserted; it rep
   (b) the same on synthetic fixed 36-frame batches of 2400 clips (batch 32 and 64, the
       reference's model: no dropout), against the PyTorch reproduction's quoted figures and,
       when torch is installed, against the reference PyTorch model timed in the same run
-      (``experiments.pytorch_reference``), with the XLA scan and QAT beside it;
+      (``experiments.pytorch_reference``), with the XLA scan and QAT beside it; with
+      PyTorch, the same epochs again in turns (``--paired-rounds``), speed-up per round;
   compile time cold and warm (new processes), and N seeds in one ``lstmq train`` process
       against N single-seed processes (whole-process seconds, warm caches);
   (c) inference at the int8 budget size (hidden 48, random params): batched clips/s and
