@@ -68,7 +68,8 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
         quick: bool = False, shards: Sequence[int] = (1, 2),
         pytorch: bool | None = None, compile_check: bool = True,
         batch_sizes: Sequence[int] = (32, 64), seed_run_hidden: int = 48,
-        seed_run_epochs: int = 10, paired_rounds: int = 5) -> dict[str, Any]:
+        seed_run_epochs: int = 10, paired_rounds: int = 5,
+        seed_run_rounds: int = 3) -> dict[str, Any]:
     """Measure training and inference throughput; write ``benchmark.json``/``.md``.
 
     Args:
@@ -79,7 +80,8 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
         with one thread per seed (the default), and with each of ``shards`` beyond the first.
       shards: ``train.batch_shards`` values (threads per batch); the first is the baseline.
       batch_sizes: batch sizes of the synthetic epoch (lstmq and PyTorch alike).
-      seed_run_hidden, seed_run_epochs: whole ``lstmq train`` processes, ``max(seeds)``
+      seed_run_hidden, seed_run_epochs, seed_run_rounds: whole ``lstmq train`` processes,
+        ``seed_run_rounds`` rounds of ``max(seeds)``
         seeds together against as many single-seed ones (0 epochs: skipped).
       epochs: timed epochs after one warm-up epoch.
       synthetic_clips, synthetic_frames: size of the synthetic fixed-length epoch.
@@ -154,8 +156,9 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
                                            / row["qat"]["seconds_per_epoch"]["median"])
                 synthetic.append(row)
     compile_times = _time_compile(overrides, hidden[0]) if compile_check else None
-    seed_runs = (_time_seed_runs(overrides, seed_run_hidden, max(seeds), seed_run_epochs)
-                 if seed_run_epochs and max(seeds) > 1 else None)
+    seed_runs = (_time_seed_runs(overrides, seed_run_hidden, max(seeds), seed_run_epochs,
+                                 seed_run_rounds)
+                 if seed_run_epochs and seed_run_rounds and max(seeds) > 1 else None)
     # PyTorch runs after every lstmq timing: its thread pool stays warm (and may spin) after
     # each epoch, which would slow the XLA threads timed next.
     for h in hidden:
@@ -208,6 +211,7 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
                      "synthetic_clips": synthetic_clips, "synthetic_frames": synthetic_frames,
                      "synthetic_batch_sizes": list(batch_sizes), "paired_rounds": paired_rounds,
                      "seed_run_hidden": seed_run_hidden, "seed_run_epochs": seed_run_epochs,
+                     "seed_run_rounds": seed_run_rounds,
                      "inference_hidden": inference_hidden, "inference_batch": inference_batch,
                      "inference_repeats": inference_repeats, "latency_clips": latency_clips,
                      "overrides": list(overrides), "quick": quick},
@@ -350,11 +354,13 @@ def _time_compile(overrides: Sequence[str], hidden: int = 48) -> dict[str, Any]:
     return {"hidden": hidden, **rows}
 
 
-def _time_seed_runs(overrides: Sequence[str], hidden: int, seeds: int,
-                    epochs: int) -> dict[str, Any]:
+def _time_seed_runs(overrides: Sequence[str], hidden: int, seeds: int, epochs: int,
+                    rounds: int = 3) -> dict[str, Any]:
     """Whole ``lstmq train`` processes on the real data: one training ``seeds`` seeds
-    together, against ``seeds`` single-seed trainings (seed 0, 1, ...) one after another,
-    all with warm feature and compilation caches (a first, untimed run fills them)."""
+    together, against ``seeds`` single-seed trainings (seed 0, 1, ...), all with warm feature
+    and compilation caches (first, untimed runs of both layouts fill them). Each of
+    ``rounds`` rounds times both, the together run first in even rounds and last in odd
+    ones; the ratio is read per round (a slow spell of the host falls on one round)."""
     import subprocess  # pylint: disable=import-outside-toplevel
     import tempfile  # pylint: disable=import-outside-toplevel
 
@@ -372,14 +378,27 @@ def _time_seed_runs(overrides: Sequence[str], hidden: int, seeds: int,
             raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
         return time.perf_counter() - start
 
+    # Both layouts fill the caches: the vmapped programs of N seeds (initialisation,
+    # validation) are not those of one, and a cold together run would pay their compiling.
     train("warm", ["train.seeds=1", "train.seed=100"])
-    together = train("together", [f"train.seeds={seeds}"])
-    alone = [train(f"alone_{s}", ["train.seeds=1", f"train.seed={s}"]) for s in range(seeds)]
-    ratio = together / sum(alone)
-    common.say(f"  whole runs, hidden {hidden}, {epochs} epochs: {seeds} seeds together "
-               f"{together:.1f} s, one at a time {sum(alone):.1f} s (ratio {ratio:.2f})")
-    return {"hidden": hidden, "epochs": epochs, "seeds": seeds, "together_seconds": together,
-            "alone_seconds": alone, "ratio": ratio}
+    train("warm_together", [f"train.seeds={seeds}", "train.seed=100"])
+    together, alone = [], []
+    for index in range(rounds):
+        for part in (("together", "alone") if index % 2 == 0 else ("alone", "together")):
+            if part == "together":
+                together.append(train(f"together_{index}", [f"train.seeds={seeds}"]))
+            else:
+                alone.append([train(f"alone_{index}_{s}", ["train.seeds=1", f"train.seed={s}"])
+                              for s in range(seeds)])
+    ratios = [t / sum(a) for t, a in zip(together, alone, strict=True)]
+    ratio = float(np.median(ratios))
+    common.say(f"  whole runs, hidden {hidden}, {epochs} epochs, {rounds} round(s): {seeds} "
+               f"seeds together {np.median(together):.1f} s, one at a time "
+               f"{np.median([sum(a) for a in alone]):.1f} s (ratio {ratio:.2f}, rounds "
+               f"{min(ratios):.2f}-{max(ratios):.2f})")
+    return {"hidden": hidden, "epochs": epochs, "seeds": seeds, "rounds": rounds,
+            "together_seconds": together, "alone_seconds": alone, "ratios": ratios,
+            "ratio": ratio}
 
 
 def _training_layouts(seeds: Sequence[int], shards: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -483,14 +502,17 @@ def _compile_lines(compile_times: dict[str, Any] | None) -> list[str]:
 def _seed_run_lines(runs: dict[str, Any] | None) -> list[str]:
     if not runs:
         return []
-    alone = runs["alone_seconds"]
+    rows = [[index, runs["seeds"], f"{together:.1f}",
+             " + ".join(f"{a:.1f}" for a in alone) + f" = {sum(alone):.1f}", f"{ratio:.2f}"]
+            for index, (together, alone, ratio) in enumerate(
+                zip(runs["together_seconds"], runs["alone_seconds"], runs["ratios"],
+                    strict=True))]
     return [f"## Seeds in one program: whole `lstmq train` processes (hidden {runs['hidden']}, "
             f"{runs['epochs']} epochs, FSDD, warm caches)", "",
-            common.markdown_table(
-                ["seeds", "together s", "one at a time s", "ratio"],
-                [[runs["seeds"], f"{runs['together_seconds']:.1f}",
-                  " + ".join(f"{a:.1f}" for a in alone) + f" = {sum(alone):.1f}",
-                  f"{runs['ratio']:.2f}"]]), ""]
+            f"Ratio: the together run's seconds / the single runs' sum, per round; median "
+            f"{runs['ratio']:.2f} over {runs['rounds']} round(s).", "",
+            common.markdown_table(["round", "seeds", "together s", "one at a time s", "ratio"],
+                                  rows), ""]
 
 
 def _paired_lines(result: dict[str, Any]) -> list[str]:
@@ -605,6 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="batch sizes of the synthetic epoch, lstmq and PyTorch alike")
     parser.add_argument("--seed-run-epochs", type=int, default=10,
                         help="epochs of the whole-process multi-seed runs (0: skip them)")
+    parser.add_argument("--seed-run-rounds", type=int, default=3,
+                        help="rounds of the whole-process multi-seed runs")
     parser.add_argument("--paired-rounds", type=int, default=5,
                         help="with PyTorch: rounds of lstmq's and PyTorch's epochs taken in "
                              "turns, speed-up read round by round (0: none)")
@@ -621,7 +645,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.synthetic_frames, args.inference_hidden, args.inference_batch,
         latency_clips=args.latency_clips, overrides=args.set, quick=args.quick,
         shards=args.batch_shards, pytorch=args.pytorch, batch_sizes=args.batch_sizes,
-        seed_run_epochs=args.seed_run_epochs, paired_rounds=args.paired_rounds)
+        seed_run_epochs=args.seed_run_epochs, paired_rounds=args.paired_rounds,
+        seed_run_rounds=args.seed_run_rounds)
     return 0
 
 

@@ -157,7 +157,8 @@ def test_benchmark_writes_report(tmp_path: Path, tiny: list[str]):
     result = benchmark.run(tmp_path, hidden=(4,), seeds=(1, 2), epochs=1, synthetic_clips=64,
                            inference_hidden=4, inference_batch=8, inference_repeats=1,
                            latency_clips=3, overrides=tiny, pytorch=False,
-                           batch_sizes=(16, 32), seed_run_hidden=4, seed_run_epochs=1)
+                           batch_sizes=(16, 32), seed_run_hidden=4, seed_run_epochs=1,
+                           seed_run_rounds=1)
     saved = _read(tmp_path / "benchmark.json")
     assert saved["settings"]["hidden"] == [4]
     layouts = [(r["hidden"], r["seeds"], r["seed_threads"], r["batch_shards"])
@@ -166,9 +167,10 @@ def test_benchmark_writes_report(tmp_path: Path, tiny: list[str]):
     assert [(r["batch_size"], r["batch_shards"]) for r in saved["training_synthetic"]] == [
         (16, 1), (16, 2), (32, 1), (32, 2)]
     seed_runs = saved["seed_runs"]
-    assert (seed_runs["seeds"], len(seed_runs["alone_seconds"])) == (2, 2)
-    assert seed_runs["ratio"] == pytest.approx(seed_runs["together_seconds"]
-                                               / sum(seed_runs["alone_seconds"]))
+    assert (seed_runs["seeds"], seed_runs["rounds"]) == (2, 1)
+    [together], [alone] = seed_runs["together_seconds"], seed_runs["alone_seconds"]
+    assert len(alone) == 2
+    assert seed_runs["ratio"] == pytest.approx(together / sum(alone)) == seed_runs["ratios"][0]
     for row in saved["training_real"] + saved["training_synthetic"]:
         assert set(row["seconds_per_epoch"]) >= {"median", "min", "max", "values"}
         assert row["clip_seeds_per_second"] > 0
