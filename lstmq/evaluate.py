@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from lstmq.io import atomic_write_bytes
 
@@ -25,6 +24,11 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray,
         precision = recall = f1 = support = zeros
         confusion = np.zeros((len(classes), len(classes)), int)
     else:
+        # imported here: scikit-learn adds about a second to every process that loads lstmq
+        # (predict, export), and only metrics need it
+        from sklearn.metrics import (  # pylint: disable=import-outside-toplevel
+            confusion_matrix, precision_recall_fscore_support)
+
         precision, recall, f1, support = precision_recall_fscore_support(
             labels, predictions, labels=classes, zero_division=0)
         confusion = confusion_matrix(labels, predictions, labels=classes)
