@@ -268,8 +268,8 @@ def _time_training(config, split: SplitArrays, input_size: int, epochs: int) -> 
             "seconds_per_epoch": seconds, "clip_seeds_per_second": clips}
 
 
-def time_interleaved(runners: dict[str, Callable[[], float]], rounds: int,
-                     pause: float = 0.2) -> dict[str, list[float]]:
+def time_interleaved(runners: dict[Any, Callable[[], float]], rounds: int,
+                     pause: float = 0.2) -> dict[Any, list[float]]:
     """Seconds of each runner's epochs taken in turns: every round runs each runner once,
     in an order reversed every other round, after ``pause`` seconds of idle (so no thread
     pool of the previous runner still spins). A slow spell of a shared host then falls on
@@ -278,7 +278,7 @@ def time_interleaved(runners: dict[str, Callable[[], float]], rounds: int,
     for epoch in runners.values():
         epoch()
     names = list(runners)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[Any, list[float]] = {name: [] for name in names}
     for index in range(rounds):
         for name in (names if index % 2 == 0 else names[::-1]):
             time.sleep(pause)
@@ -286,7 +286,7 @@ def time_interleaved(runners: dict[str, Callable[[], float]], rounds: int,
     return times
 
 
-def paired_speedups(times: dict[str, list[float]], reference: str) -> dict[str, Any]:
+def paired_speedups(times: dict[Any, list[float]], reference: Any) -> dict[Any, Any]:
     """Per runner other than ``reference``: the spread of its round-by-round speed-ups
     (the reference's seconds / its seconds in the same round) and of its seconds."""
     base = np.asarray(times[reference])
@@ -298,15 +298,14 @@ def paired_speedups(times: dict[str, list[float]], reference: str) -> dict[str, 
 def _time_paired(configs: dict[int, Any], split: SplitArrays, input_size: int, hidden: int,
                  batch: int, rounds: int, base_config) -> dict[str, Any]:
     """lstmq's epochs (one runner per batch-shard count) and PyTorch's in turns."""
-    runners = {f"shards {shard}": _epoch_runner(config, split, input_size)[0]
-               for shard, config in configs.items()}
+    runners: dict[Any, Callable[[], float]] = {
+        shard: _epoch_runner(config, split, input_size)[0] for shard, config in configs.items()}
     runners["pytorch"], _ = pytorch_reference.epoch_runner(
         hidden, layers=base_config.model.layers, features=input_size, classes=10,
         clips=len(split), frames=split.x.shape[1], batch_size=batch)
     times = time_interleaved(runners, rounds)
     result = {"rounds": rounds, "pytorch_seconds_per_epoch": common.spread(times["pytorch"]),
-              "shards": {int(name.split()[1]): row for name, row in
-                         paired_speedups(times, "pytorch").items()}}
+              "shards": paired_speedups(times, "pytorch")}
     for shard, row in result["shards"].items():
         common.say(f"  interleaved, hidden {hidden}, batch {batch}, {shard} batch shard(s): "
                    f"speed-up over PyTorch {row['speedup']['median']:.2f}x "
