@@ -184,7 +184,7 @@ def run(out: str | Path, hidden: Sequence[int] = (24, 128), seeds: Sequence[int]
                 configs = {shard: load_config(None, [*same, f"train.batch_shards={shard}"])
                            for shard in shards}
                 paired = _time_paired(configs, synthetic_split, data.input_size, h, batch,
-                                      paired_rounds, base)
+                                      paired_rounds)
                 for row in (r for r in synthetic if (r["hidden"], r["batch_size"]) == (h, batch)):
                     row["paired"] = {"rounds": paired["rounds"],
                                      "pytorch_seconds_per_epoch":
@@ -296,12 +296,14 @@ def paired_speedups(times: dict[Any, list[float]], reference: Any) -> dict[Any, 
 
 
 def _time_paired(configs: dict[int, Any], split: SplitArrays, input_size: int, hidden: int,
-                 batch: int, rounds: int, base_config) -> dict[str, Any]:
-    """lstmq's epochs (one runner per batch-shard count) and PyTorch's in turns."""
+                 batch: int, rounds: int) -> dict[str, Any]:
+    """lstmq's epochs (one runner per batch-shard count, ``configs``) and PyTorch's (the same
+    model size) in turns."""
     runners: dict[Any, Callable[[], float]] = {
         shard: _epoch_runner(config, split, input_size)[0] for shard, config in configs.items()}
+    layers = next(iter(configs.values())).model.layers
     runners["pytorch"], _ = pytorch_reference.epoch_runner(
-        hidden, layers=base_config.model.layers, features=input_size, classes=10,
+        hidden, layers=layers, features=input_size, classes=10,
         clips=len(split), frames=split.x.shape[1], batch_size=batch)
     times = time_interleaved(runners, rounds)
     result = {"rounds": rounds, "pytorch_seconds_per_epoch": common.spread(times["pytorch"]),

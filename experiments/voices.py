@@ -76,6 +76,7 @@ def run(out: str | Path, config_name: str, counts: Sequence[int],
     held_out_speakers = list(speakers or every)[:max_held_out]
     rows = []
     for count in counts:
+        folder = f"{count}-skip{skip}" if skip else f"{count}"  # each set of voices its own runs
         per_speaker = {}
         for held_out in held_out_speakers:
             voices = training_voices(every, held_out, count, skip)
@@ -86,7 +87,6 @@ def run(out: str | Path, config_name: str, counts: Sequence[int],
             data = prepare_data(config, progress=progress, dataset=dataset.subset(keep))
             common.say(f"[{held_out}, {count} voice(s): {', '.join(voices)}] "
                        f"{len(data.train)} train / {len(data.test)} test clips")
-            folder = f"{count}-skip{skip}" if skip else f"{count}"  # each set its own runs
             metrics = common.train_or_resume(config, out / "runs" / folder / held_out, data,
                                              progress)
             per_speaker[held_out] = {"voices": voices,

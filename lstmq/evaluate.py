@@ -24,8 +24,8 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray,
         precision = recall = f1 = support = zeros
         confusion = np.zeros((len(classes), len(classes)), int)
     else:
-        # imported here: scikit-learn adds about a second to every process that loads lstmq
-        # (predict, export), and only metrics need it
+        # imported here: scikit-learn adds about a second to every process that loads this
+        # module (`lstmq predict` among them), and only metrics need it
         from sklearn.metrics import (  # pylint: disable=import-outside-toplevel
             confusion_matrix, precision_recall_fscore_support)
 
