@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import benchmark, ensemble, ptq_vs_qat, task_a, tune, voices, votes
+from experiments import bench_training, benchmark, ensemble, ptq_vs_qat, task_a, tune, voices, votes
 from lstmq import comparison
 from lstmq.runner import RunFolderError
 
@@ -202,12 +202,12 @@ def test_interleaved_timing_reverses_the_order_every_other_round():
             return seconds[calls.count(name) - 1]
         return epoch
 
-    times = benchmark.time_interleaved({"ours": runner("ours", [9, 1, 2, 4]),
+    times = bench_training.time_interleaved({"ours": runner("ours", [9, 1, 2, 4]),
                                         "theirs": runner("theirs", [9, 3, 3, 2])},
                                        rounds=3, pause=0)
     assert calls == ["ours", "theirs", "ours", "theirs", "theirs", "ours", "ours", "theirs"]
     assert times == {"ours": [1, 2, 4], "theirs": [3, 3, 2]}  # the warm-up call is not timed
-    speedups = benchmark.paired_speedups(times, "theirs")
+    speedups = bench_training.paired_speedups(times, "theirs")
     assert list(speedups) == ["ours"]
     assert speedups["ours"]["speedup"]["values"] == [3.0, 1.5, 0.5]
     assert speedups["ours"]["speedup"]["median"] == 1.5
