@@ -34,7 +34,7 @@ def enable_persistent_cache(folder: str | os.PathLike | None = None) -> Path | N
     if setting:
         folder = Path(setting)
     elif folder is None:
-        from lstmq.data import default_cache_dir  # pylint: disable=import-outside-toplevel
+        from lstmq.download import default_cache_dir  # pylint: disable=import-outside-toplevel
 
         folder = default_cache_dir() / "xla"
     folder = Path(folder).expanduser()

@@ -1,7 +1,8 @@
 """Datasets of labelled clips: where they come from and how they are loaded (numpy only).
 
 Recordings come from a folder, an archive (.tar.gz/.tgz/.zip, verified to its end), a
-CSV/TSV manifest, a checksum-verified download (FSDD by default) or TFDS ``spoken_digit``.
+CSV/TSV manifest, a checksum-verified download (FSDD by default, ``lstmq.download``) or TFDS
+``spoken_digit`` (``lstmq.tfds_source``).
 The layout (``lstmq.layouts``: fsdd, folders, manifest) gives each clip a string label, a
 speaker and the dataset's own split; clips are sorted by name, so a split
 (``lstmq.splits``) is a pure function of the file set and the config. Decoding follows
@@ -14,49 +15,22 @@ import dataclasses
 import hashlib
 import logging
 import os
-import re
-import urllib.parse
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from lstmq.audio import AudioError, conform, decode_wav
 from lstmq.config import DataConfig
-from lstmq.io import FolderLock
+from lstmq.data_errors import DataError
+from lstmq.download import (ENV_DATA, FSDD_URL, KNOWN_ARCHIVES, KNOWN_URLS, download_archive,
+                            expected_sha256, file_sha256)
 from lstmq.layouts import FSDD_CLASSES, Entry, LayoutError, parse_fsdd_name, read_entries
 from lstmq.sources import FileTree, SourceError, is_archive, open_files, open_tree
 
-TFDS_SAMPLE_RATE = 8000  # spoken_digit declares Audio(sample_rate=8000)
-ENV_DATA = "LSTMQ_DATA"
-ENV_CACHE = "LSTMQ_CACHE"
-FSDD_URL = DataConfig.url
-# Release archives whose bytes are known: loading one by these names checks its sha256.
-KNOWN_ARCHIVES = {
-    "free-spoken-digit-dataset-1.0.10.tar.gz":
-        "feb479fad3a37883c3d21ed7f982281c2dd1c18d5aefd7e8a5d50f58023392aa",
-    "free-spoken-digit-dataset-1.0.9.tar.gz":
-        "8bc44cde129d505cbbb6b365c09f80c663f2aa77578afc634e6141a2f87100c0",
-}
-KNOWN_URLS = {
-    FSDD_URL: KNOWN_ARCHIVES["free-spoken-digit-dataset-1.0.10.tar.gz"],
-    FSDD_URL.replace("v1.0.10", "v1.0.9"): KNOWN_ARCHIVES["free-spoken-digit-dataset-1.0.9.tar.gz"],
-}
 _MANIFEST_SUFFIXES = (".csv", ".tsv")
 log = logging.getLogger("lstmq")
-
-
-class DataError(ValueError):
-    """A data file, folder, archive, download or split request is invalid; names it."""
-
-
-class MissingDependencyError(DataError, ImportError):
-    """An optional dependency (TFDS) is not installed."""
-
-
-class DataUnavailableError(DataError):
-    """No local copy is configured and the download failed: says how to point at one."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -115,26 +89,6 @@ def parse_name(name: str, where: str | None = None) -> tuple[int, str, int]:
         return parse_fsdd_name(name, where)
     except LayoutError as error:
         raise DataError(str(error)) from None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def default_cache_dir(override: str | os.PathLike | None = None) -> Path:
-    """``override``, else ``$LSTMQ_CACHE``, else the user cache (``pooch.os_cache``)."""
-    if override:
-        return Path(override).expanduser()
-    if os.environ.get(ENV_CACHE):
-        return Path(os.environ[ENV_CACHE]).expanduser()
-    import pooch  # pylint: disable=import-outside-toplevel
-
-    return Path(pooch.os_cache("lstmq"))
 
 
 def class_list(labels: Sequence[str], classes: Sequence[str] | None, where: str) -> tuple[str, ...]:
@@ -283,71 +237,6 @@ def locate_recordings(path: str | os.PathLike, sha256: str | None = None) -> Pat
     return path
 
 
-def expected_sha256(cfg: DataConfig) -> str | None:
-    """The checksum a download of ``cfg.url`` must have: data.sha256, else the known one."""
-    return cfg.sha256 or KNOWN_URLS.get(cfg.url)
-
-
-def download_archive(url: str, sha256: str | None, cache_dir: str | os.PathLike | None = None,
-                     progress: bool = True) -> Path:
-    """Download ``url`` into the cache (once) and verify its sha256.
-
-    ``file://`` URLs and local paths are verified in place, not copied.
-
-    Raises:
-      DataError: no checksum to verify against, or naming the URL, the expected and the
-        actual hash; a mismatching download is deleted, never left in the cache.
-      DataUnavailableError: the download failed (no network, HTTP error).
-    """
-    if not sha256:
-        raise DataError(f"{url}: no checksum to verify the download; set data.sha256")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "file" or len(parts.scheme) <= 1:  # a file:// URL or a path (C: is a drive)
-        local_path = Path(urllib.parse.unquote(parts.path) if parts.scheme == "file" else url).expanduser()
-        if not local_path.is_file():
-            raise DataError(f"{url}: no such file")
-        actual = file_sha256(local_path)
-        if actual != sha256.lower():
-            raise DataError(f"{url}: checksum mismatch: expected sha256 {sha256}, got {actual}")
-        return local_path
-    import pooch  # pylint: disable=import-outside-toplevel
-
-    cache = default_cache_dir(cache_dir)
-    pooch.get_logger().setLevel(logging.WARNING)  # its "Downloading ..." line: the bar says it
-    try:
-        with FolderLock(cache):  # one download at a time; leftovers of a killed one go
-            _remove_partial_downloads(cache)
-            path = pooch.retrieve(url, known_hash=f"sha256:{sha256}", path=cache,
-                                  progressbar=progress)
-    except ValueError as error:
-        if "does not match the known hash" not in str(error):
-            raise DataUnavailableError(_unavailable(url, error)) from None
-        actual = next((h for h in re.findall(r"\b[0-9a-f]{64}\b", str(error)) if h != sha256.lower()), "?")
-        raise DataError(
-            f"{url}: checksum mismatch: expected sha256 {sha256}, got {actual} "
-            f"(the download was deleted from {cache})"
-        ) from None
-    except OSError as error:  # requests' exceptions are OSErrors
-        raise DataUnavailableError(_unavailable(url, error)) from None
-    return Path(path)
-
-
-def _unavailable(url: str, error: Exception) -> str:
-    reason = str(error).splitlines()[0][:160]
-    return (f"cannot download {url} ({type(error).__name__}: {reason}); point lstmq at a local "
-            f"copy instead: set {ENV_DATA}=/path/to/archive-or-folder or data.path "
-            "(--set data.path=...)")
-
-
-def _remove_partial_downloads(cache: Path) -> None:
-    """pooch downloads into a ``tmp*`` file beside the target; a killed download leaves it
-    (called under the cache's lock, so no download is under way)."""
-    for leftover in cache.glob("tmp*") if cache.is_dir() else ():
-        if leftover.is_file():
-            log.info("removing %s, left by an interrupted download", leftover)
-            leftover.unlink(missing_ok=True)
-
-
 def resolve_data_path(cfg: DataConfig) -> Path:
     """Where the recordings are: data.path, else ``$LSTMQ_DATA``, else a download.
 
@@ -369,61 +258,11 @@ def resolve_data_path(cfg: DataConfig) -> Path:
     return download_archive(cfg.url, expected_sha256(cfg), cfg.cache_dir)
 
 
-def load_tfds(cfg: DataConfig) -> Dataset:
-    """TFDS ``spoken_digit`` (FSDD v1.0.9, 2500 clips) as a Dataset.
-
-    ``data.tfds_manual_dir`` goes to ``DownloadConfig(manual_dir=...)``; ``data.cache_dir``,
-    if set, holds TFDS's prepared data (``<cache_dir>/tensorflow_datasets``).
-
-    Raises:
-      MissingDependencyError: tensorflow-datasets is not installed.
-    """
-    try:
-        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    except ImportError as error:
-        raise MissingDependencyError(
-            "data.source='tfds' needs tensorflow-datasets: pip install 'lstmq[tfds]'"
-        ) from error
-    data_dir = str(Path(cfg.cache_dir).expanduser() / "tensorflow_datasets") if cfg.cache_dir else None
-    builder = tfds.builder("spoken_digit", data_dir=data_dir)
-    manual = tfds.download.DownloadConfig(manual_dir=cfg.tfds_manual_dir) if cfg.tfds_manual_dir else None
-    builder.download_and_prepare(download_config=manual)
-    clips, digest = {}, hashlib.sha256()
-    rate = cfg.sample_rate or TFDS_SAMPLE_RATE
-    for example in tfds.as_numpy(builder.as_dataset(split="train")):
-        name = example["audio/filename"]
-        name = PurePosixPath(name.decode() if isinstance(name, bytes) else str(name)).name
-        where = f"tfds spoken_digit:{name}"
-        digit, speaker, index = parse_name(name, where)
-        if int(example["label"]) != digit:
-            raise DataError(f"{where}: TFDS label {int(example['label'])} disagrees with the file name")
-        if name in clips:
-            raise DataError(f"{where}: duplicate file name")
-        samples = np.asarray(example["audio"])
-        if np.issubdtype(samples.dtype, np.integer):  # int16 PCM, whatever container dtype
-            samples = samples.astype(np.float32) / 32768.0
-        try:
-            audio = conform(samples.astype(np.float32), TFDS_SAMPLE_RATE, rate, cfg.resample, where)
-        except AudioError as error:
-            raise DataError(str(error)) from None
-        digest.update(name.encode() + b"\0" + hashlib.sha256(np.asarray(example["audio"]).tobytes()).digest())
-        clips[name] = (audio, digit, speaker, index)
-    if not clips:
-        raise DataError("tfds spoken_digit: no clips")
-    names = tuple(sorted(clips))
-    return Dataset(
-        audio=tuple(clips[n][0] for n in names),
-        labels=np.array([clips[n][1] for n in names], np.int32), classes=FSDD_CLASSES,
-        speakers=np.array([clips[n][2] for n in names], dtype=str),
-        partition=np.array(["test" if clips[n][3] < 5 else "train" for n in names], dtype=str),
-        names=names, sample_rate=rate,
-        fingerprint=hashlib.sha256(b"tfds:" + digest.digest()).hexdigest(),
-        source=f"tfds spoken_digit ({len(names)} clips)", layout="fsdd")
-
-
 def load_dataset(cfg: DataConfig, path: str | os.PathLike | None = None) -> Dataset:
     """Load the recordings the config names; an explicit ``path`` overrides its source."""
     if path is None and cfg.source == "tfds":
+        from lstmq.tfds_source import load_tfds  # pylint: disable=import-outside-toplevel
+
         return load_tfds(cfg)
     location = locate_recordings(path, cfg.sha256) if path is not None else resolve_data_path(cfg)
     return load_recordings(location, cfg.format, cfg.classes, cfg.sample_rate, cfg.resample,

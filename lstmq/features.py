@@ -29,7 +29,8 @@ import numpy.typing as npt
 from tqdm.auto import tqdm
 
 from lstmq.config import FeatureConfig
-from lstmq.data import DataError, Dataset, default_cache_dir
+from lstmq.data import DataError, Dataset
+from lstmq.download import default_cache_dir
 
 FEATURE_VERSION = 2  # bump when extract_mfcc changes what it computes
 # A new worker spends ~3 s importing and warming up librosa, the time ~6000 FSDD clips

@@ -77,7 +77,7 @@ def find_cxx() -> list[str] | None:
 
 def kernel_cache_dir() -> Path:
     """``<cache>/kernels``: ``$LSTMQ_CACHE`` or the user cache (``lstmq.data``'s rule)."""
-    from lstmq.data import default_cache_dir  # pylint: disable=import-outside-toplevel
+    from lstmq.download import default_cache_dir  # pylint: disable=import-outside-toplevel
 
     return default_cache_dir() / "kernels"
 

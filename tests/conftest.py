@@ -65,8 +65,10 @@ def fsdd_archive() -> Path:
     """The FSDD v1.0.10 recordings: $LSTMQ_DATA when set, else the checksummed download into
     the user cache (skips, saying why, when neither is available)."""
     from lstmq.config import DataConfig  # pylint: disable=import-outside-toplevel
-    from lstmq.data import (  # pylint: disable=import-outside-toplevel
-        DataUnavailableError, download_archive, expected_sha256, locate_recordings)
+    from lstmq.data import locate_recordings  # pylint: disable=import-outside-toplevel
+    from lstmq.data_errors import DataUnavailableError  # pylint: disable=import-outside-toplevel
+    from lstmq.download import (  # pylint: disable=import-outside-toplevel
+        download_archive, expected_sha256)
 
     given = os.environ.get("LSTMQ_DATA")
     if given:

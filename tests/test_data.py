@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 from sklearn.model_selection import train_test_split
 
-from lstmq import data, splits
+from lstmq import data, download, splits, tfds_source
 from lstmq.config import DataConfig
 from lstmq.data import DataError
+from lstmq.data_errors import DataUnavailableError
 
 SPEAKERS = ("alice", "bob")  # as written by the wav_folder fixture
 FSDD_V1_0_9_SHA256 = "8bc44cde129d505cbbb6b365c09f80c663f2aa77578afc634e6141a2f87100c0"
@@ -86,7 +87,7 @@ def test_folder_tar_and_zip_give_identical_datasets(wav_folder, tmp_path):
     for path in archives:
         other = data.load_recordings(path)
         assert other.names == folder.names
-        assert other.fingerprint == data.file_sha256(path)
+        assert other.fingerprint == download.file_sha256(path)
         for field in ("labels", "speakers", "partition"):
             np.testing.assert_array_equal(getattr(other, field), getattr(folder, field))
         for a, b in zip(other.audio, folder.audio):
@@ -224,11 +225,11 @@ def test_locate_picks_the_archive_with_the_configured_sha(wav_folder, tmp_path):
     releases.mkdir()
     first = make_tar(wav_folder, releases / "a.tar.gz", prefix="a")
     second = make_tar(wav_folder, releases / "b.tar.gz", prefix="b")
-    assert data.locate_recordings(releases, data.file_sha256(second)) == second
-    assert data.locate_recordings(releases, data.file_sha256(first)) == first
+    assert data.locate_recordings(releases, download.file_sha256(second)) == second
+    assert data.locate_recordings(releases, download.file_sha256(first)) == first
     with pytest.raises(DataError, match="no archive has the expected sha256 0000") as error:
         data.locate_recordings(releases, "0000")
-    assert "a.tar.gz" in str(error.value) and data.file_sha256(second) in str(error.value)
+    assert "a.tar.gz" in str(error.value) and download.file_sha256(second) in str(error.value)
     assert data.locate_recordings(wav_folder, "0000") == wav_folder
 
 
@@ -245,7 +246,7 @@ def test_resolve_order_path_then_env_then_download(wav_folder, tmp_path, monkeyp
     assert data.resolve_data_path(DataConfig(source="download")) == other
     monkeypatch.delenv("LSTMQ_DATA")
     assert data.resolve_data_path(DataConfig(cache_dir="c")) == other
-    known = data.KNOWN_URLS[DataConfig.url]
+    known = download.KNOWN_URLS[DataConfig.url]
     assert calls == [(DataConfig.url, known, None), (DataConfig.url, known, "c")]
     with pytest.raises(DataError, match="neither data.path nor"):
         data.resolve_data_path(DataConfig(source="path"))
@@ -283,22 +284,22 @@ def _files_under(folder: Path) -> list[Path]:
 def test_download_verifies_and_caches(http_folder, wav_folder, tmp_path):
     served, base, requests = http_folder
     archive = make_tar(wav_folder, served / "v1.tar.gz")
-    digest = data.file_sha256(archive)
+    digest = download.file_sha256(archive)
     cache = tmp_path / "cache"
-    path = data.download_archive(f"{base}/v1.tar.gz", digest, cache, progress=False)
-    assert path.parent == cache and data.file_sha256(path) == digest
-    assert data.download_archive(f"{base}/v1.tar.gz", digest, cache, progress=False) == path
+    path = download.download_archive(f"{base}/v1.tar.gz", digest, cache, progress=False)
+    assert path.parent == cache and download.file_sha256(path) == digest
+    assert download.download_archive(f"{base}/v1.tar.gz", digest, cache, progress=False) == path
     assert len(requests) == 1  # the second call was served from the cache
     assert len(data.load_recordings(path)) == 100
 
 
 def test_download_checksum_mismatch_leaves_nothing(http_folder, wav_folder, tmp_path):
     served, base, _ = http_folder
-    actual = data.file_sha256(make_tar(wav_folder, served / "v1.tar.gz"))
+    actual = download.file_sha256(make_tar(wav_folder, served / "v1.tar.gz"))
     wrong = hashlib.sha256(b"something else").hexdigest()
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match="checksum mismatch") as error:
-        data.download_archive(f"{base}/v1.tar.gz", wrong, cache, progress=False)
+        download.download_archive(f"{base}/v1.tar.gz", wrong, cache, progress=False)
     message = str(error.value)
     assert f"{base}/v1.tar.gz" in message and wrong in message and actual in message
     assert _files_under(cache) == []
@@ -306,19 +307,19 @@ def test_download_checksum_mismatch_leaves_nothing(http_folder, wav_folder, tmp_
 
 def test_download_http_error_is_a_data_error(http_folder, tmp_path):
     _, base, _ = http_folder
-    with pytest.raises(data.DataUnavailableError, match="point lstmq at a local copy") as error:
-        data.download_archive(f"{base}/missing.tar.gz", "0" * 64, tmp_path / "cache", progress=False)
+    with pytest.raises(DataUnavailableError, match="point lstmq at a local copy") as error:
+        download.download_archive(f"{base}/missing.tar.gz", "0" * 64, tmp_path / "cache", progress=False)
     assert f"{base}/missing.tar.gz" in str(error.value)
     assert _files_under(tmp_path / "cache") == []
 
 
 def test_download_of_local_path_and_file_url(wav_folder, tmp_path):
     archive = make_tar(wav_folder, tmp_path / "v1.tar.gz")
-    digest = data.file_sha256(archive)
-    assert data.download_archive(str(archive), digest, tmp_path / "cache") == archive
-    assert data.download_archive(archive.as_uri(), digest, tmp_path / "cache") == archive
+    digest = download.file_sha256(archive)
+    assert download.download_archive(str(archive), digest, tmp_path / "cache") == archive
+    assert download.download_archive(archive.as_uri(), digest, tmp_path / "cache") == archive
     with pytest.raises(DataError, match=f"expected sha256 {'1' * 64}, got {digest}"):
-        data.download_archive(archive.as_uri(), "1" * 64, tmp_path / "cache")
+        download.download_archive(archive.as_uri(), "1" * 64, tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
 
 
@@ -328,7 +329,7 @@ def test_download_of_local_path_and_file_url(wav_folder, tmp_path):
 def test_tfds_missing_tells_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
     with pytest.raises(ImportError, match=r"pip install 'lstmq\[tfds\]'") as error:
-        data.load_tfds(DataConfig(source="tfds"))
+        tfds_source.load_tfds(DataConfig(source="tfds"))
     assert isinstance(error.value, DataError)
 
 
@@ -371,7 +372,7 @@ def test_tfds_examples_become_a_dataset(monkeypatch, tmp_path, synthetic_clip):
     np.testing.assert_array_equal(dataset.audio[i], synthetic_clip(4, 1, 7) / np.float32(32768))
     examples[0]["label"] = np.int64(5)
     with pytest.raises(DataError, match="disagrees with the file name"):
-        data.load_tfds(cfg)
+        tfds_source.load_tfds(cfg)
 
 
 @pytest.mark.fsdd
@@ -382,7 +383,7 @@ def test_real_tfds_matches_the_v1_0_9_archive(tmp_path):
     if not given:
         pytest.skip("set LSTMQ_DATA to the folder holding free-spoken-digit-dataset-1.0.9.tar.gz")
     archive = data.locate_recordings(given, FSDD_V1_0_9_SHA256)
-    if not archive.is_file() or data.file_sha256(archive) != FSDD_V1_0_9_SHA256:
+    if not archive.is_file() or download.file_sha256(archive) != FSDD_V1_0_9_SHA256:
         pytest.skip(f"{given} holds no FSDD v1.0.9 archive")
     manual = tmp_path / "manual"
     manual.mkdir()
@@ -449,8 +450,8 @@ def test_split_errors(wav_folder):
 @pytest.mark.fsdd
 def test_real_archive_contents(fsdd_dataset, fsdd_archive):
     if fsdd_archive.is_file():  # $LSTMQ_DATA may also name a folder of the WAVs
-        assert fsdd_dataset.fingerprint == data.file_sha256(fsdd_archive) == \
-            data.KNOWN_URLS[DataConfig.url]
+        assert fsdd_dataset.fingerprint == download.file_sha256(fsdd_archive) == \
+            download.KNOWN_URLS[DataConfig.url]
     assert sorted(set(fsdd_dataset.speakers.tolist())) == [
         "george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
     assert np.bincount(fsdd_dataset.labels).tolist() == [300] * 10

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstmq import data
+from lstmq import data, download
 from lstmq.artifact import ArtifactError, load_artifact, manifest_checksum
 from lstmq.checkpoint import CheckpointError
 from lstmq.cli import main
@@ -463,7 +463,7 @@ def test_12_a_killed_downloads_leftover_is_removed(tmp_path, wav_folder):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v.tar.gz"
         os.environ.setdefault("NO_PROXY", "127.0.0.1")
-        path = data.download_archive(url, data.file_sha256(archive), cache, progress=False)
+        path = download.download_archive(url, download.file_sha256(archive), cache, progress=False)
     finally:
         server.shutdown()
         server.server_close()

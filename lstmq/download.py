@@ -1,0 +1,116 @@
+"""FSDD's release archives and their checksums, the user cache, and checksummed downloads
+(pooch) of an archive into it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import urllib.parse
+from pathlib import Path
+
+from lstmq.config import DataConfig
+from lstmq.data_errors import DataError, DataUnavailableError
+from lstmq.io import FolderLock
+
+ENV_DATA = "LSTMQ_DATA"  # a local archive, folder or manifest instead of a download
+ENV_CACHE = "LSTMQ_CACHE"
+FSDD_URL = DataConfig.url
+# Release archives whose bytes are known: loading one by these names checks its sha256.
+KNOWN_ARCHIVES = {
+    "free-spoken-digit-dataset-1.0.10.tar.gz":
+        "feb479fad3a37883c3d21ed7f982281c2dd1c18d5aefd7e8a5d50f58023392aa",
+    "free-spoken-digit-dataset-1.0.9.tar.gz":
+        "8bc44cde129d505cbbb6b365c09f80c663f2aa77578afc634e6141a2f87100c0",
+}
+KNOWN_URLS = {
+    FSDD_URL: KNOWN_ARCHIVES["free-spoken-digit-dataset-1.0.10.tar.gz"],
+    FSDD_URL.replace("v1.0.10", "v1.0.9"): KNOWN_ARCHIVES["free-spoken-digit-dataset-1.0.9.tar.gz"],
+}
+log = logging.getLogger("lstmq")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """``override``, else ``$LSTMQ_CACHE``, else the user cache (``pooch.os_cache``)."""
+    if override:
+        return Path(override).expanduser()
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    import pooch  # pylint: disable=import-outside-toplevel
+
+    return Path(pooch.os_cache("lstmq"))
+
+
+def expected_sha256(cfg: DataConfig) -> str | None:
+    """The checksum a download of ``cfg.url`` must have: data.sha256, else the known one."""
+    return cfg.sha256 or KNOWN_URLS.get(cfg.url)
+
+
+def download_archive(url: str, sha256: str | None, cache_dir: str | os.PathLike | None = None,
+                     progress: bool = True) -> Path:
+    """Download ``url`` into the cache (once) and verify its sha256.
+
+    ``file://`` URLs and local paths are verified in place, not copied.
+
+    Raises:
+      DataError: no checksum to verify against, or naming the URL, the expected and the
+        actual hash; a mismatching download is deleted, never left in the cache.
+      DataUnavailableError: the download failed (no network, HTTP error).
+    """
+    if not sha256:
+        raise DataError(f"{url}: no checksum to verify the download; set data.sha256")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "file" or len(parts.scheme) <= 1:  # a file:// URL or a path (C: is a drive)
+        local_path = Path(urllib.parse.unquote(parts.path) if parts.scheme == "file" else url).expanduser()
+        if not local_path.is_file():
+            raise DataError(f"{url}: no such file")
+        actual = file_sha256(local_path)
+        if actual != sha256.lower():
+            raise DataError(f"{url}: checksum mismatch: expected sha256 {sha256}, got {actual}")
+        return local_path
+    import pooch  # pylint: disable=import-outside-toplevel
+
+    cache = default_cache_dir(cache_dir)
+    pooch.get_logger().setLevel(logging.WARNING)  # its "Downloading ..." line: the bar says it
+    try:
+        with FolderLock(cache):  # one download at a time; leftovers of a killed one go
+            _remove_partial_downloads(cache)
+            path = pooch.retrieve(url, known_hash=f"sha256:{sha256}", path=cache,
+                                  progressbar=progress)
+    except ValueError as error:
+        if "does not match the known hash" not in str(error):
+            raise DataUnavailableError(_unavailable(url, error)) from None
+        actual = next((h for h in re.findall(r"\b[0-9a-f]{64}\b", str(error)) if h != sha256.lower()), "?")
+        raise DataError(
+            f"{url}: checksum mismatch: expected sha256 {sha256}, got {actual} "
+            f"(the download was deleted from {cache})"
+        ) from None
+    except OSError as error:  # requests' exceptions are OSErrors
+        raise DataUnavailableError(_unavailable(url, error)) from None
+    return Path(path)
+
+
+def _unavailable(url: str, error: Exception) -> str:
+    reason = str(error).splitlines()[0][:160]
+    return (f"cannot download {url} ({type(error).__name__}: {reason}); point lstmq at a local "
+            f"copy instead: set {ENV_DATA}=/path/to/archive-or-folder or data.path "
+            "(--set data.path=...)")
+
+
+def _remove_partial_downloads(cache: Path) -> None:
+    """pooch downloads into a ``tmp*`` file beside the target; a killed download leaves it
+    (called under the cache's lock, so no download is under way)."""
+    for leftover in cache.glob("tmp*") if cache.is_dir() else ():
+        if leftover.is_file():
+            log.info("removing %s, left by an interrupted download", leftover)
+            leftover.unlink(missing_ok=True)
