@@ -44,7 +44,7 @@ from lstmq.paths import integer_models, predict_path
 from lstmq.pipeline import prepare_recordings
 from lstmq.runs import load_run, model_from_config
 from lstmq.splits import make_split
-from lstmq.train import predict_split
+from lstmq.prediction import predict_split
 
 
 def _timed(fn, repeats: int = 3) -> float:

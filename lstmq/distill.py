@@ -29,6 +29,7 @@ from lstmq.augment import waveform_augmentation_enabled
 from lstmq.checkpoint import CheckpointError
 from lstmq.config import Config
 from lstmq.pipeline import SplitArrays
+from lstmq.prediction import predict_split, seeds_predictor
 from lstmq.runs import Derived, Run, load_run, model_from_config
 
 
@@ -92,8 +93,6 @@ def teacher_targets(directory: str | Path, config: Config, derived: Derived,
                     train: SplitArrays) -> np.ndarray:
     """The teacher run's soft targets for every training row: ``<float32>[n, classes]``; with
     ``train.distill_source: originals``, a waveform copy's targets are its original clip's."""
-    from lstmq.train import predict_split, seeds_predictor  # pylint: disable=import-outside-toplevel
-
     teacher = load_run(directory)
     check_teacher(teacher, config, derived)
     predict = seeds_predictor(model_from_config(teacher.config, teacher.derived))

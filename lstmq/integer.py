@@ -224,7 +224,7 @@ def stack_models(models: list[IntegerModel]) -> dict[str, np.ndarray]:
 def predict_int_split(models: list[IntegerModel], split, batch_size: int = 512,
                       bucket: int = 16) -> np.ndarray:
     """Integer logits ``<int32>[seeds, n, classes]`` of every model on a prepared split."""
-    from lstmq.train import predict_split
+    from lstmq.prediction import predict_split
 
     stacked = stack_models(models)
     batched = jax.jit(jax.vmap(predict_int, in_axes=(0, None, None)))

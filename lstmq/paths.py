@@ -25,6 +25,7 @@ import numpy as np
 from lstmq.config import NUMERICS_PATHS
 from lstmq.integer import IntegerModel, convert_params, predict_int_split
 from lstmq.pipeline import SplitArrays
+from lstmq.prediction import predict_split
 from lstmq.runs import Run, model_from_config, path_numerics
 
 PATHS = NUMERICS_PATHS
@@ -131,8 +132,6 @@ def predict_path(run: Run, split: SplitArrays, path: str | None = None,
     """Logits ``<seeds, n, classes>`` of a run on a prepared split along ``path``
     (default: as trained). Integer paths return int32 logits, from the C runtime or jnp
     (``engine``, see ``integer_logits``); ``models`` reuses a conversion."""
-    from lstmq.train import predict_split  # pylint: disable=import-outside-toplevel
-
     path = path or trained_path(run)
     check_path(run, path)
     bucket = run.config.train.bucket_frames

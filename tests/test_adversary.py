@@ -13,7 +13,8 @@ from lstmq.adversary import SUMMARY, SpeakerAdversary, reverse_gradient, speaker
 from lstmq.config import ConfigError, load_config
 from lstmq.model import LSTMClassifier
 from lstmq.pipeline import SplitArrays
-from lstmq.train import Trainer, create_train_states, cross_entropy, summed_gradients
+from lstmq.gradients import cross_entropy, summed_gradients
+from lstmq.train import Trainer, create_train_states
 
 FEATURES, CLASSES, HIDDEN, TIME, N = 4, 3, 8, 10, 24
 MODEL = LSTMClassifier(HIDDEN, 1, CLASSES, readout="mean")

@@ -14,11 +14,11 @@ from lstmq.config import Config, TrainConfig, load_config
 from lstmq.model import LSTMClassifier
 from lstmq.pipeline import SplitArrays
 from lstmq.quant import QATNumerics
+from lstmq.gradients import cross_entropy
 from lstmq.train import (
     Trainer,
     TrainState,
     create_train_states,
-    cross_entropy,
     ema_rate,
     make_optimizer,
     seed_groups,
@@ -261,7 +261,7 @@ def test_mixup_loss_weighs_both_labels_and_still_learns():
     """With mixup the step's loss is lam * CE(own label) + (1 - lam) * CE(partner's label), on
     the mixed clips; training on it still learns the task."""
     from lstmq.augment import mixup
-    from lstmq.train import summed_gradients
+    from lstmq.gradients import summed_gradients
 
     x, lengths, labels, weight = batch_arrays(synthetic_split(BATCH, seed=6))
     states = trained_states(x, lengths, labels, weight, mixup_alpha=0.4)
@@ -575,7 +575,7 @@ def test_a_seed_mesh_needs_the_devices_and_a_multiple_of_them():
 def test_sharpness_aware_gradient_is_taken_at_the_moved_parameters():
     """loss = sum(a p^2) / 2: the SAM gradient is a (p + rho g / |g|) with g = a p; a zero
     gradient leaves p in place."""
-    from lstmq.train import sharpness_aware_gradients
+    from lstmq.gradients import sharpness_aware_gradients
 
     a = {"w": jnp.array([1.0, 4.0]), "b": jnp.array([2.0])}
     p = {"w": jnp.array([3.0, -1.0]), "b": jnp.array([0.5])}
@@ -590,7 +590,7 @@ def test_sharpness_aware_gradient_is_taken_at_the_moved_parameters():
 
 
 def test_sam_training_still_learns_and_reports_the_unmoved_loss():
-    from lstmq.train import summed_gradients
+    from lstmq.gradients import summed_gradients
 
     x, lengths, labels, weight = batch_arrays(synthetic_split(BATCH, seed=6))
     states = trained_states(x, lengths, labels, weight, sam_rho=0.05)
