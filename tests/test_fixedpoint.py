@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from lstmq import fixedpoint as fp
+from lstmq import fixedpoint_reference as fpr
 
 INT32_MIN, INT32_MAX = fp.INT32_MIN, fp.INT32_MAX
 EDGES32 = [
@@ -56,13 +57,13 @@ def assert_kernel(kernel, ref, *args, static=(), dtype=jnp.int32):
 @props
 @given(i32_arrays, shifts)
 def test_rounding_shift_right_static_shift(x, s):
-    assert_kernel(fp.rounding_shift_right, fp.rounding_shift_right_ref, x, s, static=(1,))
+    assert_kernel(fp.rounding_shift_right, fpr.rounding_shift_right_ref, x, s, static=(1,))
 
 
 @props
 @given(i32_arrays, shift_arrays)
 def test_rounding_shift_right_array_shift(x, s):
-    assert_kernel(fp.rounding_shift_right, fp.rounding_shift_right_ref, x, s)
+    assert_kernel(fp.rounding_shift_right, fpr.rounding_shift_right_ref, x, s)
 
 
 @pytest.mark.parametrize("s", [1, 2, 8, 15, 30, 31])
@@ -74,7 +75,7 @@ def test_rounding_shift_right_ties_round_up(s):
     want = np.concatenate([k[: tie.size] + 1, -k[: tie.size]])  # half up: 2.5 -> 3, -2.5 -> -2
     for shift in (s, np.full(x.shape, s, np.int32)):
         np.testing.assert_array_equal(np.asarray(fp.rounding_shift_right(x, shift)), want)
-        np.testing.assert_array_equal(fp.rounding_shift_right_ref(x, shift), want)
+        np.testing.assert_array_equal(fpr.rounding_shift_right_ref(x, shift), want)
 
 
 def test_rounding_shift_right_edges():
@@ -95,14 +96,14 @@ divisors = st.one_of(st.sampled_from([1, 2, 3, 7, 143, 2**16, 2**30 - 1]), st.in
 @props
 @given(i32_arrays, hnp.arrays(np.int32, N, elements=divisors))
 def test_rounding_divide_matches_exact_reference(x, d):
-    assert_kernel(fp.rounding_divide, fp.rounding_divide_ref, x, d)
+    assert_kernel(fp.rounding_divide, fpr.rounding_divide_ref, x, d)
 
 
 def test_rounding_divide_ties_round_up_and_never_overflows():
     x = np.array([3, -3, 5, -5, 1, -1, 7, INT32_MAX, INT32_MIN, INT32_MIN, 127 * 143], np.int32)
     d = np.array([2, 2, 2, 2, 2, 2, 7, 1, 1, 2**30 - 1, 143], np.int32)
     want = [2, -1, 3, -2, 1, 0, 1, INT32_MAX, INT32_MIN, -2, 127]  # 1.5 -> 2, -1.5 -> -1
-    for fn in (fp.rounding_divide, fp.rounding_divide_ref):
+    for fn in (fp.rounding_divide, fpr.rounding_divide_ref):
         np.testing.assert_array_equal(np.asarray(fn(x, d)), want)
     exact = [math.floor(Fraction(int(a), int(b)) + Fraction(1, 2)) for a, b in zip(x, d)]
     assert exact == want
@@ -114,7 +115,7 @@ def test_rounding_divide_ties_round_up_and_never_overflows():
 @props
 @given(i32_arrays, st.sampled_from([1, 8, 16, 31, 32]))
 def test_saturate(x, bits):
-    assert_kernel(fp.saturate, fp.saturate_ref, x, bits, static=(1,))
+    assert_kernel(fp.saturate, fpr.saturate_ref, x, bits, static=(1,))
 
 
 def test_saturate_narrow_inputs_and_bounds():
@@ -131,13 +132,13 @@ def test_saturate_narrow_inputs_and_bounds():
 @props
 @given(i32_arrays, shifts)
 def test_saturating_left_shift_static(x, s):
-    assert_kernel(fp.saturating_left_shift, fp.saturating_left_shift_ref, x, s, static=(1,))
+    assert_kernel(fp.saturating_left_shift, fpr.saturating_left_shift_ref, x, s, static=(1,))
 
 
 @props
 @given(i32_arrays, shift_arrays)
 def test_saturating_left_shift_array(x, s):
-    assert_kernel(fp.saturating_left_shift, fp.saturating_left_shift_ref, x, s)
+    assert_kernel(fp.saturating_left_shift, fpr.saturating_left_shift_ref, x, s)
 
 
 def test_saturating_left_shift_edges():
@@ -151,7 +152,7 @@ def test_saturating_left_shift_edges():
 @props
 @given(i16_arrays, i16_arrays)
 def test_saturating_add16(a, b):
-    assert_kernel(fp.saturating_add16, fp.saturating_add16_ref, a, b, dtype=jnp.int16)
+    assert_kernel(fp.saturating_add16, fpr.saturating_add16_ref, a, b, dtype=jnp.int16)
 
 
 def test_saturating_add16_edges():
@@ -166,30 +167,30 @@ def test_saturating_add16_edges():
 @props
 @given(i32_arrays, i32_arrays)
 def test_rounding_high_mul(a, m):
-    assert_kernel(fp.rounding_high_mul, fp.rounding_high_mul_ref, a, m)
+    assert_kernel(fp.rounding_high_mul, fpr.rounding_high_mul_ref, a, m)
 
 
 def test_rounding_high_mul_all_edge_pairs():
     a, m = (v.ravel().astype(np.int32) for v in np.meshgrid(EDGES32, EDGES32))
-    assert_kernel(fp.rounding_high_mul, fp.rounding_high_mul_ref, a, m)
+    assert_kernel(fp.rounding_high_mul, fpr.rounding_high_mul_ref, a, m)
     # Hand values: the saturating case, exact ties (half up), and the most negative product.
     a = np.array([INT32_MIN, 1, -1, 3, -3, INT32_MIN, INT32_MAX], np.int32)
     m = np.array([INT32_MIN, 2**30, 2**30, 2**30, 2**30, INT32_MAX, INT32_MAX], np.int32)
     want = [INT32_MAX, 1, 0, 2, -1, INT32_MIN + 1, INT32_MAX - 1]
     np.testing.assert_array_equal(np.asarray(fp.rounding_high_mul(a, m)), want)
-    np.testing.assert_array_equal(fp.rounding_high_mul_ref(a, m), want)
+    np.testing.assert_array_equal(fpr.rounding_high_mul_ref(a, m), want)
 
 
 @props
 @given(i32_arrays, multipliers, st.integers(-31, 31))
 def test_requantize_static(acc, m, s):
-    assert_kernel(fp.requantize, fp.requantize_ref, acc, m, s, static=(1, 2))
+    assert_kernel(fp.requantize, fpr.requantize_ref, acc, m, s, static=(1, 2))
 
 
 @props
 @given(i32_arrays, hnp.arrays(np.int32, N, elements=multipliers), channel_shifts)
 def test_requantize_per_channel(acc, m, s):
-    assert_kernel(fp.requantize, fp.requantize_ref, acc, m, s)
+    assert_kernel(fp.requantize, fpr.requantize_ref, acc, m, s)
 
 
 @props
@@ -199,7 +200,7 @@ def test_requantize_vs_exact_rational(acc, m, s):
     got = int(fp.requantize(np.array([acc], np.int32), m, s)[0])
     left = acc * 2 ** max(-s, 0)
     if not INT32_MIN <= left <= INT32_MAX:  # saturating left shift first, as TFLite does
-        assert got == fp.rounding_high_mul_ref(np.array([fp._clip(left)]), m)[0]
+        assert got == fpr.rounding_high_mul_ref(np.array([fpr._clip(left)]), m)[0]
         return
     exact = Fraction(acc * m, 2 ** (31 + s))
     if s <= 0:
@@ -257,7 +258,7 @@ def _lut_error(kernel, fn):
 @pytest.mark.parametrize("table", [fp.SIGMOID_LUT, fp.TANH_LUT], ids=["sigmoid", "tanh"])
 def test_lut_lookup_matches_reference_everywhere(table):
     assert table.dtype == np.int16 and table.shape == (257,)
-    assert_kernel(fp.lut_lookup, fp.lut_lookup_ref, ALL_Q3_12, table, dtype=jnp.int16)
+    assert_kernel(fp.lut_lookup, fpr.lut_lookup_ref, ALL_Q3_12, table, dtype=jnp.int16)
 
 
 def test_lut_max_error():
@@ -308,7 +309,7 @@ def test_lut_lookup_refuses_wide_input():
 @props
 @given(i16_arrays, i16_arrays, st.integers(0, 31))
 def test_fixed_mul_shift(a, b, s):
-    assert_kernel(fp.fixed_mul_shift, fp.fixed_mul_shift_ref, a, b, s, static=(2,))
+    assert_kernel(fp.fixed_mul_shift, fpr.fixed_mul_shift_ref, a, b, s, static=(2,))
 
 
 def test_fixed_mul_shift_edges():
@@ -327,7 +328,7 @@ def test_fixed_mul_shift_edges():
 @props
 @given(hnp.arrays(np.int8, (3, 5, 16)), hnp.arrays(np.int8, (16, 8)))
 def test_int_matmul(x, w):
-    assert_kernel(fp.int_matmul, fp.int_matmul_ref, x, w)
+    assert_kernel(fp.int_matmul, fpr.int_matmul_ref, x, w)
 
 
 def test_int_matmul_refuses_wide_operands():
