@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from lstmq.adversary import SUMMARY, speaker_loss
-from lstmq.augment import mixup
+from lstmq.batch_augment import mixup
 from lstmq.distill import distillation_loss
 
 if TYPE_CHECKING:
@@ -37,7 +37,8 @@ def summed_gradients(state: TrainState, key: jax.Array, x: jax.Array, lengths: j
     """Gradient of the weighted loss sum of one seed on a batch, and the batch's metric sums.
 
     ``key`` drives dropout; ``fold_in(key, 1)`` drives augmentation, ``fold_in(key, 2)``
-    mixup (``mixup_alpha > 0``: clips and their losses mixed in pairs, ``lstmq.augment.mixup``).
+    mixup (``mixup_alpha > 0``: clips and their losses mixed in pairs,
+    ``lstmq.batch_augment.mixup``).
     With a speaker-adversarial head (``state.adversary``; ``speakers`` the clips' speaker
     indices, ``reversal`` the gradient-reversal weight) the gradient is the pair
     (classifier's, head's), the head's loss is added to the sum, and the metrics also count

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lstmq import evaluate
-from lstmq.augment import make_spec_augment
+from lstmq.batch_augment import make_spec_augment
 from lstmq.budget import hidden_from_config
 from lstmq.checkpoint import CheckpointError, TrainingCheckpoints, save_params
 from lstmq.compilation import CompileClock, enable_persistent_cache

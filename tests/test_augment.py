@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstmq.augment import (augment_clip, augment_dataset, band_limit, make_spec_augment, mixup,
-                           reverberate, room_response, spec_augment, stretch_tempo,
-                           warp_formants)
+from lstmq.augment import (augment_clip, augment_dataset, band_limit, reverberate, room_response,
+                           stretch_tempo, warp_formants)
+from lstmq.batch_augment import make_spec_augment, mixup, spec_augment
 from lstmq.config import AugmentConfig, load_config
 from lstmq.pipeline import prepare_data
 

@@ -260,7 +260,7 @@ def trained_states(x, lengths, labels, weight, **options):
 def test_mixup_loss_weighs_both_labels_and_still_learns():
     """With mixup the step's loss is lam * CE(own label) + (1 - lam) * CE(partner's label), on
     the mixed clips; training on it still learns the task."""
-    from lstmq.augment import mixup
+    from lstmq.batch_augment import mixup
     from lstmq.gradients import summed_gradients
 
     x, lengths, labels, weight = batch_arrays(synthetic_split(BATCH, seed=6))
