@@ -22,7 +22,12 @@ from lstmq.recurrence import lstm_recurrence
 
 
 class Numerics(Protocol):
-    """What the model asks of a quantization scheme (all functions are pure)."""
+    """What the model asks of a quantization scheme (all functions are pure).
+
+    A scheme may also set ``native_recurrence = True`` and give ``recurrent_kernel(kernel)``
+    (the recurrent weights as its recurrent dot would fake-quantize them): then the fused
+    native QAT recurrence runs instead of the ``nn.scan`` (``qat_recurrence``).
+    """
 
     def dot_general_cls(self, role: str) -> Any:
         """Class for ``nn.Dense(dot_general_cls=...)``; role: input0 | input | recurrent | readout."""
