@@ -197,6 +197,7 @@ def feature_cache_key(dataset: Dataset, cfg: FeatureConfig) -> str:
         from lstmq.frontend import FRONTEND_VERSION  # pylint: disable=import-outside-toplevel
 
         fields["frontend_version"] = FRONTEND_VERSION
+        fields["normalize"] = cfg.normalize  # the per-utterance step is part of this front end
         if cfg.speech_db is not None:  # keys stay those of caches written before the option
             fields["speech_db"] = cfg.speech_db
         if cfg.noise_percentile is not None:

@@ -158,6 +158,40 @@ def test_cache_key_follows_feature_fields_and_data_only(tmp_path):
     assert features.feature_cache_key(dataclasses.replace(dataset, sample_rate=16000), FeatureConfig()) != key
 
 
+# A changed value for every FeatureConfig field, and the fields that may leave a cache key as
+# it is, per front end: a field missing from both makes the test fail, so a new option
+# cannot be left out of the key by accident.
+_OTHER_VALUE = {"frontend": "float", "n_mfcc": 12, "window_ms": 25.0, "hop_ms": 10.0,
+                "n_mels": 32, "fmin": 100.0, "fmax": 3000.0, "preemphasis": 0.97,
+                "mel_norm": "none", "deltas": 1, "trim_db": 40.0, "top_db": 40.0,
+                "compression": "pcen", "pcen_time_ms": 100.0, "normalize": "global",
+                "speech_db": 30.0, "noise_percentile": 20, "noise_keep_db": 6.0,
+                "min_frames": 3, "max_frames": 50, "vote_speeds": (0.9,), "cache": False,
+                "workers": 3}
+_NOT_IN_KEY = {
+    # applied after the cached features (normalize), or options of the other front end
+    "float": {"normalize", "speech_db", "noise_percentile", "noise_keep_db", "pcen_time_ms"},
+    # a float-only option (compression, also float-only, changes the key all the same)
+    "integer": {"pcen_time_ms"},
+}
+_NEVER_IN_KEY = {"vote_speeds", "cache", "workers"}  # votes are datasets of their own
+
+
+@pytest.mark.parametrize("frontend", ["float", "integer"])
+def test_cache_key_covers_every_feature_field_that_changes_the_features(frontend):
+    assert set(_OTHER_VALUE) == {f.name for f in dataclasses.fields(FeatureConfig)}
+    dataset = toy_dataset([tone(0.2)] * 3)
+    base = FeatureConfig(frontend=frontend, normalize="utterance", noise_percentile=10) \
+        if frontend == "integer" else FeatureConfig()
+    key = features.feature_cache_key(dataset, base)
+    for name, value in _OTHER_VALUE.items():
+        if name == "frontend":
+            value = "integer" if frontend == "float" else "float"
+        changed = features.feature_cache_key(dataset, dataclasses.replace(base, **{name: value}))
+        ignored = name in _NOT_IN_KEY[frontend] | _NEVER_IN_KEY
+        assert (changed == key) == ignored, f"{frontend} front end, features.{name}"
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_key"])
 def test_corrupt_cache_is_recomputed_and_replaced(damage, tmp_path):
     dataset = toy_dataset([tone(0.1 + 0.03 * i, seed=i) for i in range(5)])
