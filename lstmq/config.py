@@ -57,6 +57,25 @@ def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line for PyYAML's multi-line message: ``YAML syntax error at line L, column C:
+    problem (context from line K)`` (1-based), else its first line."""
+    kind = ("YAML error" if isinstance(error, yaml.constructor.ConstructorError)  # duplicate key, tag
+            else "YAML syntax error")
+    mark = getattr(error, "problem_mark", None)
+    problem = " ".join(str(getattr(error, "problem", None) or "").split())
+    if mark is None or not problem:
+        first = str(error).strip().splitlines()
+        return f"{kind}: {first[0].strip()}" if first else kind
+    text = f"{kind} at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context:
+        started = (f" from line {context_mark.line + 1}"
+                   if context_mark is not None and context_mark.line != mark.line else "")
+        text += f" ({' '.join(str(context).split())}{started})"
+    return text
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the recordings come from, how they are laid out and how they are split."""
@@ -407,7 +426,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
         try:
             values = _load_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from error
+            raise ConfigError(f"{path}: {_yaml_problem(error)}") from None
         except UnicodeDecodeError as error:
             raise ConfigError(f"{path}: not a UTF-8 text file ({error.reason} at byte "
                               f"{error.start})") from None

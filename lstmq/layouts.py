@@ -7,10 +7,13 @@
 | ``manifest`` | a .csv/.tsv with ``path,label[,speaker][,split]`` | the column | the column | the column (train/validation/test) |
 
 ``auto`` detection: a .csv/.tsv path or a top-level ``manifest.csv``/``manifest.tsv`` is a
-manifest; WAVs that all carry FSDD names (or mostly, in one folder) are FSDD; anything else
-is the folders layout (``data.format`` overrides the detection). An archive's single wrapper folder (``name/<label>/x.wav``) is looked
-through. Folders whose names start with ``_`` (Speech Commands' ``_background_noise_``) hold
-no class and are skipped with a note.
+manifest; WAVs in one folder that carry FSDD names (all or mostly) are FSDD, and so are
+FSDD-named WAVs in several folders when some lie at the top or every folder is its clips'
+digit; FSDD names only in other folders (perhaps class folders) are refused, asking for
+``data.format``; anything else is the folders layout (``data.format`` overrides the detection).
+An archive's single wrapper folder (``name/<label>/x.wav``) is looked through. Folders whose
+names start with ``_`` (Speech Commands' ``_background_noise_``) hold no class and are skipped
+with a note.
 """
 
 from __future__ import annotations
@@ -105,16 +108,33 @@ def _relative(path: str, root: str) -> str:
 
 
 def detect_layout(tree: FileTree, manifest: str | None = None) -> str:
-    """``fsdd``, ``folders`` or ``manifest`` for a tree (``manifest``: a given manifest file)."""
+    """``fsdd``, ``folders`` or ``manifest`` for a tree (``manifest``: a given manifest file).
+
+    Raises:
+      LayoutError: FSDD-named WAVs that all lie in several folders, not their digits.
+    """
     if manifest is not None or find_manifest(tree) is not None:
         return "manifest"
     wavs = tree.wavs()
     named = sum(_is_fsdd_name(p) for p in wavs)
-    one_folder = len({PurePosixPath(p).parent for p in wavs}) == 1
-    # FSDD names everywhere, or mostly FSDD names in one folder (then the FSDD rules name
-    # the file whose name is wrong).
-    if wavs and (named == len(wavs) or (one_folder and 2 * named > len(wavs))):
+    folders = {PurePosixPath(p).parent for p in wavs}
+    # Mostly FSDD names in one folder (then the FSDD rules name the file whose name is wrong).
+    if wavs and len(folders) == 1 and 2 * named > len(wavs):
         return "fsdd"
+    if wavs and named == len(wavs):
+        # FSDD names in several folders: FSDD if some sit beside the folders (no class folder)
+        # or the folders are their digits (the labels agree either way), else perhaps class
+        # folders whose files look like FSDD's; do not guess.
+        root = dataset_root(tree)
+        if (any(len(PurePosixPath(_relative(p, root)).parts) < 2 for p in wavs)
+                or all(PurePosixPath(p).parent.name == PurePosixPath(p).name[0] for p in wavs)):
+            return "fsdd"
+        shown = sorted(_relative(f.as_posix(), root) for f in folders)
+        more = ", ..." if len(shown) > 3 else ""
+        raise LayoutError(
+            f"{tree.location}: the WAV files have FSDD names ({{digit}}_{{speaker}}_{{index}}.wav) "
+            f"but lie in several folders ({', '.join(shown[:3])}{more}); set data.format to fsdd "
+            "or folders (labels from the digits in the names, or from the folders)")
     return "folders"
 
 

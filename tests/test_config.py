@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,34 @@ def test_invalid_yaml_is_named(tmp_path):
     path.write_text("train: {epochs: [1,\n")
     with pytest.raises(ConfigError, match="broken.yaml"):
         load_config(path)
+
+
+@pytest.mark.parametrize("text, where, problem", [
+    ("data:\n  classes: [a, b\nmodel:\n  hidden: 8\n", "syntax error at line 3, column 6",
+     r"expected ',' or '\]'.*flow sequence from line 2"),  # an unclosed bracket
+    ("train:\n  epochs: 3\n   lr: 0.1\n", "syntax error at line 3, column 6",
+     "mapping values are not allowed here"),  # indented too far
+    ("model:\n  hidden: 8\n\tlayers: 1\n", "syntax error at line 3, column 1",
+     r"found character '\\t'"),
+    ("train:\n  epochs: 1\n  epochs: 2\n", "error at line 3, column 3", "duplicate key 'epochs'"),
+])
+def test_yaml_errors_are_one_line_naming_the_file_and_line(tmp_path, text, where, problem):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert "\n" not in message and "unicode string" not in message
+    assert message.startswith(f"{path}: YAML {where}: ")
+    assert re.search(problem, message)
+
+
+@pytest.mark.parametrize("override", ["data.classes=[a, b", "train.epochs={a: 1", "train={x: [1,"])
+def test_malformed_yaml_in_an_override_is_one_line_naming_the_key(override):
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=[override])
+    key = override.split("=", 1)[0]
+    assert "\n" not in str(error.value) and str(error.value).startswith(f"--set {key}: ")
 
 
 def test_non_mapping_yaml_is_named(tmp_path):
