@@ -63,7 +63,7 @@ def arrays_split(run: Run, x: np.ndarray, lengths: np.ndarray, labels: Any = Non
         labels = np.asarray(labels)
         if labels.shape != (count,):
             raise DataError(f"expected labels [N] for {count} sequences, got {labels.shape}")
-        names = label_names(labels, run.classes)  # strings, or indices into the run's classes
+        names, _ = label_names(labels, run.classes)  # strings, or indices into the run's classes
         unknown = sorted(set(names) - set(run.classes))
         if unknown:
             raise DataError(f"labels {unknown[:5]} are not classes of {run.directory} "

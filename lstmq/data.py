@@ -112,12 +112,15 @@ def class_list(labels: Sequence[str], classes: Sequence[str] | None, where: str)
     return found
 
 
-def _fingerprint(tree: FileTree, entries: list[Entry], blobs: dict[str, bytes]) -> str:
+def _fingerprint(tree: FileTree, entries: list[Entry], blobs: dict[str, bytes],
+                 layout: str) -> str:
     if tree.kind == "archive":
         return file_sha256(tree.location)
     digest = hashlib.sha256()  # names, labels and bytes: a renamed or edited clip changes it
     for entry in entries:
-        digest.update(f"{entry.name}\0{entry.label}\0{entry.partition}\0".encode()
+        # a manifest's speaker column is its own (other layouts read it from the name)
+        speaker = f"{entry.speaker}\0" if layout == "manifest" else ""
+        digest.update(f"{entry.name}\0{entry.label}\0{entry.partition}\0{speaker}".encode()
                       + hashlib.sha256(blobs[entry.path]).digest())
     return digest.hexdigest()
 
@@ -199,7 +202,7 @@ def load_recordings(path: str | os.PathLike, format: str = "auto",  # pylint: di
         classes=names, speakers=np.array([e.speaker for e in entries], dtype=str),
         partition=np.array([e.partition for e in entries], dtype=str),
         names=tuple(e.name for e in entries), sample_rate=rate,
-        fingerprint=_fingerprint(tree, entries, blobs),
+        fingerprint=_fingerprint(tree, entries, blobs, layout),
         source=f"{kind} {path} ({len(entries)} clips, {layout} layout)", layout=layout,
         location=str(path.absolute()))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ class PreparedData:
     test: SplitArrays
     normalizer: Normalizer
     info: DataInfo
+    settings: dict[str, Any] | None = None  # ``preparation_settings`` of the config it used
 
     @property
     def input_size(self) -> int:
@@ -134,6 +136,7 @@ def prepare_data(config: Config, data_path: str | Path | None = None,
     test = _with_votes(_arrays(dataset, features, split.test, normalizer, bucket),
                        dataset.subset(split.test), config, normalizer, progress)
     return PreparedData(
+        settings=preparation_settings(config),
         train=train,
         val=_arrays(dataset, features, split.val, normalizer, bucket),
         test=test,
@@ -146,7 +149,8 @@ def prepare_arrays(x: np.ndarray, lengths: np.ndarray, labels, config: Config,
                    classes: tuple[str, ...] | None = None, speakers=None,
                    partition=None) -> PreparedData:
     """PreparedData of feature arrays ``x <float32>[N, T, F]`` with ``lengths <int32>[N]``
-    and ``labels`` (strings, or ints into ``classes``): split by ``config.data`` (``official``
+    and ``labels`` (strings, or ints indexing ``classes``, by default "0".."max" in numeric
+    order): split by ``config.data`` (``official``
     reads ``partition``: train/validation/test per row, or training/val/valid/dev/testing),
     normalised by ``config.features``; ``features.max_frames`` cuts longer sequences.
 
@@ -170,20 +174,24 @@ def prepare_arrays(x: np.ndarray, lengths: np.ndarray, labels, config: Config,
     labels = np.asarray(labels)
     if labels.shape != (count,):
         raise DataError(f"expected labels [N] for {count} sequences, got shape {labels.shape}")
-    names = label_names(labels, classes)
-    found = class_list(names, None if classes is None else tuple(map(str, classes)), "arrays")
+    names, order = label_names(labels, classes)
+    found = class_list(names, order, "arrays")
+    missing = sorted(set(found) - set(names), key=found.index)
+    if classes is None and missing:  # int labels: their default classes are 0..max
+        raise DataError(f"class(es) {missing} have no sequence (integer labels index the "
+                        f"classes {list(found)}); pass classes=... naming the classes there are")
     index = {name: i for i, name in enumerate(found)}
     own = _row_strings("partition", partition, count)
     try:
         own = np.array([split_name(value) for value in own], dtype=object).astype(str)
     except LayoutError as error:
         raise DataError(f"partition: {error}") from None
+    who = _row_strings("speakers", speakers, count)
     dataset = Dataset(
         audio=(), labels=np.array([index[n] for n in names], np.int32), classes=found,
-        speakers=_row_strings("speakers", speakers, count), partition=own,
+        speakers=who, partition=own,
         names=tuple(f"row_{i:06d}" for i in range(count)), sample_rate=0,
-        fingerprint=hashlib.sha256(x.tobytes() + lengths.tobytes()
-                                   + "\0".join(names).encode()).hexdigest(),
+        fingerprint=_arrays_fingerprint(x, lengths, names, who, own),
         source=f"arrays ({count} sequences)", layout="arrays")
     check_class_count(config, dataset.num_classes, dataset.source)
     split = make_split(dataset, config.data)
@@ -193,7 +201,19 @@ def prepare_arrays(x: np.ndarray, lengths: np.ndarray, labels, config: Config,
     bucket = config.train.bucket_frames
     info = dataclasses.replace(DataInfo.of(dataset), sample_rate=None)
     return PreparedData(*(_arrays(dataset, features, idx, normalizer, bucket)
-                          for idx in (split.train, split.val, split.test)), normalizer, info)
+                          for idx in (split.train, split.val, split.test)), normalizer, info,
+                        preparation_settings(config))
+
+
+def _arrays_fingerprint(x: np.ndarray, lengths: np.ndarray, names: list[str],
+                        speakers: np.ndarray, partition: np.ndarray) -> str:
+    """sha256 of the sequences, their labels and, when given, their speakers and partition
+    (a run resumed or evaluated on other speakers or splits would mix test and training)."""
+    digest = hashlib.sha256(x.tobytes() + lengths.tobytes() + "\0".join(names).encode())
+    for column in (speakers, partition):
+        if any(column):  # keys of arrays without the column stay as they were
+            digest.update(b"\1" + "\0".join(column.tolist()).encode())
+    return digest.hexdigest()
 
 
 def checked_sequences(x, lengths) -> tuple[np.ndarray, np.ndarray]:
@@ -227,8 +247,10 @@ def checked_sequences(x, lengths) -> tuple[np.ndarray, np.ndarray]:
     return x, lengths
 
 
-def label_names(labels: np.ndarray, classes) -> list[str]:
-    """Class names of ``labels``: strings as given, or ints indexing ``classes``."""
+def label_names(labels: np.ndarray, classes) -> tuple[list[str], tuple[str, ...] | None]:
+    """Class names of ``labels`` and the class order they imply: strings as given (order:
+    ``classes``, or None for sorted names), or ints indexing ``classes``, which default to
+    the indices' own names "0", "1", ... in numeric order, so index k is always class "k"."""
     if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) \
             and np.all(labels == np.round(labels)):
         labels = labels.astype(np.int64)
@@ -238,10 +260,11 @@ def label_names(labels: np.ndarray, classes) -> list[str]:
         if labels.min() < 0 or labels.max() >= len(classes):
             raise DataError(f"integer labels must be in [0, {len(classes)}), got "
                             f"{labels.min()}..{labels.max()}")
-        return [str(classes[i]) for i in labels]
+        return [str(classes[i]) for i in labels], tuple(str(c) for c in classes)
     if labels.dtype.kind in "US" or (labels.dtype.kind == "O"
                                      and all(isinstance(v, str) for v in labels.tolist())):
-        return [str(label) for label in labels]
+        return [str(label) for label in labels], \
+            None if classes is None else tuple(str(c) for c in classes)
     raise DataError(f"labels must be all strings or all whole numbers, got {labels.dtype} "
                     f"values such as {labels[:3].tolist()}")
 
@@ -268,6 +291,43 @@ def _integer_normalizer(config: Config, train: list[np.ndarray],
     clip = config.quant.input_clip or calibrate_input_clip(
         [normalizer.standardize(f) for f in (*train, *copies)], config.quant.input_percentile)
     return normalizer.with_quantizer(clip, scale)
+
+
+# Settings that never change the prepared arrays: execution (cache, workers) and the
+# augmentations drawn in the train step.
+_NOT_PREPARATION = {"features": ("cache", "workers"),
+                    "augment": ("freq_mask", "time_mask", "mixup")}
+
+
+def preparation_settings(config: Config) -> dict[str, Any]:
+    """The settings ``prepare_data`` / ``prepare_arrays`` read to make the arrays, by dotted
+    key (the seed of the waveform copies aside: another draw of the same augmentation)."""
+    settings = {}
+    for section in ("data", "features", "augment"):
+        for key, value in dataclasses.asdict(getattr(config, section)).items():
+            if key not in _NOT_PREPARATION.get(section, ()):
+                settings[f"{section}.{key}"] = value
+    settings["train.bucket_frames"] = config.train.bucket_frames
+    if config.features.frontend == "integer":  # the int8 quantizer is part of the data
+        settings.update({"quant.input_clip": config.quant.input_clip,
+                         "quant.input_percentile": config.quant.input_percentile})
+    return json.loads(json.dumps(settings))  # tuples as lists, as a record holds them
+
+
+def check_prepared_for(data: PreparedData, config: Config) -> None:
+    """Data prepared under other settings than ``config``'s would train one config on
+    another's features (and record the wrong one): refuse it, naming the keys."""
+    if data.settings is None:
+        return
+    wanted = preparation_settings(config)
+    differing = sorted(key for key in wanted.keys() | data.settings.keys()
+                       if wanted.get(key) != data.settings.get(key))
+    if differing:
+        shown = ", ".join(f"{key} (prepared {data.settings.get(key)!r}, config "
+                          f"{wanted.get(key)!r})" for key in differing[:4])
+        raise DataError(f"the data was prepared under other settings than this config: {shown}"
+                        f"{' ...' if len(differing) > 4 else ''}; prepare it again with this "
+                        "config (lstmq.prepare_data(config))")
 
 
 def check_class_count(config: Config, count: int, source: str) -> None:

@@ -41,7 +41,7 @@ from lstmq.config import Config, config_to_dict
 from lstmq.data import load_dataset
 from lstmq.distill import teacher_targets
 from lstmq.io import FolderLock, atomic_write_json, read_json
-from lstmq.pipeline import PreparedData, SplitArrays, prepare_data
+from lstmq.pipeline import PreparedData, SplitArrays, check_prepared_for, prepare_data
 from lstmq.recipe import calibrate_input_clip
 from lstmq.runs import Derived, load_run, model_from_config
 from lstmq.train import Trainer, create_train_states, select_best
@@ -88,6 +88,17 @@ def _initial_params(config: Config, derived: Derived) -> Any | None:
     if not config.quant.init_from:
         return None
     source = load_run(config.quant.init_from)
+    # the model's inputs, as for train.distill_from (lstmq.distill.check_teacher); settings of
+    # how features are computed or scored only (cache, workers, speed votes) may differ
+    kept = [k for k in vars(config.features)
+            if f"features.{k}" not in EXECUTION_KEYS and k != "vote_speeds"]
+    changed = [f"features.{k} {getattr(source.config.features, k)!r}, this run's "
+               f"{getattr(config.features, k)!r}" for k in kept
+               if getattr(source.config.features, k) != getattr(config.features, k)]
+    if changed:
+        raise CheckpointError(f"{config.quant.init_from}: cannot start this run "
+                              f"(quant.init_from): it read other features "
+                              f"({'; '.join(changed)})")
     mine = (derived.hidden, config.model.layers, derived.input_size, derived.classes)
     theirs = (source.derived.hidden, source.config.model.layers, source.derived.input_size,
               source.derived.classes)
@@ -179,7 +190,9 @@ def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData |
     workdir = Path(workdir)
     enable_persistent_cache()
     with FolderLock(workdir, remove_temporary=True):
-        data = data or prepare_data(config, progress=progress)
+        if data is None:
+            data = prepare_data(config, progress=progress)
+        check_prepared_for(data, config)
         derived = derive(config, data)
         record = {"config": config_to_dict(config), "derived": derived.to_dict(),
                   "data": {**data.info.to_dict(), "train": len(data.train),

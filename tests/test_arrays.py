@@ -87,6 +87,59 @@ def test_max_frames_cuts_the_sequences_and_int_labels_index_given_classes():
     assert max(data.train.lengths.max(), data.test.lengths.max()) == 4
 
 
+def test_int_labels_without_classes_are_classes_in_numeric_order():
+    """Index k is class "k" in training and in arrays_split alike, also past 10 classes
+    (names sorted as strings would put "10" before "2")."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(12), 10)
+    x = rng.normal(size=(120, 5, 2)).astype(np.float32)
+    data = lstmq.prepare_arrays(x, np.full(120, 5), labels, config())
+    assert data.classes == tuple(str(k) for k in range(12))
+    for split in (data.train, data.val, data.test):
+        assert all(data.classes[i] == str(j) for i, j in zip(split.labels, labels[
+            [int(name.split("_")[1]) for name in split.names]]))
+    with pytest.raises(DataError, match=r"class\(es\) \['1'\] have no sequence"):
+        lstmq.prepare_arrays(x, np.full(120, 5), np.where(labels == 1, 2, labels), config())
+
+
+def test_arrays_split_reads_int_labels_as_the_runs_classes(tmp_path):
+    x, lengths, labels = separable(60, seed=1)
+    numbers = np.searchsorted(["a", "b", "c"], labels)
+    run, _ = lstmq.train_arrays(x, lengths, numbers, config(), tmp_path / "run")
+    assert run.classes == ("0", "1", "2")
+    split = lstmq.arrays_split(run, x, lengths, numbers)
+    np.testing.assert_array_equal(split.labels, numbers)
+
+
+def test_speakers_and_partition_are_part_of_the_arrays_fingerprint():
+    """Other speakers or another partition move a split: resuming or evaluating a run on them
+    must be refused like other data."""
+    x, lengths, labels = separable()
+    first = np.where(np.arange(36) < 27, "train", "test")
+    speakers = np.array(["s1", "s2", "s3"] * 12)
+    plain = lstmq.prepare_arrays(x, lengths, labels, config()).info.fingerprint
+    prints = {lstmq.prepare_arrays(x, lengths, labels, config("data.split=official"),
+                                   partition=p).info.fingerprint
+              for p in (first, first[::-1])}
+    prints |= {lstmq.prepare_arrays(x, lengths, labels, config(), speakers=s).info.fingerprint
+               for s in (speakers, np.roll(speakers, 1))}
+    assert len(prints | {plain}) == 5
+
+
+def test_data_prepared_under_other_settings_is_refused(tmp_path):
+    """One config's arrays trained under another's name would record the wrong features; a
+    config differing only in what the train step does (masks, epochs, quantization) shares
+    them."""
+    x, lengths, labels = separable()
+    data = lstmq.prepare_arrays(x, lengths, labels, config())
+    with pytest.raises(DataError, match=r"features.max_frames \(prepared None, config 4\)"):
+        lstmq.train_and_evaluate(config("features.max_frames=4"), tmp_path / "a", data,
+                                 progress=False)
+    assert not (tmp_path / "a" / "run.json").exists()
+    shared = config("augment.time_mask=2", "train.epochs=1", "quant.mode=qat")
+    lstmq.train_and_evaluate(shared, tmp_path / "b", data, progress=False)
+
+
 def test_new_sequences_are_scored_with_the_runs_statistics(tmp_path):
     x, lengths, labels = separable(60, seed=1)
     shifted = x + 100.0  # far from zero: unnormalised arrays would mislead the model

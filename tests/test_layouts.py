@@ -4,6 +4,7 @@ each, class lists, sample rates, and the splits every dataset gets."""
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tarfile
 import zipfile
@@ -194,6 +195,21 @@ def test_bad_manifests_are_refused_naming_the_line_or_file(make_manifest_dataset
     assert "manifest.csv" in str(error.value) or "gone.wav" in str(error.value)
 
 
+def test_a_manifests_speaker_column_is_part_of_the_fingerprint(make_manifest_dataset):
+    """Other speakers move a speaker split: a run must not take the data as its own."""
+    manifest = make_manifest_dataset(THREE)
+    before = data.load_recordings(manifest)
+    lines = manifest.read_text().splitlines()
+    speakers = sorted(set(before.speakers.tolist()))
+    swap = {speakers[0]: speakers[1], speakers[1]: speakers[0]}
+    manifest.write_text("\n".join([lines[0]] + [
+        ",".join(swap.get(v, v) if i == 2 else v for i, v in enumerate(line.split(",")))
+        for line in lines[1:]]) + "\n")
+    after = data.load_recordings(manifest)
+    assert after.names == before.names and list(after.speakers) != list(before.speakers)
+    assert after.fingerprint != before.fingerprint
+
+
 def test_an_archive_holding_a_manifest(make_manifest_dataset, tmp_path):
     manifest = make_manifest_dataset(THREE)
     direct = data.load_recordings(manifest)
@@ -213,11 +229,35 @@ def test_detection_and_an_explicit_format(wav_folder, make_folders_dataset):
         target = nested / path.name.split("_")[0] / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, target)
-    assert data.load_recordings(nested).layout == "fsdd"
+    assert data.load_recordings(nested).layout == "fsdd"  # the digit folders agree
+    release = tar_folder(wav_folder, wav_folder.parent / "fsdd.tar.gz",
+                         wrapper="free-spoken-digit-dataset-1.0.10/recordings")  # as released
+    assert data.load_recordings(release).layout == "fsdd"
     as_folders = data.load_recordings(nested, format="folders")
     assert as_folders.layout == "folders" and as_folders.classes == tuple(map(str, range(10)))
     with pytest.raises(DataError, match="not one of auto"):
         data.load_recordings(wav_folder, format="speechcommands")
+
+
+def test_fsdd_names_in_class_folders_are_refused_unless_a_format_is_set(tmp_path, write_wav,
+                                                                       synthetic_clip):
+    root = tmp_path / "tones"
+    for k, label in enumerate(("low", "mid", "high")):
+        for take in range(6):  # named like FSDD clips, but the folders are the labels
+            write_wav(root / label / f"{take % 10}_{label}take_{take}.wav",
+                      synthetic_clip(k, 0, take))
+    for tree in (root, tar_folder(root, tmp_path / "tones.tar.gz")):
+        with pytest.raises(DataError, match=rf"^{re.escape(str(tree))}: the WAV files have FSDD "
+                           r"names .* lie in several folders \(high, low, mid\); set "
+                           "data.format to fsdd or folders"):
+            data.load_recordings(tree)
+    as_folders = data.load_recordings(root, format="folders")
+    assert as_folders.layout == "folders" and as_folders.classes == ("high", "low", "mid")
+    assert as_folders.names.index("low/3_lowtake_3.wav") in np.flatnonzero(
+        as_folders.labels == as_folders.classes.index("low"))
+    as_fsdd = data.load_recordings(root, format="fsdd")
+    assert as_fsdd.layout == "fsdd" and as_fsdd.classes == tuple(map(str, range(10)))
+    assert sorted(set(as_fsdd.speakers.tolist())) == ["hightake", "lowtake", "midtake"]
 
 
 def test_a_flat_folder_with_a_non_fsdd_name_says_how_to_lay_out_other_data(wav_folder,
