@@ -316,9 +316,13 @@ def solve_hidden_size(budget_bytes: int, layers: int, input_size: int = 13, num_
 
     Raises:
       BudgetError: even ``hidden=1`` does not fit; the message gives the bytes it needs.
-      ValueError: a size is not a positive integer, or bits/policy/layout are unsupported.
+      ValueError: a size is not a positive integer, fewer than 2 classes, or bits/policy/layout
+        are unsupported.
     """
     budget_bytes = _positive_int("budget_bytes", budget_bytes)
+    if _positive_int("num_classes", num_classes) < 2:
+        raise BudgetError(f"num_classes must be at least 2 (a classifier needs 2 classes; "
+                          f"training refuses fewer), got {num_classes}")
     precision = _as_precision(precision)
     _check_choice("policy", policy, POLICIES)
 

@@ -104,6 +104,17 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    """argparse type: an integer of 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.epochs=5 (repeatable)")
@@ -164,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--c-dir", type=Path,
                         help="also write a C99 library: PCM to label with the integer front end "
                              "(features.frontend=integer), else the LSTM on int8 features")
-    export.add_argument("--golden", type=int, default=20,
-                        help="test clips written as golden vectors into the C library")
+    export.add_argument("--golden", type=_count, default=20,
+                        help="test clips written as golden vectors into the C library (0: none)")
     export.add_argument("--max-seconds", type=float,
                         help="longest clip the C library's static buffers hold (default 3 s)")
     export.set_defaults(handler=_export)

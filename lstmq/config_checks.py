@@ -194,6 +194,10 @@ def _check_combinations(config: Config) -> None:
     if d.val_speaker is not None and d.split not in ("speaker", "speaker_disjoint"):
         raise ConfigError(f"data.val_speaker needs data.split=speaker (or speaker_disjoint), "
                           f"got {d.split!r}")
+    if d.test_speaker is not None and d.split != "speaker":
+        raise ConfigError(f"data.test_speaker ({d.test_speaker!r}) is read by data.split=speaker "
+                          f"only, got data.split={d.split!r}: set data.split=speaker or "
+                          "data.test_speaker=null")
     if d.split == "speaker" and d.test_speaker is None:
         raise ConfigError("data.split=speaker needs data.test_speaker (the held-out speaker)")
     if d.val_speaker is not None and d.val_speaker == d.test_speaker:

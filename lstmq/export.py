@@ -85,7 +85,7 @@ def export_run(run_dir: str | Path, out_path: str | Path, seed_index: int = 0,
       lstmq.integer.ConversionError: the run does not fit the recipe.
       ArtifactError: the artifact's bytes differ from ``count_bytes`` of the run's params,
         or exceed the budget the run was solved for.
-      ValueError: no such seed.
+      ValueError: no such seed, or a negative ``golden``.
     """
     import jax
 
@@ -94,6 +94,8 @@ def export_run(run_dir: str | Path, out_path: str | Path, seed_index: int = 0,
     from lstmq.paths import integer_models, integer_path
     from lstmq.runs import load_run
 
+    if golden < 0:
+        raise ValueError(f"golden must be 0 or more clips, got {golden}")
     for target, example in ((out_path, "model.lstmqz"), (c_header, "model.h")):
         if target is not None and Path(target).is_dir():
             raise ArtifactError(f"{target}: is a folder; give the file's name (e.g. {example})")

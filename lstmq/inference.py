@@ -73,8 +73,13 @@ def evaluate_run(directory: str | Path, data: str | Path | None = None, path: st
     if data is None:
         split, source = run_test_split(run, progress)
     else:
-        dataset = load_recordings(data, classes=run.classes, sample_rate=run.derived.sample_rate,
-                                  resample=run.config.data.resample)
+        if run.derived.sample_rate is None:
+            raise DataError(f"{directory}: trained on feature arrays, not audio; nothing to "
+                            f"featurize {data} with (score sequences with "
+                            "lstmq.predict_path(run, lstmq.arrays_split(run, x, lengths)))")
+        # the run's own layout, classes, rate and resampling policy, as for its training data
+        dataset = load_recordings(data, run.config.data.format, run.classes,
+                                  run.derived.sample_rate, run.config.data.resample)
         split, source = prepare_recordings(dataset, run.config, run.derived.normalizer,
                                            progress), dataset.source
     report = test_report(predict_path(run, split, path), split, run.derived.seeds, run.classes)
@@ -187,6 +192,11 @@ def artifact_predictor(artifact: str | Path) -> Predictor:
     if not front or "classes" not in manifest:
         raise ArtifactError(f"{artifact}: the manifest has no front end or class list; "
                             "re-export it with this lstmq")
+    if front.get("sample_rate") is None:
+        raise ArtifactError(f"{artifact}: exported from a run trained on feature arrays, not "
+                            "audio; nothing to featurize WAV files with (score sequences with "
+                            "lstmq.predict_path(run, lstmq.arrays_split(run, x, lengths)) of "
+                            "the run it was exported from)")
     features = FeatureConfig(**{k: (tuple(v) if isinstance(v, list) else v)
                                 for k, v in front["features"].items()})
     return Predictor(features, Normalizer.from_dict(front["normalizer"]),

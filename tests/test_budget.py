@@ -280,3 +280,13 @@ def test_hidden_from_config_is_derived_not_written_back():
     assert auto.hidden == "auto"
     with pytest.raises(BudgetError):
         budget.hidden_from_config(auto, BudgetConfig(bytes=64), 8, 13, 10)
+
+
+def test_fewer_than_two_classes_are_refused_as_training_refuses_them(capsys):
+    with pytest.raises(BudgetError, match="num_classes must be at least 2"):
+        budget.solve_hidden_size(36864, 2, 13, 1)
+    assert budget.main(["--classes", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "--classes must be at least 2" in captured.err
+    assert captured.err.strip().endswith("got 1") and "Traceback" not in captured.err
+    assert budget.main(["--classes", "2"]) == 0

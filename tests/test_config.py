@@ -53,7 +53,7 @@ def test_dict_round_trip_of_non_defaults():
     ("data.path=null", "data", "path", None),
     ("data.path=some/folder", "data", "path", "some/folder"),
     ("data.path=3", "data", "path", "3"),  # a string field keeps the text as typed
-    ("data.test_speaker=007", "data", "test_speaker", "007"),
+    ("quant.init_from=007", "quant", "init_from", "007"),
     ("quant.input_clip=3", "quant", "input_clip", 3.0),
     ("model.hidden=auto", "model", "hidden", "auto"),
     ("model.hidden=48", "model", "hidden", 48),

@@ -352,3 +352,16 @@ def test_cli_impossible_budget_returns_2(capsys):
 def test_cli_eval_of_missing_run_returns_2(tmp_path, capsys):
     assert main(["eval", "--run", str(tmp_path / "none"), "--quiet"]) == 2
     assert "run.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("split", ["random", "official", "speaker_disjoint"])
+def test_a_test_speaker_without_the_speaker_split_is_refused(split, tmp_path, capsys):
+    with pytest.raises(ConfigError, match=f"data.test_speaker .* data.split={split!r}"):
+        load_config(overrides=[f"data.split={split}", "data.test_speaker=bob"])
+    assert main(["train", "--out", str(tmp_path / "x"), "--set", f"data.split={split}",
+                 "--set", "data.test_speaker=bob"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.test_speaker" in err[0] and "data.split" in err[0], err
+    assert not (tmp_path / "x").exists()
+    speaker = load_config(overrides=["data.split=speaker", "data.test_speaker=bob"]).data
+    assert speaker.test_speaker == "bob"

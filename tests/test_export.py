@@ -350,3 +350,17 @@ def test_cli_export_of_a_trained_qat_run(wav_folder, tmp_path, capsys):
     assert main(["export", "--run", str(tmp_path / "run"), "--out", str(out), "--c-dir",
                  str(tmp_path / "c")]) == 0
     assert "features.vote_speeds=[0.9] are not in the C library" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["-1", "-20"])
+def test_cli_export_refuses_a_negative_golden_count(value, tmp_path, capsys):
+    from lstmq.cli import main
+    from lstmq.export import export_run
+
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error, before any work
+        main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "m.lstmqz"),
+              "--golden", value])
+    assert exit_info.value.code == 2
+    assert f"argument --golden: must be 0 or more, got {value}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="golden must be 0 or more"):
+        export_run(tmp_path / "run", tmp_path / "m.lstmqz", golden=int(value))

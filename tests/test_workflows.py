@@ -202,3 +202,55 @@ def test_missing_data_is_one_line_that_says_how_to_point_at_a_copy(tmp_path, mon
         assert "cannot download" in err[0] and "LSTMQ_DATA" in err[0]
     assert main(["train", "--out", str(tmp_path / "run"), "--set", "data.format=folders"]) == 2
     assert "set data.path or $LSTMQ_DATA" in capsys.readouterr().err
+
+
+def test_eval_with_data_reads_it_with_the_runs_own_layout(write_wav, synthetic_clip, tmp_path,
+                                                           capsys):
+    # class folders whose files happen to be named like FSDD's: auto would read them as FSDD
+    root = tmp_path / "tones"
+    for digit, label in ((1, "low"), (4, "mid"), (8, "high")):
+        for take in range(10):
+            write_wav(root / label / f"{take % 10}_{label}take_{take}.wav",
+                      synthetic_clip(digit, 0, take))
+    run = tmp_path / "run"
+    assert _cli(*_train_args(run, root, "data.format=folders", "data.val_fraction=0")) == 0
+    capsys.readouterr()
+    assert _cli("eval", "--run", str(run), "--data", str(root), "--quiet") == 0
+    line = capsys.readouterr().out
+    assert "accuracy" in line and "30 clips" in line and "folders layout" in line
+    assert _cli("predict", "--model", str(run), str(root / "low")) == 0
+    assert capsys.readouterr().out.count(".wav") == 10
+
+
+def test_a_run_of_arrays_refuses_audio_from_its_folder_and_its_artifact(tmp_path, wav_folder,
+                                                                        capsys):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["rest", "walk"], 20)
+    x = rng.normal(size=(40, 10, 3)).astype(np.float32) + (labels == "walk")[:, None, None]
+    lstmq.train_arrays(x, np.full(40, 10, np.int32), labels, lstmq.load_config(overrides=TINY),
+                       tmp_path / "arrays")
+    with pytest.raises(lstmq.DataError, match="feature arrays, not audio"):
+        lstmq.evaluate_run(tmp_path / "arrays", data=wav_folder, progress=False)
+    artifact = tmp_path / "arrays.lstmqz"
+    assert _cli("export", "--run", str(tmp_path / "arrays"), "--out", str(artifact)) == 0
+    capsys.readouterr()
+    clip = next(wav_folder.glob("*.wav"))
+    assert _cli("predict", "--model", str(artifact), str(clip)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(artifact) in err[0] and "feature arrays, not audio" in err[0], err
+
+
+def test_init_from_refuses_a_run_of_another_front_end(make_folders_dataset, tmp_path, capsys):
+    root = make_folders_dataset(THREE)
+    assert _cli(*_train_args(tmp_path / "float", root, "data.val_fraction=0")) == 0
+    capsys.readouterr()
+    assert _cli(*_train_args(tmp_path / "qat", root, "data.val_fraction=0", "quant.mode=qat",
+                             f"quant.init_from={tmp_path / 'float'}", "train.epochs=1",
+                             "features.frontend=integer")) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "quant.init_from" in err[0] and "features.frontend" in err[0], err
+    assert not (tmp_path / "qat" / "run.json").exists()
+    # settings of how features are computed (cache, workers, speed votes) may differ
+    assert _cli(*_train_args(tmp_path / "qat", root, "data.val_fraction=0", "quant.mode=qat",
+                             f"quant.init_from={tmp_path / 'float'}", "train.epochs=1",
+                             "features.workers=1", "features.vote_speeds=[0.9]")) == 0
