@@ -178,12 +178,17 @@ def test_api_on_a_twelve_class_manifest(make_manifest_dataset, tmp_path):
         lstmq.evaluate_run(tmp_path / "qat", progress=False)
 
 
-def test_a_run_of_arrays_says_its_data_is_not_kept(tmp_path):
+def _train_arrays_run(folder):
+    """A tiny run of two classes of feature arrays (no audio) in ``folder``."""
     rng = np.random.default_rng(0)
     labels = np.repeat(["rest", "walk"], 20)
     x = rng.normal(size=(40, 10, 3)).astype(np.float32) + (labels == "walk")[:, None, None]
     lstmq.train_arrays(x, np.full(40, 10, np.int32), labels, lstmq.load_config(overrides=TINY),
-                       tmp_path / "arrays")
+                       folder)
+
+
+def test_a_run_of_arrays_says_its_data_is_not_kept(tmp_path):
+    _train_arrays_run(tmp_path / "arrays")
     with pytest.raises(lstmq.DataError, match="in-memory arrays .* metrics.json"):
         lstmq.evaluate_run(tmp_path / "arrays", progress=False)
 
@@ -224,11 +229,7 @@ def test_eval_with_data_reads_it_with_the_runs_own_layout(write_wav, synthetic_c
 
 def test_a_run_of_arrays_refuses_audio_from_its_folder_and_its_artifact(tmp_path, wav_folder,
                                                                         capsys):
-    rng = np.random.default_rng(0)
-    labels = np.repeat(["rest", "walk"], 20)
-    x = rng.normal(size=(40, 10, 3)).astype(np.float32) + (labels == "walk")[:, None, None]
-    lstmq.train_arrays(x, np.full(40, 10, np.int32), labels, lstmq.load_config(overrides=TINY),
-                       tmp_path / "arrays")
+    _train_arrays_run(tmp_path / "arrays")
     with pytest.raises(lstmq.DataError, match="feature arrays, not audio"):
         lstmq.evaluate_run(tmp_path / "arrays", data=wav_folder, progress=False)
     artifact = tmp_path / "arrays.lstmqz"
