@@ -293,9 +293,11 @@ def _integer_normalizer(config: Config, train: list[np.ndarray],
     return normalizer.with_quantizer(clip, scale)
 
 
-# Settings that never change the prepared arrays: execution (cache, workers) and the
-# augmentations drawn in the train step.
-_NOT_PREPARATION = {"features": ("cache", "workers"),
+# Settings that never change the prepared arrays: where the recordings are read from (the
+# data's fingerprint says what they are), execution (cache, workers) and the augmentations
+# drawn in the train step.
+_NOT_PREPARATION = {"data": ("path", "source", "cache_dir", "tfds_manual_dir"),
+                    "features": ("cache", "workers"),
                     "augment": ("freq_mask", "time_mask", "mixup")}
 
 
