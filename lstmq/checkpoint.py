@@ -26,13 +26,21 @@ class TrainingCheckpoints:
         self.manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
             item_handlers=ocp.StandardCheckpointHandler())
+        self._closed = False
 
     def latest_epoch(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, epoch: int, tree: Any) -> None:
-        self.manager.save(epoch, args=ocp.args.StandardSave(tree))
-        self.manager.wait_until_finished()
+        """Write ``tree`` as ``epoch`` and wait for it. On Ctrl-C the manager is closed first
+        (its background writes end) so that no orbax thread outlives the interpreter's
+        shutdown; an unfinished epoch's temporary folder is removed by the next run."""
+        try:
+            self.manager.save(epoch, args=ocp.args.StandardSave(tree))
+            self.manager.wait_until_finished()
+        except KeyboardInterrupt:
+            self.close()
+            raise
 
     def restore(self, epoch: int, like: Any) -> Any:
         """Restore into the structure of ``like``; a structure mismatch is a CheckpointError."""
@@ -50,7 +58,10 @@ class TrainingCheckpoints:
                 f"model/optimizer ({error})") from None
 
     def close(self) -> None:
-        self.manager.close()
+        """Wait for pending writes and release the manager (once; later calls do nothing)."""
+        if not self._closed:
+            self._closed = True
+            self.manager.close()
 
 
 def _key_name(entry: Any) -> str:

@@ -299,49 +299,53 @@ def _train(config: Config, workdir: Path, data: PreparedData, derived: Derived,
     if start_epoch < config.train.epochs:
         log.info("compiling the training step (the first epoch includes it; a second run of "
                  "these shapes reads it from the compilation cache)")
-    bar = tqdm(range(start_epoch, config.train.epochs), disable=not progress,
-               desc=f"train h={derived.hidden} x{seeds} seeds", initial=start_epoch,
-               total=config.train.epochs)
-    for epoch in bar:
-        start = time.perf_counter()
-        states, metrics = trainer.run_epoch(states, epoch)
-        jax.block_until_ready(states.params)
-        seconds = time.perf_counter() - start
-        if not np.all(np.isfinite(metrics["loss"])):
-            bad = [s for s, loss in zip(derived.seeds, metrics["loss"]) if not np.isfinite(loss)]
-            raise TrainingDivergedError(
-                f"{workdir}: training loss is not finite in epoch {epoch + 1} (seed(s) {bad}); "
-                f"lower train.learning_rate ({config.train.learning_rate}) or check the data. "
-                f"The checkpoint of epoch {epoch} is kept.")
-        train_seconds += seconds
-        row = {"epoch": epoch + 1, "seconds": seconds,
-               "train_loss": metrics["loss"].tolist(),
-               "train_accuracy": metrics["accuracy"].tolist()}
-        if "speaker_accuracy" in metrics:
-            row["train_speaker_accuracy"] = metrics["speaker_accuracy"].tolist()
-        if len(data.val):
-            val_acc = _accuracy(trainer.predict(states.eval_params(), data.val), data.val.labels)
-            row["val_accuracy"] = val_acc.tolist()
-            improved = val_acc >= best["val"] if config.train.select == "best_val" \
-                else np.ones(seeds, bool)
-        else:
-            improved = np.ones(seeds, bool)
-            val_acc = best["val"]
-        best = {"params": select_best(best["params"], states.eval_params(), improved),
-                "val": np.where(improved, val_acc, best["val"]),
-                "epoch": np.where(improved, epoch + 1, best["epoch"])}
-        if epoch == start_epoch:
-            row["compile_seconds"] = clock.seconds
-            log.info("epoch %d: %.1f s training; tracing and compiling the training and "
-                     "validation steps took %.1f s (%d program(s) read from the compilation "
-                     "cache)", epoch + 1, seconds, clock.seconds, clock.cache_hits)
-        history.append(row)
-        atomic_write_json(workdir / "history.json", history)
-        checkpoints.save(epoch + 1, {"states": states, "best": best})
-        bar.set_postfix(loss=f"{np.mean(metrics['loss']):.3f}",
-                        train=f"{np.mean(metrics['accuracy']):.3f}",
-                        val=f"{np.mean(val_acc):.3f}" if len(data.val) else "-")
-    checkpoints.close()
+    try:  # pending checkpoint writes end before anything leaves (Ctrl-C, a diverged loss)
+        bar = tqdm(range(start_epoch, config.train.epochs), disable=not progress,
+                   desc=f"train h={derived.hidden} x{seeds} seeds", initial=start_epoch,
+                   total=config.train.epochs)
+        for epoch in bar:
+            start = time.perf_counter()
+            states, metrics = trainer.run_epoch(states, epoch)
+            jax.block_until_ready(states.params)
+            seconds = time.perf_counter() - start
+            if not np.all(np.isfinite(metrics["loss"])):
+                bad = [s for s, loss in zip(derived.seeds, metrics["loss"])
+                       if not np.isfinite(loss)]
+                raise TrainingDivergedError(
+                    f"{workdir}: training loss is not finite in epoch {epoch + 1} (seed(s) {bad}); "
+                    f"lower train.learning_rate ({config.train.learning_rate}) or check the data. "
+                    f"The checkpoint of epoch {epoch} is kept.")
+            train_seconds += seconds
+            row = {"epoch": epoch + 1, "seconds": seconds,
+                   "train_loss": metrics["loss"].tolist(),
+                   "train_accuracy": metrics["accuracy"].tolist()}
+            if "speaker_accuracy" in metrics:
+                row["train_speaker_accuracy"] = metrics["speaker_accuracy"].tolist()
+            if len(data.val):
+                val_acc = _accuracy(trainer.predict(states.eval_params(), data.val),
+                                    data.val.labels)
+                row["val_accuracy"] = val_acc.tolist()
+                improved = val_acc >= best["val"] if config.train.select == "best_val" \
+                    else np.ones(seeds, bool)
+            else:
+                improved = np.ones(seeds, bool)
+                val_acc = best["val"]
+            best = {"params": select_best(best["params"], states.eval_params(), improved),
+                    "val": np.where(improved, val_acc, best["val"]),
+                    "epoch": np.where(improved, epoch + 1, best["epoch"])}
+            if epoch == start_epoch:
+                row["compile_seconds"] = clock.seconds
+                log.info("epoch %d: %.1f s training; tracing and compiling the training and "
+                         "validation steps took %.1f s (%d program(s) read from the compilation "
+                         "cache)", epoch + 1, seconds, clock.seconds, clock.cache_hits)
+            history.append(row)
+            atomic_write_json(workdir / "history.json", history)
+            checkpoints.save(epoch + 1, {"states": states, "best": best})
+            bar.set_postfix(loss=f"{np.mean(metrics['loss']):.3f}",
+                            train=f"{np.mean(metrics['accuracy']):.3f}",
+                            val=f"{np.mean(val_acc):.3f}" if len(data.val) else "-")
+    finally:
+        checkpoints.close()
 
     params = best["params"]
     logits = trainer.predict(params, data.test)

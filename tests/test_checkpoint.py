@@ -126,6 +126,30 @@ def test_only_the_latest_checkpoint_is_kept(tmp_path):
     checkpoints.close()
 
 
+def test_ctrl_c_during_a_save_lets_the_write_end_before_it_leaves(tmp_path, monkeypatch):
+    """An interrupt while orbax writes closes the manager (its background work ends, so no
+    thread outlives the interpreter), then goes on; the saved epoch is there afterwards."""
+    checkpoints = TrainingCheckpoints(tmp_path / "checkpoints")
+    manager, closed = checkpoints.manager, []
+    wait = manager.wait_until_finished
+
+    def interrupted():  # Ctrl-C once the write is under way (save also waits before it)
+        if any(checkpoints.directory.iterdir()):
+            raise KeyboardInterrupt
+        return wait()
+
+    monkeypatch.setattr(manager, "wait_until_finished", interrupted)
+    monkeypatch.setattr(manager, "close", lambda: closed.append(wait()) or None)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.save(1, training_tree(1))
+    assert len(closed) == 1
+    checkpoints.close()  # once only
+    assert len(closed) == 1
+    monkeypatch.undo()
+    manager.close()
+    assert TrainingCheckpoints(tmp_path / "checkpoints").latest_epoch() == 1
+
+
 def test_a_state_of_attributes_restores_and_its_mismatch_is_named(tmp_path):
     from flax import struct
 
