@@ -187,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run directory (repeatable: a float run and its QAT fine-tune "
                              "are scored on the same corrupted clips)")
     robust.add_argument("--out", type=Path,
-                        help="folder for robustness.json/.md/.png (default RUN/robustness, with --on val "
-                             "RUN/robustness_val)")
+                        help="folder for robustness.json/.md/.png (default RUN/robustness, "
+                             "with --on val RUN/robustness_val)")
     robust.add_argument("--path", action="append", choices=PATHS,
                         help="numerics path (repeatable; default: as trained and integer)")
     robust.add_argument("--condition", action="append", metavar="KIND[:VALUE]",
