@@ -30,7 +30,7 @@ from lstmq.checkpoint import CheckpointError
 from lstmq.config import Config
 from lstmq.pipeline import SplitArrays
 from lstmq.prediction import predict_split, seeds_predictor
-from lstmq.runs import Derived, Run, load_run, model_from_config
+from lstmq.runs import Derived, Run, feature_differences, load_run, model_from_config
 
 
 def _statistics(normalizer) -> dict:
@@ -48,8 +48,9 @@ def check_teacher(teacher: Run, config: Config, derived: Derived) -> None:
     if teacher.derived.classes != derived.classes:
         problems.append(f"classes {list(teacher.derived.classes)}, the student's "
                         f"{list(derived.classes)}")
-    if teacher.config.features != config.features:
-        problems.append("another feature config")
+    changed = feature_differences(teacher.config.features, config.features)
+    if changed:
+        problems.append(f"another feature config ({'; '.join(changed)})")
     if teacher.derived.input_size != derived.input_size \
             or _statistics(teacher.derived.normalizer) != _statistics(derived.normalizer):
         problems.append("other inputs (feature count or normalisation statistics)")

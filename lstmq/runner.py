@@ -43,7 +43,7 @@ from lstmq.distill import teacher_targets
 from lstmq.io import FolderLock, atomic_write_json, read_json
 from lstmq.pipeline import PreparedData, SplitArrays, check_prepared_for, prepare_data
 from lstmq.recipe import calibrate_input_clip
-from lstmq.runs import Derived, load_run, model_from_config
+from lstmq.runs import Derived, feature_differences, load_run, model_from_config
 from lstmq.train import Trainer, create_train_states, select_best
 
 log = logging.getLogger("lstmq")
@@ -88,13 +88,7 @@ def _initial_params(config: Config, derived: Derived) -> Any | None:
     if not config.quant.init_from:
         return None
     source = load_run(config.quant.init_from)
-    # the model's inputs, as for train.distill_from (lstmq.distill.check_teacher); settings of
-    # how features are computed or scored only (cache, workers, speed votes) may differ
-    kept = [k for k in vars(config.features)
-            if f"features.{k}" not in EXECUTION_KEYS and k != "vote_speeds"]
-    changed = [f"features.{k} {getattr(source.config.features, k)!r}, this run's "
-               f"{getattr(config.features, k)!r}" for k in kept
-               if getattr(source.config.features, k) != getattr(config.features, k)]
+    changed = feature_differences(source.config.features, config.features)
     if changed:
         raise CheckpointError(f"{config.quant.init_from}: cannot start this run "
                               f"(quant.init_from): it read other features "

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 
 from lstmq.checkpoint import CheckpointError, load_params
-from lstmq.config import Config, ConfigError, config_from_dict
+from lstmq.config import Config, ConfigError, FeatureConfig, config_from_dict
 from lstmq.normalization import Normalizer
 from lstmq.io import read_json
 from lstmq.model import LSTMClassifier
@@ -51,6 +51,20 @@ class Derived:
                    classes=tuple(str(c) for c in values["classes"]),
                    sample_rate=values.get("sample_rate"),
                    frontend_digest=values.get("frontend_digest"))
+
+
+# Feature settings that leave what a model reads as it is: how features are computed (cache,
+# workers) and the speed votes added when scoring.
+_NOT_MODEL_INPUT = ("cache", "workers", "vote_speeds")
+
+
+def feature_differences(theirs: FeatureConfig, mine: FeatureConfig) -> list[str]:
+    """``features.KEY theirs, this run's mine`` for every feature setting that changes the
+    model's input (another run's, for ``quant.init_from`` or ``train.distill_from``)."""
+    return [f"features.{field.name} {getattr(theirs, field.name)!r}, this run's "
+            f"{getattr(mine, field.name)!r}" for field in dataclasses.fields(FeatureConfig)
+            if field.name not in _NOT_MODEL_INPUT
+            and getattr(theirs, field.name) != getattr(mine, field.name)]
 
 
 def path_numerics(config: Config, derived: Derived, path: str) -> Any:
