@@ -27,6 +27,13 @@ from lstmq.sources import open_folder
 from lstmq.splits import make_split
 
 
+def _not_audio(where: str | Path, what: str) -> str:
+    """The one line for audio given to a model of feature arrays (no front end to run)."""
+    return (f"{where}: {what} trained on feature arrays, not audio; nothing to featurize WAV "
+            "files with (score sequences with lstmq.predict_path(run, lstmq.arrays_split(run, "
+            "x, lengths)))")
+
+
 def run_dataset(run: Run) -> Dataset:
     """The dataset a run was trained on, loaded from where run.json says, checked by its
     fingerprint.
@@ -74,9 +81,7 @@ def evaluate_run(directory: str | Path, data: str | Path | None = None, path: st
         split, source = run_test_split(run, progress)
     else:
         if run.derived.sample_rate is None:
-            raise DataError(f"{directory}: trained on feature arrays, not audio; nothing to "
-                            f"featurize {data} with (score sequences with "
-                            "lstmq.predict_path(run, lstmq.arrays_split(run, x, lengths)))")
+            raise DataError(_not_audio(directory, "trained"))
         # the run's own layout, classes, rate and resampling policy, as for its training data
         dataset = load_recordings(data, run.config.data.format, run.classes,
                                   run.derived.sample_rate, run.config.data.resample)
@@ -174,8 +179,7 @@ def run_predictor(directory: str | Path, path: str | None = None, integer: bool 
     params = jax.tree_util.tree_map(lambda p: np.asarray(p[0]), one.params)
     scale = logit_scale(params, run.config.quant.weight_bits) if path in INTEGER_PATHS else 1.0
     if run.derived.sample_rate is None:
-        raise DataError(f"{directory}: trained on feature arrays, not audio; nothing to "
-                        "featurize WAV files with")
+        raise DataError(_not_audio(directory, "trained"))
     return Predictor(run.config.features, run.derived.normalizer, run.derived.sample_rate,
                      run.classes, lambda split: predict_path(one, split, path)[0], scale,
                      f"{directory} ({path}, seed {run.derived.seeds[seed_index]})",
@@ -193,10 +197,7 @@ def artifact_predictor(artifact: str | Path) -> Predictor:
         raise ArtifactError(f"{artifact}: the manifest has no front end or class list; "
                             "re-export it with this lstmq")
     if front.get("sample_rate") is None:
-        raise ArtifactError(f"{artifact}: exported from a run trained on feature arrays, not "
-                            "audio; nothing to featurize WAV files with (score sequences with "
-                            "lstmq.predict_path(run, lstmq.arrays_split(run, x, lengths)) of "
-                            "the run it was exported from)")
+        raise ArtifactError(_not_audio(artifact, "exported from a run"))
     features = FeatureConfig(**{k: (tuple(v) if isinstance(v, list) else v)
                                 for k, v in front["features"].items()})
     return Predictor(features, Normalizer.from_dict(front["normalizer"]),
