@@ -4,7 +4,7 @@
 
 | file | what |
 |---|---|
-| ``lstmq.h`` | the API: ``lstmq_classify(pcm, n, logits)``, ``lstmq_features`` |
+| ``lstmq.h`` | the API: ``lstmq_classify_features``; on the integer front end ``lstmq_classify(pcm, n, logits)``, ``lstmq_features`` |
 | ``lstmq_runtime.c`` | front end and LSTM (the same for every model, ``lstmq/c_runtime``) |
 | ``lstmq_model.h`` / ``lstmq_model.c`` | sizes, static buffer bounds and every table of this model |
 | ``lstmq_golden.c`` + ``lstmq_check.c`` | golden clips with the logits they must give, and a check program |
@@ -150,7 +150,15 @@ def _model_header(m: dict, device: DeviceModel | None, max_frames: int, weight_b
             f"#define LSTMQ_PREEMPHASIS {t.preemphasis}  /* Q15; 0: no pre-emphasis */",
             f"#define LSTMQ_DCT_FRAC_BITS {t.dct_frac_bits}"]
     else:
-        lines += ["#define LSTMQ_UTTERANCE 0"]
+        lines += [
+            "/* No front end: the host computes each clip's features as lstmq's float front end",
+            " * does (front_end.features in the artifact manifest, min_frames and max_frames",
+            " * included), normalises them (front_end.normalizer), then quantizes every value x",
+            " * to q = clip(round(x / scale), -127, 127), rounding half to even, where",
+            " * scale = LSTMQ_INPUT_MULTIPLIER * 2^-(31 + LSTMQ_INPUT_SHIFT). */",
+            f"#define LSTMQ_INPUT_MULTIPLIER {int(m['input_quant/multiplier'])}",
+            f"#define LSTMQ_INPUT_SHIFT {int(m['input_quant/shift'])}",
+            "#define LSTMQ_UTTERANCE 0"]
     lines += [
         f"#define LSTMQ_LAYERS {len(layers)}", f"#define LSTMQ_HIDDEN {hidden}",
         f"#define LSTMQ_NUM_CLASSES {np.shape(m['readout/kernel'])[1]}",

@@ -246,6 +246,15 @@ def _cell(summary: dict[str, float]) -> str:
     return f"{summary['mean'] * 100:.2f} ({summary['min'] * 100:.2f}-{summary['max'] * 100:.2f})"
 
 
+def _reads(vote_speeds: Sequence[float] | None) -> str:
+    if vote_speeds is None:  # a report written before the speeds were recorded
+        return "speed votes not recorded"
+    if not vote_speeds:
+        return "each clip read once"
+    speeds = ", ".join(f"x{v:g}" for v in vote_speeds)
+    return f"each clip read at its own speed and at {speeds}, the logits combined"
+
+
 def format_markdown(report: dict[str, Any], per_speaker: bool = True) -> str:
     """Condition x path accuracies (mean and range over seeds), then (``per_speaker``) a
     table per path and speaker."""
@@ -256,7 +265,8 @@ def format_markdown(report: dict[str, Any], per_speaker: bool = True) -> str:
     lines = [f"Robustness of {runs} on {report['test_count']} {report.get('scored', 'test')} clips "
              f"({report['split']} split, {len(report['seeds'])} seed(s) "
              f"{', '.join(map(str, report['seeds']))}; noise seed {report['noise_seed']}, "
-             f"babble of {report['talkers']} talkers). Accuracy %, mean (min-max) over seeds.",
+             f"babble of {report['talkers']} talkers; {_reads(report.get('vote_speeds'))}). "
+             "Accuracy %, mean (min-max) over seeds.",
              "", "| condition | " + " | ".join(paths) + " |",
              "|:--|" + "--:|" * len(paths)]
     for name in report["conditions"]:

@@ -4,6 +4,7 @@ engine, and on an FPU-less Cortex-M3 under QEMU."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 
@@ -226,6 +227,45 @@ def test_a_clip_beyond_the_buffers_is_an_error_code(tmp_path):
     finally:
         engine.close()
     assert short.tolist() == jnp_logits(device, [clips(4)[3]]).tolist()
+
+
+def test_a_library_without_the_front_end_states_its_int8_input_recipe(tmp_path):
+    from lstmq.integer import quantize_input
+
+    device = make_device()
+    write_c_library(device.model, tmp_path, 8, device.classes)  # a float-front-end run's
+    header = (tmp_path / "lstmq_model.h").read_text()
+    assert "#define LSTMQ_FRONTEND 0" in header and "LSTMQ_MAX_FRAMES" not in header
+    defines = dict(re.findall(r"#define (LSTMQ_INPUT_\w+) (-?\d+)", header))
+    scale = int(defines["LSTMQ_INPUT_MULTIPLIER"]) * 2.0 ** -(31 + int(defines["LSTMQ_INPUT_SHIFT"]))
+    x = np.random.default_rng(0).normal(0, 2, (400, 13)).astype(np.float32)
+    by_the_header = np.clip(np.round(x / scale), -127, 127)
+    np.testing.assert_array_equal(by_the_header, quantize_input(device.model, x))
+
+
+@needs_cc
+def test_a_speed_vote_beyond_the_buffers_leaves_the_callers_logits_as_they_were():
+    import ctypes
+
+    from lstmq.c_engine import CEngine
+
+    device = make_device(vote_speeds=(0.9, 1.1))
+    engine = CEngine(device.model, 8, device.classes, device, threads=1)
+    try:
+        max_frames = int(open(engine._folder / "lstmq_model.h").read()
+                         .split("#define LSTMQ_MAX_FRAMES ")[1].split()[0])
+        n = device.max_samples(max_frames) + 1  # the slowest pass overflows the buffers...
+        assert device.frames_of(n) > max_frames
+        assert frontend.frame_count(n, device.tables.hop) <= max_frames  # ...the first fits
+        pcm = (np.arange(n) % 97 * 300 - 14000).astype(np.int16)
+        logits = np.full(4, -12345, np.int32)
+        code = engine._libraries[0].lstmq_classify(
+            pcm.ctypes.data_as(ctypes.POINTER(ctypes.c_int16)), n,
+            logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)))
+    finally:
+        engine.close()
+    assert code == -1
+    assert logits.tolist() == [-12345] * 4
 
 
 @pytest.mark.skipif(bool(missing_tools()) or find_compiler() is None,

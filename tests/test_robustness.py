@@ -145,6 +145,7 @@ def test_robustness_cli_scores_every_condition_and_path(make_folders_dataset, tm
     assert clean["float"]["per_seed"] == evaluated["test_accuracy_per_seed"]
     assert set(clean["float"]["per_speaker"]) == {"ann", "bob", "cid"}
     assert format_markdown(report) == (out / "robustness.md").read_text()
+    assert "each clip read once" in (out / "robustness.md").read_text()
     taken = tmp_path / "taken.txt"
     taken.write_text("mine")
     for extra, message in ((["--out", str(taken)], "taken.txt: exists and is not a folder"),
@@ -199,6 +200,7 @@ def _check_speed_votes_score_the_run_without_retraining(run, tmp_path, capsys):
                  "clean", "--vote-speed", "0.9", "--vote-speed", "1.1"]) == 0
     report = read_json(out / "robustness.json")
     assert report["vote_speeds"] == [0.9, 1.1]
+    assert "read at its own speed and at x0.9, x1.1" in (out / "robustness.md").read_text()
     voted = with_vote_speeds(load_run(run), (0.9, 1.1))
     test = prepare_recordings(_run_test_clips(voted), voted.config, voted.derived.normalizer,
                               progress=False)

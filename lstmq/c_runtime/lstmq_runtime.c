@@ -435,13 +435,15 @@ int32_t lstmq_classify(const int16_t *pcm, int32_t n, int32_t *logits) {
   if (logits == 0) return LSTMQ_ERROR_ARGUMENT;
 #if LSTMQ_VOTES > 0
   {  /* the logits of every pass added: speed 1, then each speed vote (int32: checked at export) */
-    int32_t total[LSTMQ_NUM_CLASSES], pass, c, best = 0;
+    /* each pass scores into `pass_logits`: on an error the caller's buffer is left as it was */
+    int32_t total[LSTMQ_NUM_CLASSES], pass_logits[LSTMQ_NUM_CLASSES], pass, c, best = 0;
     for (pass = 0; pass <= LSTMQ_VOTES; pass++) {
       pass_step = pass == 0 ? 1u << 16 : LSTMQ_VOTE_STEPS[pass - 1];
       frames = lstmq_features(pcm, n, features);
       if (frames < 0) { pass_step = 1u << 16; return frames; }
-      lstmq_classify_features(features, frames, logits);
-      for (c = 0; c < LSTMQ_NUM_CLASSES; c++) total[c] = (pass == 0 ? 0 : total[c]) + logits[c];
+      lstmq_classify_features(features, frames, pass_logits);
+      for (c = 0; c < LSTMQ_NUM_CLASSES; c++)
+        total[c] = (pass == 0 ? 0 : total[c]) + pass_logits[c];
     }
     pass_step = 1u << 16;
     for (c = 0; c < LSTMQ_NUM_CLASSES; c++) {
