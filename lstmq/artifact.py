@@ -35,7 +35,7 @@ import numpy as np
 
 import lstmq
 from lstmq import budget
-from lstmq.integer import MEAN_READOUT, READOUTS, IntegerModel, layer_names
+from lstmq.integer import MEAN_READOUT, READOUTS, IntegerModel, check_int32_bounds, layer_names
 from lstmq.recipe import RECIPE_VERSION
 
 FORMAT = "lstmq-integer-model"
@@ -327,6 +327,10 @@ def load_artifact(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, An
             raise ArtifactError(f"{where}: manifest says {key} {manifest.get(key)!r}, "
                                 f"the tensors have {size}")
     check_ranges(model, where)
+    try:
+        check_int32_bounds(model)
+    except OverflowError as error:
+        raise ArtifactError(f"{where}: {error}") from None
     readout = manifest.get("readout", "last")
     if readout not in READOUTS:
         raise ArtifactError(f"{where}: manifest readout {readout!r} is not one of {READOUTS}")

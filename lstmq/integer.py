@@ -120,7 +120,41 @@ def convert_params(params: Mapping[str, Any], input_clip: float, weight_bits: in
     arrays["readout/bias"] = readout_bias
     if readout == "mean":
         arrays[MEAN_READOUT] = np.asarray(1, np.int8)
+    try:
+        check_int32_bounds(arrays)
+    except OverflowError as error:
+        raise ConversionError(str(error)) from None
     return arrays
+
+
+def check_int32_bounds(model: IntegerModel) -> None:
+    """Proves statically that no int32 sum of ``predict_int`` can wrap, for int8 inputs in
+    -127..127: every matmul accumulator (bias included) and every gate pre-activation
+    ``z_x + z_h`` (two requantized terms, added before saturating to int16).
+
+    Raises:
+      OverflowError: naming the layer, the sum and the channel.
+    """
+    for name in layer_names(model):
+        terms = []
+        for part, bias in (("input", model[f"{name}/input/bias"]), ("cell/recurrent", None)):
+            kernel = model[f"{name}/{part}/kernel"]
+            try:
+                fx.check_accumulator_fits(kernel, 127, bias)
+            except OverflowError as error:
+                raise OverflowError(f"{name}/{part}: {error}") from None
+            terms.append(fx.requantized_bounds(fx.accumulator_bounds(kernel, 127, bias),
+                                               model[f"{name}/{part}/requant_multiplier"],
+                                               model[f"{name}/{part}/requant_shift"]))
+        total = terms[0] + terms[1]
+        if total.max(initial=0) > fx.INT32_MAX:
+            j = int(total.argmax())
+            raise OverflowError(f"{name}: the gate pre-activation z_x + z_h may overflow int32: "
+                                f"channel {j} bound {int(total[j]):,} > {fx.INT32_MAX:,}")
+    try:
+        fx.check_accumulator_fits(model["readout/kernel"], 127, model["readout/bias"])
+    except OverflowError as error:
+        raise OverflowError(f"readout: {error}") from None
 
 
 def logit_scale(params: Mapping[str, Any], weight_bits: int = 8) -> float:

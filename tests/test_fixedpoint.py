@@ -355,3 +355,17 @@ def test_accumulator_bound_counts_minus_128_and_input_range():
     w = np.array([[-128, 1], [3, 0]], np.int8)
     np.testing.assert_array_equal(fp.accumulator_bounds(w, input_abs_max=128), [131 * 128, 128])
     assert fp.accumulator_bound(w, input_abs_max=1, bias=np.array([0, INT32_MIN], np.int32)) == 2**31 + 1
+
+
+@pytest.mark.parametrize("shift", [-31, -5, -1, 0, 1, 7, 31])
+@pytest.mark.parametrize("multiplier", [2**30, 2**30 + 12345, 2**31 - 128, INT32_MAX])
+def test_requantized_bounds_hold_at_the_accumulator_edges(multiplier, shift):
+    bounds = np.array([0, 1, 2, 127, 2**15, 2**30 - 1, 2**31 - 1], np.int64)
+    got = fp.requantized_bounds(bounds, multiplier, shift)
+    assert (got <= 2**31).all()
+    for bound, limit in zip(bounds.tolist(), got.tolist()):
+        acc = np.array([-bound, -bound // 2, bound // 3, bound], np.int32)
+        out = np.abs(np.asarray(fp.requantize(jnp.asarray(acc), multiplier, shift), np.int64))
+        assert (out <= limit).all(), (bound, out, limit)
+        exact = -(-bound * multiplier // 2 ** (31 + shift))  # ceil of |acc| * real
+        assert limit <= min(exact + 1, 2**31)  # and no looser than one over it

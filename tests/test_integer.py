@@ -329,3 +329,26 @@ def test_convert_run_and_integer_evaluation(wav_folder, tmp_path):
 def test_convert_params_refuses_an_unknown_readout():
     with pytest.raises(ConversionError, match="readout"):
         convert_params(random_params(), CLIP, readout="max")
+
+
+def _wide_gates_params():
+    """Float parameters whose input and recurrent gate terms each fit int32 once converted,
+    but whose sum z_x + z_h need not (a bias of 3e5 and recurrent weights of 3e4)."""
+    model = LSTMClassifier(hidden=8, layers=1, num_classes=2)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 3)), jnp.ones((1,), jnp.int32))
+    params = jax.tree_util.tree_map(np.asarray, params["params"])
+    params["lstm_0"]["input"]["kernel"] = np.ones_like(params["lstm_0"]["input"]["kernel"])
+    params["lstm_0"]["input"]["bias"] = np.full_like(params["lstm_0"]["input"]["bias"], 3e5)
+    recurrent = params["lstm_0"]["cell"]["recurrent"]
+    recurrent["kernel"] = np.full_like(recurrent["kernel"], 3e4)
+    return params
+
+
+def test_a_model_whose_gate_preactivation_sum_could_wrap_int32_is_refused():
+    from lstmq.integer import check_int32_bounds
+
+    with pytest.raises(ConversionError, match=r"lstm_0: the gate pre-activation z_x \+ z_h"):
+        convert_params(_wide_gates_params(), 127.0)
+    fine = _wide_gates_params()
+    fine["lstm_0"]["cell"]["recurrent"]["kernel"] /= 10  # z_h a tenth: the sum fits
+    check_int32_bounds(convert_params(fine, 127.0))
