@@ -4,9 +4,11 @@ engine, and on an FPU-less Cortex-M3 under QEMU."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,24 @@ from lstmq.speed import speed_step
 
 needs_cc = pytest.mark.skipif(find_compiler() is None,
                               reason="no C compiler (cc, gcc, clang or $CC) on this machine")
+
+
+@functools.cache
+def sanitizer_flags() -> tuple[str, ...]:
+    """The undefined-behaviour sanitizer's flags, where the system compiler builds and runs
+    a program with them (else none): a signed overflow or a bad shift then ends the program."""
+    import tempfile
+
+    flags = ("-fsanitize=undefined", "-fno-sanitize-recover=all")
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "probe.c"
+        source.write_text("int main(void) { return 0; }\n")
+        done = subprocess.run([find_compiler(), *flags, "-o", str(source.with_suffix("")),
+                               str(source)], capture_output=True, check=False)
+        if done.returncode != 0:
+            return ()
+        ran = subprocess.run([str(source.with_suffix(""))], capture_output=True, check=False)
+        return flags if ran.returncode == 0 else ()
 
 
 def make_device(bits: int = 8, readout: str = "last", normalize: str = "utterance",
@@ -68,7 +88,7 @@ def check_on_host(device: DeviceModel, pcm: list[np.ndarray], folder, bits: int)
     it, and asserts every clip bit-exact; returns the library and the finished process."""
     library = write_c_library(device.model, folder, bits, device.classes, device, pcm,
                               jnp_logits(device, pcm))
-    program = compile_host(folder, CHECK_SOURCES, "lstmq_check")
+    program = compile_host(folder, CHECK_SOURCES, "lstmq_check", sanitizer_flags())
     done = subprocess.run([str(program)], capture_output=True, text=True, check=False)
     assert f"lstmq check: {len(pcm)} of {len(pcm)} clips bit-exact" in done.stdout, done.stdout
     return library, done
