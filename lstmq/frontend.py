@@ -165,7 +165,7 @@ def make_tables(cfg: FeatureConfig, sample_rate: int) -> FrontendTables:
     dct = scipy.fft.dct(np.eye(cfg.n_mels), type=2, norm="ortho", axis=0)[:cfg.n_mfcc]
     log_max = 31 * 1024 + dsp.MAX_SHIFT * 1024  # |L| after the block-shift correction
     dct_bits = _largest_frac_bits(dct, log_max)
-    return FrontendTables(
+    tables = FrontendTables(
         sample_rate=sample_rate, n_fft=n, hop=sizes.hop, n_mels=cfg.n_mels, n_mfcc=cfg.n_mfcc,
         window=window, fft_twiddles=dsp.twiddles_q15(n // 4, n // 2),
         bit_reversal=dsp.bit_reversal(n // 2), split_twiddles=dsp.twiddles_q15(n // 2 + 1, n),
@@ -178,6 +178,41 @@ def make_tables(cfg: FeatureConfig, sample_rate: int) -> FrontendTables:
         noise_percentile=cfg.noise_percentile,
         noise_gain=None if cfg.noise_percentile is None else make_noise_gain(cfg.noise_keep_db),
         preemphasis=preemphasis_q15(cfg.preemphasis))
+    if tables.utterance and utterance_sum_bound(tables) > fx.INT32_MAX:
+        raise FrontendError(
+            f"features.n_mels={cfg.n_mels} with n_mfcc={cfg.n_mfcc}: the per-utterance sums of "
+            f"{MAX_FRAMES} frames could leave int32 (bound {utterance_sum_bound(tables):,}); use "
+            "fewer mel bands or coefficients")
+    return tables
+
+
+def coefficient_bounds(tables: FrontendTables) -> tuple[np.ndarray, np.ndarray]:
+    """The least and greatest value each cepstral coefficient ``c_j`` can take (int64 [n_mfcc]
+    each), from the range of the log-mel values: ``log2_q10`` of a positive int32 energy
+    (0 .. 31 * 1024) less the block-shift correction (shifts -2 .. 14), lowered by at most the
+    noise gain table's deepest entry, never raised above it by the floor."""
+    one = 1 << dsp.LOG_FRAC_BITS
+    deepest = 0 if tables.noise_gain is None else -int(np.min(tables.noise_gain))
+    low = -dsp.MAX_SHIFT * one - deepest
+    high = 31 * one - dsp.MIN_SHIFT * one
+    d = tables.dct.astype(np.int64)
+    top = np.where(d > 0, d * high, d * low).sum(axis=1)
+    bottom = np.where(d > 0, d * low, d * high).sum(axis=1)
+    bits = tables.dct_frac_bits  # c = floor(dot / 2^bits + 1/2)
+    return (bottom >> bits), (top >> bits) + 1
+
+
+def utterance_sum_bound(tables: FrontendTables) -> int:
+    """The largest int32 value the per-utterance statistics reach over ``MAX_FRAMES`` frames:
+    the sum of ``c``, the sum of ``|c - mean|`` and ``(c - mean) << MAD_FRAC_BITS``."""
+    low, high = coefficient_bounds(tables)
+    span = high - low
+    sums = MAX_FRAMES * np.maximum(np.abs(low), np.abs(high))
+    # values in a span of w deviate from their mean by w / 2 on average at most; the mean is
+    # rounded, so by w / 2 + 1 / 2 from it (the sum of |c - mean| has nonnegative terms)
+    spreads = MAX_FRAMES * (span // 2 + 1)
+    shifted = span << MAD_FRAC_BITS
+    return int(max(sums.max(), spreads.max(), shifted.max()))
 
 
 def preemphasis_q15(coefficient: float) -> int:

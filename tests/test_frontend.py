@@ -425,3 +425,28 @@ def test_clips_beyond_full_scale_are_named_when_the_front_end_saturates_them(tmp
     with caplog.at_level(logging.WARNING, logger="lstmq"):
         compute_features(dataset, FeatureConfig(frontend="integer", cache=False), progress=False)
     assert "1 clip(s) exceed full scale (e.g. b/loud.wav, peak 50)" in caplog.text
+
+
+@pytest.mark.parametrize("rate, mels", [(8000, 40), (16000, 128)])
+def test_utterance_statistics_at_their_bound_equal_the_reference(rate, mels):
+    """MAX_FRAMES frames at the extremes the coefficients can take (half at each end: the
+    largest sum of deviations) give the reference's values: no int32 sum wraps."""
+    cfg = FeatureConfig(n_mels=mels, n_mfcc=13, normalize="utterance", top_db=None,
+                        noise_percentile=10, noise_keep_db=60)
+    tables = frontend.make_tables(cfg, rate)
+    low, high = frontend.coefficient_bounds(tables)
+    assert frontend.utterance_sum_bound(tables) <= fx.INT32_MAX
+    frames = frontend.MAX_FRAMES
+    for first, second in ((high, low), (high, high), (low, low)):
+        c = np.where((np.arange(frames) % 2 == 0)[:, None], first, second).astype(np.int32)
+        valid = np.ones((1, frames), bool)
+        got = np.asarray(frontend._utterance(jnp.asarray(c[None]), jnp.asarray(valid),
+                                             jnp.asarray(valid)))[0]
+        np.testing.assert_array_equal(got, frontend_reference._utterance_ref(c, valid[0]))
+
+
+def test_mel_bands_whose_utterance_sums_could_leave_int32_are_refused():
+    cfg = FeatureConfig(n_mels=256, n_mfcc=13, normalize="utterance", top_db=None)
+    with pytest.raises(frontend.FrontendError, match="per-utterance sums of 4096 frames"):
+        frontend.make_tables(cfg, 44100)
+    frontend.make_tables(dataclasses.replace(cfg, normalize="global"), 44100)  # no such sums
