@@ -6,7 +6,7 @@ not the same array code), so tests compare them bit for bit.
 
 | kernel | result | rounding | range |
 |---|---|---|---|
-| block_shift(m) | s with m * 2^s in [2^13, 2^14) (m > 0), s in [-2, 14]; 0 for m = 0 | - | - |
+| block_shift(m) | s with m * 2^s in [2^13, 2^14) (m > 0; after apply_shift's rounding [2^13, 2^14]), s in [-2, 14]; 0 for m = 0 | - | - |
 | apply_shift(v, s) | v * 2^s for s >= 0, rsr(v, -s) below | half up | abs < 2^14 after block_shift |
 | complex_mul_q15(a, w) | (rsr(ar wr - ai wi, 15), rsr(ar wi + ai wr, 15)) | half up | exact int32 for abs(a) <= 2^15, abs(w) <= 32767 |
 | fft_q15(z) | radix-2 DIT, bit-reversed input, each butterfly (rsr(a + t, 1), rsr(a - t, 1)) | half up | abs stays <= 2^14 + log2(K) |

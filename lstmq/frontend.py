@@ -49,7 +49,7 @@ from lstmq.features import frame_sizes, mel_filter_norm
 
 log = logging.getLogger("lstmq")
 
-MAG_MAX = 23171  # isqrt(2 * (2^14 + 16)^2): the largest magnitude a bin can reach
+MAG_MAX = math.isqrt(2 * (2**14 + 16) ** 2)  # 23193: the largest magnitude a bin can reach
 MAX_FRAMES = 4096  # the utterance sums of a longer clip could leave int32
 MAD_FRAC_BITS = 8  # utterance-normalised values are in Q8 units of the mean absolute deviation
 LOG_DB = 20.0 * math.log10(2.0)  # dB per log2 unit of magnitude (6.0206)

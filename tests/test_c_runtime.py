@@ -110,6 +110,17 @@ def test_host_build_is_bit_exact_with_jnp(tmp_path, bits, readout, normalize, to
 
 
 @needs_cc
+def test_a_feature_quantizer_that_shifts_left_is_bit_exact_on_the_host(tmp_path):
+    device = make_device(8, "mean", "utterance", 40.0)
+    scale = frontend.value_scale(FeatureConfig(normalize="utterance", top_db=40.0))
+    rng = np.random.default_rng(5)
+    quantizer = frontend.FeatureQuantizer.fit(rng.normal(0, 0.05, 13), rng.uniform(0.002, 0.2, 13),
+                                              2.5, scale)
+    assert (quantizer.shift < 0).sum() >= 6  # tiny spreads: left shifts before the multiply
+    check_on_host(dataclasses.replace(device, quantizer=quantizer), clips(12), tmp_path, 8)
+
+
+@needs_cc
 @pytest.mark.parametrize("speeds", [(0.9, 1.1), (0.5, 2.0, 0.93)])
 def test_speed_votes_on_the_host_are_bit_exact_with_jnp(tmp_path, speeds):
     device = make_device(8, "mean", "utterance", 40.0, vote_speeds=speeds)

@@ -42,6 +42,13 @@ def test_block_shift_matches_its_reference_for_every_peak():
     assert shift[0] == 0 and shift.min() == -2 and shift.max() == 13
 
 
+def test_a_block_shifted_peak_lies_in_2_13_to_2_14_after_its_rounding():
+    peaks = np.arange(1, 2**16 - 1, dtype=np.int32)  # pre-emphasis reaches 65534
+    shifted = np.asarray(dsp.apply_shift(jnp.asarray(peaks), dsp.block_shift(jnp.asarray(peaks))))
+    assert shifted.min() == 2**13 and shifted.max() == 2**14  # 2^14 itself: 32767 >> 1, rounded
+    assert int(dsp.apply_shift(jnp.int32(32767), jnp.int32(-1))) == 2**14
+
+
 @pytest.mark.parametrize("shift", [-2, -1, 0, 1, 13])
 def test_apply_shift_rounds_half_up_and_shifts_exactly(shift):
     v = np.array([-32768, -32767, -3, -2, -1, 0, 1, 2, 3, 32767], np.int32)
@@ -360,6 +367,20 @@ def test_quantizer_saturates_and_matches_the_exact_formula():
     assert np.all(np.abs(q[3] - np.clip(real, -127, 127)) <= 1)
 
 
+def test_a_quantizer_of_coefficients_with_little_spread_shifts_left_and_saturates():
+    """Tiny spreads give negative shifts (a left shift before the multiply): the int8 shift
+    table reaches requantize as such, and the edges saturate at +-127."""
+    quantizer = frontend.FeatureQuantizer.fit(np.zeros(3), np.array([1e-6, 1e-3, 0.05]), 3.0, 1024)
+    assert quantizer.shift.tolist() == [-16, -6, 0]
+    v = np.array([[-2**31, -2**31, -2**31], [-1, -1, -1], [0, 0, 0], [1, 1, 1], [3, -3, 2],
+                  [2**31 - 1, 2**31 - 1, 2**31 - 1]], np.int32)
+    q = np.asarray(frontend.quantize_features(quantizer, jnp.asarray(v)))
+    expected = np.clip(fxr.requantize_ref(fxr.saturating_sub_ref(v, quantizer.offset),
+                                          quantizer.multiplier, quantizer.shift), -127, 127)
+    np.testing.assert_array_equal(q, expected)
+    assert q[0].tolist() == [-127] * 3 and q[-1].tolist() == [127] * 3 and q[2].tolist() == [0] * 3
+
+
 @pytest.mark.parametrize("noise_percentile, speed", [(None, 1.0), (10, 1.0), (10, 0.9)])
 def test_pcm_to_logits_is_float_free(tmp_path, noise_percentile, speed):
     from lstmq.speed import speed_step
@@ -450,3 +471,21 @@ def test_mel_bands_whose_utterance_sums_could_leave_int32_are_refused():
     with pytest.raises(frontend.FrontendError, match="per-utterance sums of 4096 frames"):
         frontend.make_tables(cfg, 44100)
     frontend.make_tables(dataclasses.replace(cfg, normalize="global"), 44100)  # no such sums
+
+
+def test_fft_bins_of_the_most_adversarial_frames_stay_under_the_magnitude_bound():
+    """Frames at +-2^14 (the block-shifted peak after its rounding) following the sign of each
+    bin's cosine at three phases: every component within 2^14 + 16, every magnitude within
+    MAG_MAX, the bound the mel filterbank's fraction bits are chosen for."""
+    n, half = 256, 128
+    frames = [np.where(np.cos(2 * np.pi * k * np.arange(n) / n + phase) >= 0, 2**14, -(2**14))
+              for k in range(half + 1) for phase in (0.0, np.pi / 4, np.pi / 2)]
+    u = jnp.asarray(np.array(frames, np.int32))
+    re, im = dsp.rfft_q15(u, dsp.twiddles_q15(half // 2, half), dsp.bit_reversal(half),
+                          dsp.twiddles_q15(half + 1, n))
+    re, im = np.asarray(re, np.int64), np.asarray(im, np.int64)
+    assert max(np.abs(re).max(), np.abs(im).max()) <= 2**14 + 16
+    assert np.asarray(dsp.isqrt(jnp.asarray(re * re + im * im, jnp.int32))).max() <= frontend.MAG_MAX
+    ref_re, ref_im = zip(*(dsp.rfft_q15_ref(row) for row in frames[:6]))
+    np.testing.assert_array_equal(re[:6], np.array(ref_re))
+    np.testing.assert_array_equal(im[:6], np.array(ref_im))
