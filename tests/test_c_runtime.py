@@ -22,6 +22,7 @@ from lstmq.config import FeatureConfig, load_config
 from lstmq.cortex_m import missing_tools, run_on_cortex_m3
 from lstmq.device import DeviceModel, jnp_logits
 from lstmq.integer import convert_params, predict_int
+from lstmq.integer_reference import predict_int_reference
 from lstmq.model import LSTMClassifier
 from lstmq.speed import speed_step
 
@@ -229,7 +230,7 @@ def test_the_engine_equals_predict_int_on_features():
     device = make_device(bits=4, readout="mean")
     rng = np.random.default_rng(3)
     features = [rng.integers(-127, 128, (int(n), 13)).astype(np.int8)
-                for n in rng.integers(1, 40, 30)]
+                for n in rng.integers(1, 40, 30)] + [np.zeros((0, 13), np.int8)]  # no frame
     engine = c_engine(device.model, 4, device.classes, threads=2)
     try:
         got = engine.features_logits(features)
@@ -239,9 +240,10 @@ def test_the_engine_equals_predict_int_on_features():
     x = np.zeros((len(features), width, 13), np.int8)
     for row, f in enumerate(features):
         x[row, :len(f)] = f
-    expected = np.asarray(predict_int(device.model, x, np.array([len(f) for f in features],
-                                                                 np.int32)))
+    lengths = np.array([len(f) for f in features], np.int32)
+    expected = np.asarray(predict_int(device.model, x, lengths))
     np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, predict_int_reference(device.model, x, lengths))
 
 
 @needs_cc
