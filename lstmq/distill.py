@@ -30,7 +30,8 @@ from lstmq.checkpoint import CheckpointError
 from lstmq.config import Config
 from lstmq.pipeline import SplitArrays
 from lstmq.prediction import predict_split, seeds_predictor
-from lstmq.runs import Derived, Run, feature_differences, load_run, model_from_config
+from lstmq.runs import (Derived, Run, clip_differences, feature_differences, load_run,
+                        model_from_config)
 
 
 def _statistics(normalizer) -> dict:
@@ -41,10 +42,15 @@ def _statistics(normalizer) -> dict:
     return {key: values.get(key) for key in ("mode", "mean", "std", "value_scale")}
 
 
-def check_teacher(teacher: Run, config: Config, derived: Derived) -> None:
+def check_teacher(teacher: Run, config: Config, derived: Derived, fingerprint: str) -> None:
     """Raise CheckpointError, naming the teacher's folder, unless it reads the student's
-    features (same front end, normalisation and classes)."""
+    features (same front end, normalisation and classes) and trained on the student's
+    training clips (the same recordings, split alike: ``fingerprint`` is the student's data)."""
     problems = []
+    other_clips = clip_differences(teacher, config, fingerprint)
+    if other_clips:
+        problems.append(f"trained on {'; '.join(other_clips)}, so its training clips may be "
+                        "the student's validation or test clips")
     if teacher.derived.classes != derived.classes:
         problems.append(f"classes {list(teacher.derived.classes)}, the student's "
                         f"{list(derived.classes)}")
@@ -91,11 +97,12 @@ def _leading(split: SplitArrays, count: int) -> SplitArrays:
 
 
 def teacher_targets(directory: str | Path, config: Config, derived: Derived,
-                    train: SplitArrays) -> np.ndarray:
+                    train: SplitArrays, fingerprint: str) -> np.ndarray:
     """The teacher run's soft targets for every training row: ``<float32>[n, classes]``; with
-    ``train.distill_source: originals``, a waveform copy's targets are its original clip's."""
+    ``train.distill_source: originals``, a waveform copy's targets are its original clip's.
+    ``fingerprint``: the student's data, which the teacher must have trained on, split alike."""
     teacher = load_run(directory)
-    check_teacher(teacher, config, derived)
+    check_teacher(teacher, config, derived, fingerprint)
     predict = seeds_predictor(model_from_config(teacher.config, teacher.derived))
     rows, read = np.arange(len(train)), len(train)  # each row's targets, the rows read
     if config.train.distill_source == "originals" and waveform_augmentation_enabled(config.augment):

@@ -43,7 +43,8 @@ from lstmq.distill import teacher_targets
 from lstmq.io import FolderLock, atomic_write_json, read_json
 from lstmq.pipeline import PreparedData, SplitArrays, check_prepared_for, prepare_data
 from lstmq.recipe import calibrate_input_clip
-from lstmq.runs import Derived, feature_differences, load_run, model_from_config
+from lstmq.runs import (Derived, clip_differences, feature_differences, load_run, model_from_config,
+                        source_digests)
 from lstmq.train import Trainer, create_train_states, select_best
 
 log = logging.getLogger("lstmq")
@@ -80,10 +81,11 @@ def derive(config: Config, data: PreparedData) -> Derived:
                    frontend_digest=digest)
 
 
-def _initial_params(config: Config, derived: Derived) -> Any | None:
+def _initial_params(config: Config, derived: Derived, fingerprint: str) -> Any | None:
     """Stacked per-seed parameters of the run named by ``quant.init_from`` (fine-tuning).
 
-    Seed ``s`` of this run starts from seed ``s`` of the source run.
+    Seed ``s`` of this run starts from seed ``s`` of the source run, which must have read the
+    same features and trained on this run's training clips (``fingerprint``: this run's data).
     """
     if not config.quant.init_from:
         return None
@@ -93,6 +95,11 @@ def _initial_params(config: Config, derived: Derived) -> Any | None:
         raise CheckpointError(f"{config.quant.init_from}: cannot start this run "
                               f"(quant.init_from): it read other features "
                               f"({'; '.join(changed)})")
+    other_clips = clip_differences(source, config, fingerprint)
+    if other_clips:
+        raise CheckpointError(f"{config.quant.init_from}: cannot start this run "
+                              f"(quant.init_from): it trained on {'; '.join(other_clips)}, so "
+                              "its training clips may be this run's validation or test clips")
     mine = (derived.hidden, config.model.layers, derived.input_size, derived.classes)
     theirs = (source.derived.hidden, source.config.model.layers, source.derived.input_size,
               source.derived.classes)
@@ -136,6 +143,19 @@ def config_differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list
     return changed
 
 
+def source_changes(recorded: dict[str, Any], sources: dict[str, str | None]) -> list[str]:
+    """The runs named by ``quant.init_from`` / ``train.distill_from`` whose parameters are no
+    longer those a recorded run started from or learned from (a record written before the
+    sources were recorded is not checked)."""
+    if "sources" not in recorded:
+        return []
+    config = recorded.get("config", {})
+    return [f"{key} {config.get(key.split('.')[0], {}).get(key.split('.')[1])} as it was "
+            f"(params sha256 {str(recorded['sources'].get(key))[:12]}, now {str(digest)[:12]}): "
+            "it has been trained again since" for key, digest in sources.items()
+            if recorded["sources"].get(key) != digest]
+
+
 def claim_folder(workdir: Path, record: dict[str, Any], overwrite: bool) -> None:
     """Make sure ``workdir`` may hold this run; with ``overwrite``, clear an old one.
 
@@ -154,6 +174,9 @@ def claim_folder(workdir: Path, record: dict[str, Any], overwrite: bool) -> None
         elif old.get("data", {}).get("fingerprint") != record["data"]["fingerprint"]:
             problem = (f"was trained on other data (fingerprint "
                        f"{old.get('data', {}).get('fingerprint')}, now {record['data']['fingerprint']})")
+        elif source_changes(old, record["sources"]):
+            problem = "started from or learned from " + "; ".join(
+                source_changes(old, record["sources"]))
     elif (workdir / "checkpoints").exists() or (workdir / "params.msgpack").exists():
         problem = "holds checkpoints or parameters of an unknown run"
     if problem is None:
@@ -190,7 +213,8 @@ def train_and_evaluate(config: Config, workdir: str | Path, data: PreparedData |
         derived = derive(config, data)
         record = {"config": config_to_dict(config), "derived": derived.to_dict(),
                   "data": {**data.info.to_dict(), "train": len(data.train),
-                           "val": len(data.val), "test": len(data.test)}}
+                           "val": len(data.val), "test": len(data.test)},
+                  "sources": source_digests(config)}
         claim_folder(workdir, record, overwrite)
         if config.train.teacher_seeds > 0:
             teacher = teacher_folder(config, workdir, data, progress, overwrite)
@@ -211,7 +235,8 @@ def train_or_reuse(config: Config, workdir: str | Path, data: PreparedData | Non
         record, metrics = read_json(workdir / "run.json"), read_json(workdir / "metrics.json")
         same_config = not config_differences(record.get("config", {}), config_to_dict(config)) \
             and record["config"]["train"]["epochs"] == config.train.epochs
-        if same_config and metrics.get("params_sha256") == record.get("params_sha256"):
+        if same_config and metrics.get("params_sha256") == record.get("params_sha256") \
+                and not source_changes(record, source_digests(config)):
             fingerprint = (data if data is not None else load_dataset(config.data)).fingerprint
             if record.get("data", {}).get("fingerprint") == fingerprint:
                 return metrics
@@ -264,13 +289,15 @@ def _train(config: Config, workdir: Path, data: PreparedData, derived: Derived,
     model = model_from_config(config, derived)
     soft = None
     if config.train.distill_from:
-        soft = teacher_targets(config.train.distill_from, config, derived, data.train)
+        soft = teacher_targets(config.train.distill_from, config, derived, data.train,
+                               record["data"]["fingerprint"])
         log.info("distilling from %s (weight %.2f, temperature %.1f)", config.train.distill_from,
                  config.train.distill_weight, config.train.distill_temperature)
     trainer = Trainer(config, model, data.train, augment=make_spec_augment(config.augment),
                       soft_targets=soft)
     states = create_train_states(model, trainer.tx, config.train.seed, config.train.seeds,
-                                 derived.input_size, _initial_params(config, derived),
+                                 derived.input_size,
+                                 _initial_params(config, derived, record["data"]["fingerprint"]),
                                  ema=config.train.ema_decay > 0, adversary=trainer.adversary)
     states = trainer.place(states)  # on the seed mesh with train.seed_devices
     seeds = len(derived.seeds)

@@ -67,6 +67,34 @@ def feature_differences(theirs: FeatureConfig, mine: FeatureConfig) -> list[str]
             and getattr(theirs, field.name) != getattr(mine, field.name)]
 
 
+SPLIT_KEYS = ("split", "stratify", "test_size", "split_seed", "test_speaker", "val_fraction",
+              "val_speaker")  # which clips a run trains on, and which validate and test it
+
+
+def clip_differences(source: Run, config: Config, fingerprint: str) -> list[str]:
+    """Why another run (``quant.init_from`` or ``train.distill_from``) may have trained on
+    clips this run validates or tests on: other recordings, or another split of them."""
+    theirs = source.data.get("fingerprint")
+    problems = [] if theirs == fingerprint else [
+        f"other recordings (data fingerprint {theirs}, this run's {fingerprint})"]
+    return problems + [f"data.{key} {getattr(source.config.data, key)!r}, this run's "
+                       f"{getattr(config.data, key)!r}" for key in SPLIT_KEYS
+                       if getattr(source.config.data, key) != getattr(config.data, key)]
+
+
+def source_digests(config: Config) -> dict[str, str | None]:
+    """The ``params_sha256`` of every run a config starts from or learns from
+    (``quant.init_from``, ``train.distill_from``), None where it is not a finished run yet."""
+    sources = {"quant.init_from": config.quant.init_from,
+               "train.distill_from": config.train.distill_from}
+    digests = {}
+    for key, folder in sources.items():
+        if folder:
+            record = Path(folder) / "run.json"
+            digests[key] = read_json(record).get("params_sha256") if record.is_file() else None
+    return digests
+
+
 def path_numerics(config: Config, derived: Derived, path: str) -> Any:
     """The numerics a (non-integer) path injects: None for ``float``; AQT fake quant for
     ``qat`` and ``ptq-static``; weight-only fake quant for ``ptq-dynamic``."""

@@ -4,6 +4,7 @@ check and a run end to end."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -125,16 +126,32 @@ def derived(classes=("0", "1", "2"), mean=0.0) -> Derived:
 
 def test_check_teacher_names_the_folder_and_what_differs(tmp_path):
     student = config()
-    teacher = Run(tmp_path / "teacher", student, derived(), params=None, data={})
-    check_teacher(teacher, student, derived())  # the same features: accepted
+    teacher = Run(tmp_path / "teacher", student, derived(), params=None,
+                  data={"fingerprint": "abc"})
+    check_teacher(teacher, student, derived(), "abc")  # the same features and clips: accepted
     other_clip = dataclasses.replace(derived(), input_clip=2.5)
-    check_teacher(teacher, student, other_clip)  # each run calibrates its own clip
+    check_teacher(teacher, student, other_clip, "abc")  # each run calibrates its own clip
     with pytest.raises(CheckpointError, match=r"teacher: cannot teach .*classes \['0', '1', '2'\]"):
-        check_teacher(teacher, student, derived(classes=("a", "b", "c")))
+        check_teacher(teacher, student, derived(classes=("a", "b", "c")), "abc")
     with pytest.raises(CheckpointError, match="normalisation statistics"):
-        check_teacher(teacher, student, derived(mean=1.0))
+        check_teacher(teacher, student, derived(mean=1.0), "abc")
     with pytest.raises(CheckpointError, match="another feature config"):
-        check_teacher(teacher, load_config(overrides=["features.n_mfcc=10"]), derived())
+        check_teacher(teacher, load_config(overrides=["features.n_mfcc=10"]), derived(), "abc")
+
+
+@pytest.mark.parametrize("overrides, fingerprint, named", [
+    ([], "xyz", "other recordings (data fingerprint abc, this run's xyz)"),
+    (["data.split_seed=7"], "abc", "data.split_seed 42, this run's 7"),
+    (["data.split=speaker", "data.test_speaker=bob"], "abc", "data.split 'random', this run's 'speaker'"),
+])
+def test_a_teacher_of_other_clips_is_refused_as_its_training_clips_may_be_the_students_test(
+        tmp_path, overrides, fingerprint, named):
+    teacher = Run(tmp_path / "teacher", config(), derived(), params=None,
+                  data={"fingerprint": "abc"})
+    student = load_config(overrides=overrides) if overrides else config()
+    with pytest.raises(CheckpointError, match=re.escape(named) + ".*may be the student's "
+                                              "validation or test clips"):
+        check_teacher(teacher, student, derived(), fingerprint)
 
 
 def test_a_run_distils_from_a_finished_run_and_refuses_one_of_other_features(
@@ -224,10 +241,11 @@ def test_teacher_reads_each_copys_original_clip_with_distill_source_originals(
     run(wav_folder, tmp_path / "teacher", data, **copies)
     n = len(data.train) // 3
     derived_ = derive(student, data)
-    as_stored = teacher_targets(tmp_path / "teacher", student, derived_, data.train)
+    as_stored = teacher_targets(tmp_path / "teacher", student, derived_, data.train,
+                                data.info.fingerprint)
     originals = teacher_targets(tmp_path / "teacher", dataclasses.replace(
         student, train=dataclasses.replace(student.train, distill_source="originals")),
-        derived_, data.train)
+        derived_, data.train, data.info.fingerprint)
     np.testing.assert_allclose(originals[:n], as_stored[:n], rtol=1e-6, atol=1e-7)
     for block in (1, 2):
         np.testing.assert_array_equal(originals[block * n:(block + 1) * n], originals[:n])

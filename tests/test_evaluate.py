@@ -283,6 +283,33 @@ def test_qat_run_with_solved_hidden_size_fine_tunes_a_float_run(wav_folder, tmp_
             "model.hidden": 4, "quant.mode": "qat", "quant.init_from": str(tmp_path / "float")})
 
 
+def test_a_run_is_not_started_from_a_run_of_other_clips_nor_reused_once_its_source_changed(
+        wav_folder, tmp_path, no_plots):
+    from lstmq.runner import RunFolderError, train_or_reuse
+
+    data = prepared(wav_folder)  # the official split
+    quick = {"train.epochs": 1, "train.seeds": 1}
+    run(wav_folder, tmp_path / "float", data, **quick)
+    qat = {**quick, "quant.mode": "qat", "quant.init_from": str(tmp_path / "float")}
+    # Another split of the same clips: the float run trained on some of this run's test clips.
+    with pytest.raises(CheckpointError, match=r"float: cannot start this run \(quant.init_from\): "
+                       r"it trained on data.split 'official', this run's 'random'.*test clips"):
+        run(wav_folder, tmp_path / "leak", **{**qat, "data.split": "random"})
+    config, first = run(wav_folder, tmp_path / "qat", data, **qat)
+    assert read_json(tmp_path / "qat" / "run.json")["sources"] == {
+        "quant.init_from": read_json(tmp_path / "float" / "run.json")["params_sha256"]}
+    assert train_or_reuse(config, tmp_path / "qat", data, progress=False) == first  # reused
+    # The float run trained again: its fine-tuned run is stale, neither reused nor resumed.
+    float_config = load_config(overrides=run_overrides(wav_folder, **quick, **{"train.seed": 5}))
+    train_and_evaluate(float_config, tmp_path / "float", data, progress=False, overwrite=True)
+    for attempt in (train_or_reuse, train_and_evaluate):
+        with pytest.raises(RunFolderError, match=r"qat: started from or learned from "
+                           r"quant.init_from .*float as it was .*trained again since"):
+            attempt(config, tmp_path / "qat", data, progress=False)
+    again = train_and_evaluate(config, tmp_path / "qat", data, progress=False, overwrite=True)
+    assert again["params_sha256"] != first["params_sha256"]
+
+
 def test_a_run_with_a_moving_average_evaluates_and_keeps_the_average(wav_folder, tmp_path,
                                                                      monkeypatch, no_plots):
     data = prepared(wav_folder)
