@@ -83,10 +83,13 @@ def download_archive(url: str, sha256: str | None, cache_dir: str | os.PathLike 
     cache = default_cache_dir(cache_dir)
     pooch.get_logger().setLevel(logging.WARNING)  # its "Downloading ..." line: the bar says it
     try:
-        with FolderLock(cache):  # one download at a time; leftovers of a killed one go
-            _remove_partial_downloads(cache)
-            path = pooch.retrieve(url, known_hash=f"sha256:{sha256}", path=cache,
-                                  progressbar=progress)
+        with FolderLock(cache, wait=True, holder="downloading into this cache"):
+            _remove_partial_downloads(cache)  # one download at a time: a killed one's leftover
+            try:
+                path = pooch.retrieve(url, known_hash=f"sha256:{sha256}", path=cache,
+                                      downloader=_noting_downloader(cache, url, progress))
+            finally:  # pooch renamed or removed its file; only a killed process leaves it
+                _partial_list(cache).unlink(missing_ok=True)
     except ValueError as error:
         if "does not match the known hash" not in str(error):
             raise DataUnavailableError(_unavailable(url, error)) from None
@@ -107,10 +110,37 @@ def _unavailable(url: str, error: Exception) -> str:
             "(--set data.path=...)")
 
 
+PARTIAL_LIST = ".lstmq-partial"  # in the cache: the temporary file of the download under way
+
+
+def _partial_list(cache: Path) -> Path:
+    return cache / PARTIAL_LIST
+
+
+def _noting_downloader(cache: Path, url: str, progress: bool):
+    """pooch's downloader for ``url``, noting the temporary file pooch streams into (beside
+    the target, named ``tmp*``) before it is written: a killed download leaves that file, and
+    only that file is removed afterwards, never another program's in a shared cache."""
+    import pooch  # pylint: disable=import-outside-toplevel
+
+    download = pooch.downloaders.choose_downloader(url, progressbar=progress)
+
+    def noting(source: str, output_file: str, instance) -> None:
+        _partial_list(cache).write_text(Path(output_file).name + "\n")
+        download(source, output_file, instance)
+
+    return noting
+
+
 def _remove_partial_downloads(cache: Path) -> None:
-    """pooch downloads into a ``tmp*`` file beside the target; a killed download leaves it
-    (called under the cache's lock, so no download is under way)."""
-    for leftover in cache.glob("tmp*") if cache.is_dir() else ():
+    """Removes the temporary file of a download that was killed (called under the cache's
+    lock, so no download is under way)."""
+    noted = _partial_list(cache)
+    if not noted.is_file():
+        return
+    for name in noted.read_text().split():
+        leftover = cache / Path(name).name
         if leftover.is_file():
             log.info("removing %s, left by an interrupted download", leftover)
             leftover.unlink(missing_ok=True)
+    noted.unlink(missing_ok=True)

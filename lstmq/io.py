@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -60,11 +61,16 @@ class FolderLock:
     The lock goes with the process: a killed training leaves no stale lock behind.
     """
 
-    def __init__(self, folder: str | os.PathLike, remove_temporary: bool = False):
+    def __init__(self, folder: str | os.PathLike, remove_temporary: bool = False,
+                 wait: bool = False, holder: str = "using this run folder"):
         """``remove_temporary``: once locked, delete the ``.*.tmp`` files of atomic writes
-        in the folder (left by a killed holder; only for folders written under the lock)."""
+        in the folder (left by a killed holder; only for folders written under the lock).
+        ``wait``: block until another holder is done (saying so) instead of raising.
+        ``holder``: what another process holding the lock is doing, for the messages."""
         self.path = Path(folder) / ".lock"
         self._remove_temporary = remove_temporary
+        self._wait = wait
+        self._holder = holder
         self._handle = None
         self._created = False
 
@@ -80,9 +86,15 @@ class FolderLock:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            handle.close()
-            raise FolderLockedError(f"{self.path.parent}: another lstmq process is using this "
-                                    "run folder; wait for it or choose another --out") from None
+            if not self._wait:
+                handle.close()
+                where = "; wait for it or choose another --out" if self._holder.endswith(
+                    "run folder") else "; wait for it"
+                raise FolderLockedError(f"{self.path.parent}: another lstmq process is "
+                                        f"{self._holder}{where}") from None
+            logging.getLogger("lstmq").info("%s: another lstmq process is %s; waiting for it",
+                                            self.path.parent, self._holder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         self._handle = handle
         for stale in folder.glob(".*.tmp") if self._remove_temporary else ():
             if stale.is_file():

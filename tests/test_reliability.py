@@ -455,7 +455,9 @@ def test_12_a_killed_downloads_leftover_is_removed(tmp_path, wav_folder):
     archive = make_tar(wav_folder, served / "v.tar.gz")
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / "tmpk1ll3d").write_bytes(b"half a download")
+    (cache / "tmpk1ll3d").write_bytes(b"half a download")  # as a killed download leaves it
+    (cache / download.PARTIAL_LIST).write_text("tmpk1ll3d\n")
+    (cache / "tmpN0tOurs").write_bytes(b"another program's file in a shared cache")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     handler.log_message = lambda *args: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -468,6 +470,46 @@ def test_12_a_killed_downloads_leftover_is_removed(tmp_path, wav_folder):
         server.shutdown()
         server.server_close()
     assert path.is_file() and not (cache / "tmpk1ll3d").exists()
+    assert (cache / "tmpN0tOurs").is_file()  # only lstmq's own leftover goes
+    assert not (cache / download.PARTIAL_LIST).exists()
+
+
+def test_12_a_download_notes_its_temporary_file_before_writing_it(tmp_path, monkeypatch):
+    import pooch
+
+    cache, seen = tmp_path / "cache", []
+
+    def fake_download(url, output_file, instance):  # what pooch's HTTP downloader does
+        seen.append((download._partial_list(cache).read_text().split(), Path(output_file).name))
+        Path(output_file).write_bytes(b"archive")
+
+    monkeypatch.setattr(pooch.downloaders, "choose_downloader", lambda url, progressbar: fake_download)
+    digest = hashlib.sha256(b"archive").hexdigest()
+    path = download.download_archive("http://127.0.0.1:9/a.tar.gz", digest, cache, progress=False)
+    (noted, name), = seen
+    assert noted == [name] and name.startswith("tmp") and path.read_bytes() == b"archive"
+    assert not (cache / name).exists() and not (cache / download.PARTIAL_LIST).exists()
+
+
+def test_12_a_second_process_waits_for_the_download_lock_instead_of_failing(tmp_path):
+    import threading
+
+    acquired = threading.Event()
+
+    def second():
+        with FolderLock(tmp_path, wait=True, holder="downloading into this cache"):
+            acquired.set()
+
+    with FolderLock(tmp_path, holder="downloading into this cache"):
+        with pytest.raises(FolderLockedError, match="another lstmq process is downloading into "
+                                                    "this cache; wait for it$"):
+            with FolderLock(tmp_path, holder="downloading into this cache"):
+                pass
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        assert not acquired.wait(0.5)  # blocked while the first holds the lock
+    waiter.join(10)
+    assert acquired.is_set()
 
 
 def test_12_eval_follows_the_runs_resampling_rule_and_names_files(wav_folder, tmp_path,
