@@ -86,7 +86,8 @@ def conform(audio: np.ndarray, rate: int, sample_rate: int, resample: bool,
     if rate != sample_rate:
         if not resample:
             raise AudioError(f"{where}: sample rate {rate} Hz, expected {sample_rate} Hz "
-                             "(resample it: data.resample=true, or lstmq predict --resample)")
+                             "(resample it: data.resample=true, or --resample of lstmq eval "
+                             "--data and lstmq predict)")
         import librosa  # pylint: disable=import-outside-toplevel
 
         mono = librosa.resample(mono, orig_sr=rate, target_sr=sample_rate)

@@ -35,13 +35,18 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from lstmq.inference import evaluate_run, summary_line
-    from lstmq.io import atomic_write_json
+    from lstmq.io import atomic_write_json, check_writable
 
     if args.out is not None and args.out.is_dir():
         raise IsADirectoryError(f"{args.out}: is a folder; give the report's file name "
                                 "(e.g. eval.json)")
+    if args.out is not None:
+        check_writable(args.out)  # before the evaluation, not after it
+    if args.resample and args.data is None:
+        raise ValueError("--resample applies to --data; the run's own test split is read as "
+                         "it was for training")
     report = evaluate_run(args.run, data=args.data, path=args.path, integer=args.integer,
-                          progress=not args.quiet)
+                          progress=not args.quiet, resample=args.resample or None)
     print(summary_line(report))
     if args.out:
         atomic_write_json(args.out, report)
@@ -57,11 +62,12 @@ def _predict(args: argparse.Namespace) -> int:
     if target.is_dir():
         predictor = run_predictor(target, args.path, args.integer, args.seed_index or 0)
     else:
-        chosen = [flag for flag, given in (("--path", args.path), ("--integer", args.integer),
+        # --integer is what an artifact is anyway; a path or a seed is chosen in a run folder
+        chosen = [flag for flag, given in (("--path", args.path),
                                            ("--seed-index", args.seed_index is not None)) if given]
         if chosen:
             raise ValueError(f"{target}: an artifact holds one integer model of one seed; "
-                             f"{', '.join(chosen)} choose within a run folder")
+                             f"{' and '.join(chosen)} choose among the models of a run folder")
         predictor = artifact_predictor(target)
     rows = predict_files(predictor, args.inputs, resample=args.resample)
     if args.json:
@@ -146,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--path", choices=PATHS, help="numerics path (default: as trained)")
     which.add_argument("--integer", action="store_true",
                        help="the run's integer model (qat-integer, or ptq-integer of a float run)")
+    evaluate.add_argument("--resample", action="store_true",
+                          help="with --data: resample files at another rate instead of refusing "
+                               "them (default: the run's data.resample)")
     evaluate.add_argument("--out", type=Path,
                           help="also write the full report (per seed, class, confusion) as JSON")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -240,8 +240,9 @@ def locate_recordings(path: str | os.PathLike, sha256: str | None = None) -> Pat
     return path
 
 
-def resolve_data_path(cfg: DataConfig) -> Path:
-    """Where the recordings are: data.path, else ``$LSTMQ_DATA``, else a download.
+def resolve_data_path(cfg: DataConfig, progress: bool = True) -> Path:
+    """Where the recordings are: data.path, else ``$LSTMQ_DATA``, else a download (with a
+    progress bar when ``progress``).
 
     ``source="path"`` refuses to download; ``source="download"`` ignores local paths.
     """
@@ -258,16 +259,19 @@ def resolve_data_path(cfg: DataConfig) -> Path:
         if cfg.format not in ("auto", "fsdd"):
             raise DataError(f"no data: set data.path or ${ENV_DATA} to your recordings "
                             f"(data.format is {cfg.format!r}; only FSDD is downloaded)")
-    return download_archive(cfg.url, expected_sha256(cfg), cfg.cache_dir)
+    return download_archive(cfg.url, expected_sha256(cfg), cfg.cache_dir, progress)
 
 
-def load_dataset(cfg: DataConfig, path: str | os.PathLike | None = None) -> Dataset:
-    """Load the recordings the config names; an explicit ``path`` overrides its source."""
+def load_dataset(cfg: DataConfig, path: str | os.PathLike | None = None,
+                 progress: bool = True) -> Dataset:
+    """Load the recordings the config names; an explicit ``path`` overrides its source;
+    ``progress``: a download's progress bar."""
     if path is None and cfg.source == "tfds":
         from lstmq.tfds_source import load_tfds  # pylint: disable=import-outside-toplevel
 
         return load_tfds(cfg)
-    location = locate_recordings(path, cfg.sha256) if path is not None else resolve_data_path(cfg)
+    location = (locate_recordings(path, cfg.sha256) if path is not None
+                else resolve_data_path(cfg, progress))
     return load_recordings(location, cfg.format, cfg.classes, cfg.sample_rate, cfg.resample,
                            cfg.sha256)
 

@@ -81,6 +81,14 @@ def download_archive(url: str, sha256: str | None, cache_dir: str | os.PathLike 
     import pooch  # pylint: disable=import-outside-toplevel
 
     cache = default_cache_dir(cache_dir)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"{cache}: the download cache cannot be created ({error.strerror or error}); "
+                        f"set data.cache_dir or ${ENV_CACHE} to a writable folder") from None
+    if not os.access(cache, os.W_OK | os.X_OK):
+        raise DataError(f"{cache}: the download cache is not writable; set data.cache_dir or "
+                        f"${ENV_CACHE} to a writable folder")
     pooch.get_logger().setLevel(logging.WARNING)  # its "Downloading ..." line: the bar says it
     try:
         with FolderLock(cache, wait=True, holder="downloading into this cache"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,8 @@ from lstmq.runner import test_report
 from lstmq.runs import Run, load_run
 from lstmq.sources import open_folder
 from lstmq.splits import make_split
+
+log = logging.getLogger("lstmq")
 
 
 def _not_audio(where: str | Path, what: str) -> str:
@@ -68,10 +71,13 @@ def run_test_split(run: Run, progress: bool = True) -> tuple[SplitArrays, str]:
 
 
 def evaluate_run(directory: str | Path, data: str | Path | None = None, path: str | None = None,
-                 integer: bool = False, progress: bool = True) -> dict[str, Any]:
+                 integer: bool = False, progress: bool = True,
+                 resample: bool | None = None) -> dict[str, Any]:
     """Score a run on its test split, or on every clip of ``data`` (any labelled layout).
 
-    ``path`` is a numerics path (``lstmq.paths``); ``integer`` picks the run's integer path.
+    ``path`` is a numerics path (``lstmq.paths``); ``integer`` picks the run's integer path;
+    ``resample`` (for ``data``) resamples clips at another rate, default the run's
+    ``data.resample``.
     """
     from lstmq.paths import predict_path
 
@@ -84,7 +90,8 @@ def evaluate_run(directory: str | Path, data: str | Path | None = None, path: st
             raise DataError(_not_audio(directory, "trained"))
         # the run's own layout, classes, rate and resampling policy, as for its training data
         dataset = load_recordings(data, run.config.data.format, run.classes,
-                                  run.derived.sample_rate, run.config.data.resample)
+                                  run.derived.sample_rate,
+                                  run.config.data.resample if resample is None else resample)
         split, source = prepare_recordings(dataset, run.config, run.derived.normalizer,
                                            progress), dataset.source
     report = test_report(predict_path(run, split, path), split, run.derived.seeds, run.classes)
@@ -124,12 +131,17 @@ class Predictor:
     bucket_frames: int = 16
 
 
-def wav_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """WAV files named directly or found (recursively, sorted) in folders."""
+def wav_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """WAV files named directly or found (recursively, sorted) in folders; what a folder's
+    walk leaves out (other audio formats, dangling links, linked folders) is logged."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]  # one file or folder, not a sequence of one-letter names
     found = []
     for given in map(Path, paths):
         if given.is_dir():
             tree = open_folder(given)
+            for note in tree.skipped:
+                log.warning("%s", note)
             found += [given / p for p in tree.wavs()]
         elif given.is_file():
             found.append(given)
@@ -166,13 +178,14 @@ def run_predictor(directory: str | Path, path: str | None = None, integer: bool 
     import jax
 
     from lstmq.integer import logit_scale
-    from lstmq.paths import INTEGER_PATHS, predict_path
+    from lstmq.paths import INTEGER_PATHS, check_path, predict_path
 
     run = load_run(directory)
     if not 0 <= seed_index < len(run.derived.seeds):
         raise ValueError(f"{directory}: seed index {seed_index} out of range "
                          f"({len(run.derived.seeds)} seeds)")
     path = _chosen_path(run, path, integer)
+    check_path(run, path)  # a misspelt path fails here, not at the first prediction
     one = dataclasses.replace(  # a run of this one seed: parameters and seed list alike
         run, params=jax.tree_util.tree_map(lambda p: p[seed_index:seed_index + 1], run.params),
         derived=dataclasses.replace(run.derived, seeds=run.derived.seeds[seed_index:seed_index + 1]))
@@ -206,9 +219,9 @@ def artifact_predictor(artifact: str | Path) -> Predictor:
                      float(manifest.get("logit_scale", 1.0)), f"{artifact} (integer)")
 
 
-def predict_files(predictor: Predictor, paths: Sequence[str | os.PathLike],
+def predict_files(predictor: Predictor, paths: str | os.PathLike | Sequence[str | os.PathLike],
                   resample: bool = False) -> list[dict[str, Any]]:
-    """Label every WAV file named in ``paths`` (or found in its folders).
+    """Label every WAV file named in ``paths`` (one path, or several; folders are searched).
 
     Returns:
       One row per file: file, label, score (softmax probability of the label), logits.

@@ -10,11 +10,30 @@ from pathlib import Path
 from typing import Any
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Before any work: the folder of ``path`` can be made and written (an OSError naming
+    ``path`` otherwise)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(error.errno, f"{path}: its folder cannot be made ({error.strerror})") from None
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):  # what the atomic write will need
+            pass
+    except OSError as error:
+        raise OSError(error.errno, f"{path}: cannot be written in {path.parent} "
+                      f"({error.strerror})") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:  # named by the file asked for, not by the temporary one
+        raise OSError(error.errno, f"{path}: cannot be written ({error.strerror})") from None
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as handle:

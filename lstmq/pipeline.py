@@ -109,7 +109,7 @@ def _with_votes(arrays: SplitArrays, dataset: Dataset, config: Config, normalize
 def prepare_data(config: Config, data_path: str | Path | None = None,
                  progress: bool = True, dataset: Dataset | None = None) -> PreparedData:
     """Load (or take ``dataset``), split, featurize and normalise (training statistics only)."""
-    dataset = dataset if dataset is not None else load_dataset(config.data, data_path)
+    dataset = dataset if dataset is not None else load_dataset(config.data, data_path, progress)
     check_class_count(config, dataset.num_classes, dataset.source)
     split = make_split(dataset, config.data)
     features = compute_features(dataset, config.features, progress=progress)

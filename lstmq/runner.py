@@ -237,7 +237,8 @@ def train_or_reuse(config: Config, workdir: str | Path, data: PreparedData | Non
             and record["config"]["train"]["epochs"] == config.train.epochs
         if same_config and metrics.get("params_sha256") == record.get("params_sha256") \
                 and not source_changes(record, source_digests(config)):
-            fingerprint = (data if data is not None else load_dataset(config.data)).fingerprint
+            fingerprint = (data if data is not None
+                           else load_dataset(config.data, progress=progress)).fingerprint
             if record.get("data", {}).get("fingerprint") == fingerprint:
                 return metrics
     return train_and_evaluate(config, workdir, data=data, progress=progress, overwrite=overwrite)
@@ -313,6 +314,9 @@ def _train(config: Config, workdir: Path, data: PreparedData, derived: Derived,
         history = read_json(workdir / "history.json")[:latest]
         start_epoch = latest
         log.info("%s: resumed from epoch %d of %d", workdir, latest, config.train.epochs)
+    elif (workdir / "run.json").is_file():  # a finished run whose checkpoints are gone
+        log.warning("%s: no checkpoint in %s to continue the finished run from; training "
+                    "from the start", workdir, workdir / "checkpoints")
     atomic_write_json(workdir / "training.json", record)  # only once the folder is known good
 
     train_seconds = sum(row["seconds"] for row in history)

@@ -245,9 +245,9 @@ def test_resolve_order_path_then_env_then_download(wav_folder, tmp_path, monkeyp
     monkeypatch.setattr(data, "download_archive", lambda *args: calls.append(args) or other)
     assert data.resolve_data_path(DataConfig(source="download")) == other
     monkeypatch.delenv("LSTMQ_DATA")
-    assert data.resolve_data_path(DataConfig(cache_dir="c")) == other
+    assert data.resolve_data_path(DataConfig(cache_dir="c"), progress=False) == other
     known = download.KNOWN_URLS[DataConfig.url]
-    assert calls == [(DataConfig.url, known, None), (DataConfig.url, known, "c")]
+    assert calls == [(DataConfig.url, known, None, True), (DataConfig.url, known, "c", False)]
     with pytest.raises(DataError, match="neither data.path nor"):
         data.resolve_data_path(DataConfig(source="path"))
     with pytest.raises(DataError, match="tfds"):

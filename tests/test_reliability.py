@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -443,6 +444,9 @@ def test_11_a_resumed_run_says_so(wav_folder, tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--set", "train.epochs=2"]) == 0
     assert "resumed from epoch 1 of 2" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "run" / "checkpoints")  # a finished run without its checkpoints
+    assert main([*args, "--set", "train.epochs=3"]) == 0
+    assert "no checkpoint in" in capsys.readouterr().err
 
 
 def test_12_a_killed_downloads_leftover_is_removed(tmp_path, wav_folder):
@@ -520,8 +524,11 @@ def test_12_eval_follows_the_runs_resampling_rule_and_names_files(wav_folder, tm
     write_wav(other / "3_bob_5.wav", synthetic_clip(3, 1, 5, sample_rate=16000), 16000)
     from lstmq.inference import evaluate_run
 
-    with pytest.raises(DataError, match="3_bob_5.wav: sample rate 16000 Hz, expected 8000"):
+    with pytest.raises(DataError, match="3_bob_5.wav: sample rate 16000 Hz, expected 8000.*"
+                                        "--resample of lstmq eval --data"):
         evaluate_run(out, data=other, progress=False)
+    assert main(["eval", "--run", str(out), "--data", str(other), "--resample", "--quiet"]) == 0
+    assert evaluate_run(out, data=other, progress=False, resample=True)["test_count"] == 1
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "3_bob_5.wav").write_bytes(b"RIFF not really audio" * 10)
@@ -648,3 +655,40 @@ def test_13_experiment_scripts_report_the_users_errors_in_one_line(capsys, monke
     assert common.guarded(bad_config) == 2
     err = capsys.readouterr().err
     assert err.startswith("task_a: error: ") and "train.epoch" in err and len(err.splitlines()) == 1
+
+
+def test_15_predicting_a_folder_names_what_its_walk_leaves_out(tmp_path, caplog):
+    from lstmq.inference import wav_files
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    (folder / "ok.wav").write_bytes(b"RIFF")  # listed, not decoded here
+    (folder / "notes.mp3").write_bytes(b"ID3")
+    (folder / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    with caplog.at_level(logging.WARNING, logger="lstmq"):
+        assert wav_files(folder) == [folder / "ok.wav"]  # one folder, given as a Path
+    said = " ".join(record.getMessage() for record in caplog.records)
+    assert "gone.wav: dangling link; skipped" in said and ".mp3" in said
+
+
+def test_15_a_cache_that_cannot_be_created_is_named_as_such_not_as_a_failed_download(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DataError, match=r"file/cache: the download cache cannot be created .*"
+                                        r"data.cache_dir or \$LSTMQ_CACHE"):
+        download.download_archive("http://127.0.0.1:9/a.tar.gz", "0" * 64, blocker / "cache",
+                                  progress=False)
+
+
+def test_15_eval_out_where_nothing_can_be_written_is_refused_before_the_evaluation(
+        tmp_path, monkeypatch, capsys):
+    import lstmq.inference
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(lstmq.inference, "evaluate_run",
+                        lambda *args, **kwargs: pytest.fail("evaluated before the check"))
+    assert main(["eval", "--run", str(tmp_path), "--out", str(blocker / "eval.json")]) == 2
+    assert "file/eval.json: its folder cannot be made" in capsys.readouterr().err
+    with pytest.raises(OSError, match=r"x/report.json: cannot be written \("):
+        atomic_write_json(blocker / "x" / "report.json", {})
