@@ -11,7 +11,8 @@ import numpy as np
 from lstmq.config import Config
 from lstmq.data import DataError
 from lstmq.features import pad_batch
-from lstmq.pipeline import SplitArrays, checked_sequences, label_names, prepare_arrays
+from lstmq.pipeline import (SplitArrays, checked_sequences, label_names, prepare_arrays,
+                            provenance)
 from lstmq.runner import train_and_evaluate
 from lstmq.runs import Run, load_run
 
@@ -71,4 +72,5 @@ def arrays_split(run: Run, x: np.ndarray, lengths: np.ndarray, labels: Any = Non
         index = np.array([run.classes.index(name) for name in names], np.int32)
     return SplitArrays(x=padded, lengths=lengths, labels=index,
                        speakers=np.full(count, "", dtype=str),
-                       names=tuple(f"row_{i:06d}" for i in range(count)))
+                       names=tuple(f"row_{i:06d}" for i in range(count)),
+                       prepared_with=provenance(run.config.features, run.derived.normalizer))

@@ -18,6 +18,8 @@ export are its own.
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import jax
@@ -91,9 +93,9 @@ def _leading(split: SplitArrays, count: int) -> SplitArrays:
     """The first ``count`` rows of ``split`` (the split itself when that is all of them)."""
     if count == len(split):
         return split
-    return SplitArrays(x=split.x[:count], lengths=split.lengths[:count],
-                       labels=split.labels[:count], speakers=split.speakers[:count],
-                       names=split.names[:count])
+    return dataclasses.replace(split, x=split.x[:count], lengths=split.lengths[:count],
+                               labels=split.labels[:count], speakers=split.speakers[:count],
+                               names=split.names[:count])
 
 
 def teacher_targets(directory: str | Path, config: Config, derived: Derived,

@@ -24,7 +24,8 @@ import numpy as np
 
 from lstmq.config import NUMERICS_PATHS
 from lstmq.integer import IntegerModel, convert_params, predict_int_split
-from lstmq.pipeline import SplitArrays
+from lstmq.data_errors import DataError
+from lstmq.pipeline import SplitArrays, provenance
 from lstmq.prediction import predict_split
 from lstmq.runs import Run, model_from_config, path_numerics
 
@@ -134,6 +135,7 @@ def predict_path(run: Run, split: SplitArrays, path: str | None = None,
     (``engine``, see ``integer_logits``); ``models`` reuses a conversion."""
     path = path or trained_path(run)
     check_path(run, path)
+    check_split_for(run, split)
     bucket = run.config.train.bucket_frames
     if path in INTEGER_PATHS:
         return integer_logits(models or integer_models(run, path), split,
@@ -144,6 +146,26 @@ def predict_path(run: Run, split: SplitArrays, path: str | None = None,
     predict = jax.jit(jax.vmap(lambda p, x, l: model.apply({"params": p}, x, l),
                                in_axes=(0, None, None)))
     return predict_split(predict, run.params, split, batch_size, bucket)
+
+
+def check_split_for(run: Run, split: SplitArrays) -> None:
+    """A split made under other feature settings or statistics than ``run``'s would be scored
+    without a word, and wrongly: refuse it, naming what differs (splits of unknown making,
+    built by hand, are taken as they are)."""
+    if split.prepared_with is None:
+        return
+    wanted = provenance(run.config.features, run.derived.normalizer)
+    made = split.prepared_with
+    differing = sorted(key for key in wanted.keys() | made.keys() if wanted.get(key) != made.get(key))
+    if differing:
+        shown = ", ".join("the normalisation statistics" if key == "normalizer" else
+                          f"{key} (prepared {made.get(key)!r}, the run's {wanted.get(key)!r})"
+                          for key in differing[:4])
+        raise DataError(f"{run.directory}: the split was prepared under other settings than "
+                        f"this run's: {shown}; prepare it with the run's config "
+                        "(lstmq.prepare_data(run.config)), or score other recordings with "
+                        "lstmq.evaluate_run / lstmq.predict_files and arrays with "
+                        "lstmq.arrays_split")
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:

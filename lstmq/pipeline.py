@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from lstmq.augment import augment_dataset, waveform_augmentation_enabled
-from lstmq.config import Config
+from lstmq.config import Config, FeatureConfig
 from lstmq.data import DataError, Dataset, class_list, load_dataset
 from lstmq.features import compute_features, pad_batch
 from lstmq.layouts import LayoutError, split_name
@@ -33,9 +33,20 @@ class SplitArrays:
     speakers: np.ndarray
     names: tuple[str, ...]
     votes: tuple[SplitArrays, ...] = ()
+    prepared_with: dict[str, Any] | None = None  # ``provenance``: features and statistics
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def provenance(features: FeatureConfig, normalizer: Normalizer) -> dict[str, Any]:
+    """What a split's values depend on: every feature setting of the model's input and a
+    digest of the normalisation statistics (a run predicts only splits made alike)."""
+    from lstmq.runs import model_input_features  # pylint: disable=import-outside-toplevel
+
+    statistics = json.dumps(normalizer.to_dict(), sort_keys=True).encode()
+    return json.loads(json.dumps({**model_input_features(features),
+                                  "normalizer": hashlib.sha256(statistics).hexdigest()}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +96,14 @@ class PreparedData:
 
 
 def _arrays(dataset: Dataset, features, idx: np.ndarray, normalizer: Normalizer,
-            bucket: int) -> SplitArrays:
+            config: Config) -> SplitArrays:
+    bucket = config.train.bucket_frames
     feats = normalizer.apply([features[i] for i in idx])
     x, lengths = pad_batch(feats, bucket=bucket) if len(idx) else (
         np.zeros((0, bucket, normalizer.mean.shape[0]), np.float32), np.zeros((0,), np.int32))
     return SplitArrays(x=x, lengths=lengths, labels=dataset.labels[idx].astype(np.int32),
-                       speakers=dataset.speakers[idx], names=tuple(dataset.names[i] for i in idx))
+                       speakers=dataset.speakers[idx], names=tuple(dataset.names[i] for i in idx),
+                       prepared_with=provenance(config.features, normalizer))
 
 
 def _with_votes(arrays: SplitArrays, dataset: Dataset, config: Config, normalizer: Normalizer,
@@ -101,8 +114,7 @@ def _with_votes(arrays: SplitArrays, dataset: Dataset, config: Config, normalize
     votes = []
     for played in vote_datasets(dataset, config.features.vote_speeds):
         features = compute_features(played, config.features, progress=progress)
-        votes.append(_arrays(played, features, np.arange(len(played)), normalizer,
-                             config.train.bucket_frames))
+        votes.append(_arrays(played, features, np.arange(len(played)), normalizer, config))
     return dataclasses.replace(arrays, votes=tuple(votes))
 
 
@@ -126,19 +138,18 @@ def prepare_data(config: Config, data_path: str | Path | None = None,
                                          [f for _, extra in copies for f in extra])
     else:
         normalizer = fit_normalizer(train_features, config.features.normalize)
-    bucket = config.train.bucket_frames
     train = concatenate_splits([
-        _arrays(dataset, features, split.train, normalizer, bucket),
-        *(_arrays(augmented, extra, np.arange(len(augmented)), normalizer, bucket)
+        _arrays(dataset, features, split.train, normalizer, config),
+        *(_arrays(augmented, extra, np.arange(len(augmented)), normalizer, config)
           for augmented, extra in copies)])
     # speed votes score the test clips; training validates each clip once, so the parameters
     # do not depend on features.vote_speeds
-    test = _with_votes(_arrays(dataset, features, split.test, normalizer, bucket),
+    test = _with_votes(_arrays(dataset, features, split.test, normalizer, config),
                        dataset.subset(split.test), config, normalizer, progress)
     return PreparedData(
         settings=preparation_settings(config),
         train=train,
-        val=_arrays(dataset, features, split.val, normalizer, bucket),
+        val=_arrays(dataset, features, split.val, normalizer, config),
         test=test,
         normalizer=normalizer,
         info=DataInfo.of(dataset),
@@ -198,9 +209,8 @@ def prepare_arrays(x: np.ndarray, lengths: np.ndarray, labels, config: Config,
     keep = config.features.max_frames or x.shape[1]
     features = [x[i, :min(n, keep)] for i, n in enumerate(lengths)]
     normalizer = fit_normalizer([features[i] for i in split.train], config.features.normalize)
-    bucket = config.train.bucket_frames
     info = dataclasses.replace(DataInfo.of(dataset), sample_rate=None)
-    return PreparedData(*(_arrays(dataset, features, idx, normalizer, bucket)
+    return PreparedData(*(_arrays(dataset, features, idx, normalizer, config)
                           for idx in (split.train, split.val, split.test)), normalizer, info,
                         preparation_settings(config))
 
@@ -347,10 +357,12 @@ def concatenate_splits(splits: list[SplitArrays]) -> SplitArrays:
     frames = max(s.x.shape[1] for s in splits)
     x = np.concatenate([np.pad(s.x, ((0, 0), (0, frames - s.x.shape[1]), (0, 0)))
                         for s in splits])
+    made = [s.prepared_with for s in splits]
     return SplitArrays(x=x, lengths=np.concatenate([s.lengths for s in splits]),
                        labels=np.concatenate([s.labels for s in splits]),
                        speakers=np.concatenate([s.speakers for s in splits]),
-                       names=sum((s.names for s in splits), ()))
+                       names=sum((s.names for s in splits), ()),
+                       prepared_with=made[0] if all(m == made[0] for m in made) else None)
 
 
 def prepare_recordings(dataset: Dataset, config: Config, normalizer: Normalizer,
@@ -358,4 +370,4 @@ def prepare_recordings(dataset: Dataset, config: Config, normalizer: Normalizer,
     """Featurize any set of recordings with a trained run's feature config and statistics."""
     features = compute_features(dataset, config.features, progress=progress)
     return _with_votes(_arrays(dataset, features, np.arange(len(dataset.labels)), normalizer,
-                               config.train.bucket_frames), dataset, config, normalizer, progress)
+                               config), dataset, config, normalizer, progress)

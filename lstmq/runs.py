@@ -58,6 +58,12 @@ class Derived:
 _NOT_MODEL_INPUT = ("cache", "workers", "vote_speeds")
 
 
+def model_input_features(features: FeatureConfig) -> dict[str, Any]:
+    """``features.KEY: value`` of every feature setting that changes the model's input."""
+    return {f"features.{field.name}": getattr(features, field.name)
+            for field in dataclasses.fields(FeatureConfig) if field.name not in _NOT_MODEL_INPUT}
+
+
 def feature_differences(theirs: FeatureConfig, mine: FeatureConfig) -> list[str]:
     """``features.KEY theirs, this run's mine`` for every feature setting that changes the
     model's input (another run's, for ``quant.init_from`` or ``train.distill_from``)."""

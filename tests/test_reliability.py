@@ -692,3 +692,21 @@ def test_15_eval_out_where_nothing_can_be_written_is_refused_before_the_evaluati
     assert "file/eval.json: its folder cannot be made" in capsys.readouterr().err
     with pytest.raises(OSError, match=r"x/report.json: cannot be written \("):
         atomic_write_json(blocker / "x" / "report.json", {})
+
+
+def test_15_predict_path_refuses_a_split_prepared_under_other_features(wav_folder, tmp_path):
+    from lstmq.paths import predict_path
+    from lstmq.runs import load_run
+
+    out = tmp_path / "run"
+    train(wav_folder, out)
+    run = load_run(out)
+    own = prepare_data(run.config, progress=False).test
+    assert predict_path(run, own).shape[1] == len(own)  # made alike: scored
+    other = load_config(overrides=[*tiny(wav_folder), "features.n_mels=20"])
+    with pytest.raises(DataError, match=r"run: the split was prepared under other settings than "
+                                        r"this run's: features.n_mels \(prepared 20, the run's 40\)"):
+        predict_path(run, prepare_data(other, progress=False).test)
+    unnormalised = load_config(overrides=[*tiny(wav_folder), "features.normalize=none"])
+    with pytest.raises(DataError, match="features.normalize .*the normalisation statistics"):
+        predict_path(run, prepare_data(unnormalised, progress=False).test)
