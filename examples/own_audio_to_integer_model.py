@@ -21,6 +21,8 @@ import numpy as np
 import soundfile
 
 import lstmq
+from lstmq.checkpoint import CheckpointError  # a run folder of other settings (RunFolderError)
+from lstmq.io import FolderLockedError
 
 DEMO_WORDS = ("go", "stop", "left", "right")
 
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     data = write_demo_data(args.out / "demo_data") if args.demo else args.data
     try:
         run(data, args.out, args.epochs, args.qat_epochs)
-    except (lstmq.DataError, lstmq.ConfigError) as error:
+    except (lstmq.DataError, lstmq.ConfigError, CheckpointError, FolderLockedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

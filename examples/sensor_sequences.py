@@ -20,6 +20,8 @@ import jax
 import numpy as np
 
 import lstmq
+from lstmq.checkpoint import CheckpointError  # a run folder of other settings (RunFolderError)
+from lstmq.io import FolderLockedError
 
 ACTIVITIES = ("rest", "walk", "run", "jump")
 
@@ -81,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--qat-epochs", type=int, default=4)
     args = parser.parse_args(argv)
-    run(args.out, args.epochs, args.qat_epochs)
+    try:
+        run(args.out, args.epochs, args.qat_epochs)
+    except (lstmq.DataError, lstmq.ConfigError, CheckpointError, FolderLockedError) as error:
+        print(f"error: {error}", file=sys.stderr)  # e.g. --out holding runs of other settings
+        return 2
     return 0
 
 

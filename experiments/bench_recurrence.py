@@ -117,7 +117,8 @@ def time_steps_of(steps: dict, args: tuple, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench_recurrence",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--time", type=int, default=50)
     parser.add_argument("--hidden", type=int, nargs="+", default=[24, 48, 67, 128])

@@ -59,12 +59,13 @@ def run(out: str | Path, budgets: Sequence[int] = BUDGETS, bits: Sequence[int] =
     if quick:
         overrides = ["train.seeds=1", "train.epochs=2", "augment.copies=0", *overrides]
     inputs = num_features(load_config(CONFIG, list(overrides)).features)
-    points, data = [], None
+    points, skipped, data = [], [], None
     for budget, width, depth in itertools.product(budgets, bits, layers):
         try:
             solution = solve_hidden_size(budget, depth, inputs, 10, Precision(width))  # 10: FSDD
         except ValueError as error:
-            common.say(f"skip {budget} B, int{width}, {depth} layer(s): {error}")
+            skipped.append(f"{budget} B, int{width}, {depth} layer(s): {error}")
+            common.say(f"skip {skipped[-1]}")
             continue
         name, float_dir, qat_dir, float_config, qat_config = point_configs(
             out, budget, width, depth, overrides, qat_epochs)
@@ -85,8 +86,10 @@ def run(out: str | Path, budgets: Sequence[int] = BUDGETS, bits: Sequence[int] =
                 list(report["test_accuracy_per_seed"].values()))})
         common.say(f"{name}: integer {common.format_accuracy(points[-1]['test_accuracy'])}% "
                    f"at {counted:,} bytes")
-    result = {"experiment": "budget_sweep", "points": points, "quick": quick,
-              "overrides": list(overrides), "qat_epochs": qat_epochs,
+    if not points:
+        raise ValueError(f"no point of the sweep fits its budget: {'; '.join(skipped)}")
+    result = {"experiment": "budget_sweep", "points": points, "skipped": skipped,
+              "quick": quick, "overrides": list(overrides), "qat_epochs": qat_epochs,
               "environment": common.environment()}
     common.write_results(out, "budget_sweep", result, format_table(result))
     plot_pareto(points, out / "budget_sweep.png")
@@ -115,7 +118,9 @@ def format_table(result: dict[str, Any]) -> str:
             f"{result.get('overrides') or 'none'}; QAT fine-tune {result.get('qat_epochs')} "
             "epochs.\n\n" + common.markdown_table(
                 ["budget B", "weights", "layers", "hidden", "counted B", "= budget count",
-                 "integer test % (min-max)", "Pareto"], rows))
+                 "integer test % (min-max)", "Pareto"], rows)
+            + "".join(f"\nNot trained (no hidden size fits): {point}.\n"
+                      for point in result.get("skipped", [])))
 
 
 def plot_pareto(points: list[dict[str, Any]], path: Path) -> None:

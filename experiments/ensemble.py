@@ -117,7 +117,8 @@ def run_conditions(folder: str | Path, members: int,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.ensemble",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("variant", help="a variant folder written by experiments.tune "
                         "(with --conditions: a run)")
     parser.add_argument("--members", type=int, default=2, help="seeds per ensemble")

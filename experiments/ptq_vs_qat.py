@@ -135,7 +135,8 @@ def _describe_budget(configs: dict[str, Config], input_size: int,
                              Precision(bits), config.budget.layout)
         described[key] = {"hidden": hidden, "bytes": report.total, "params": report.params,
                           "budget_bytes": config.budget.bytes, "weight_bits": bits,
-                          "policy": config.budget.policy}
+                          "policy": config.budget.policy,
+                          "solved": config.model.hidden == "auto"}
         common.say(f"budget {config.budget.bytes:,} bytes, {report.precision.name} storage "
                    f"({config.budget.policy} policy): hidden {hidden} uses {report.total:,} bytes")
     return described
@@ -145,10 +146,13 @@ def format_table(result: dict[str, Any]) -> str:
     budget = result["budget"]
     s, env, audit = result["settings"], result["environment"], result["audit"]
     int8, f32 = budget["int8"], budget["float32"]
+    solved = int8.get("solved", True) and f32.get("solved", True)
+    sizes = (f"Hidden size solved by `lstmq.budget` for {int8['budget_bytes']:,} bytes: "
+             if solved else "Hidden size set by the overrides (model.hidden), not solved for "
+             f"the {int8['budget_bytes']:,}-byte budget: ")
     lines = [
         "# PTQ vs QAT under a 36,864-byte budget", "",
-        f"Hidden size solved by `lstmq.budget` for {int8['budget_bytes']:,} bytes: "
-        f"**{int8['hidden']}** at int8 storage ({int8['bytes']:,} bytes), {f32['hidden']} at "
+        f"{sizes}**{int8['hidden']}** at int8 storage ({int8['bytes']:,} bytes), {f32['hidden']} at "
         f"float32 storage ({f32['bytes']:,} bytes; the float32 parity row). Bytes per row: "
         "float32 for float rows, the int8 integer model for quantized rows; for integer rows "
         "also counted from the converted arrays (must match).", "",
@@ -183,7 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bits", type=int, choices=(8, 4), default=8,
                         help="weight storage of the quantized rows (the budget solves for it)")
     parser.add_argument("--splits", nargs="+", choices=("random", "official", "speaker"),
-                        default=list(SPLITS))
+                        default=list(SPLITS),
+                        help="data splits to compare (speaker also needs --set "
+                             "data.test_speaker=NAME)")
     args = parser.parse_args(argv)
     common.setup_logging()
     run(args.out, args.seeds, args.epochs, args.splits, args.set, args.quick,

@@ -96,7 +96,8 @@ def time_training(hidden: int, layers: int = 2, features: int = 13, classes: int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.pytorch_reference",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, nargs="+", default=[24, 128])
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs after a warm-up")
     args = parser.parse_args(argv)

@@ -84,7 +84,8 @@ def run(config_path: str | None, variants: dict[str, list[str]], out: str | Path
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.tune",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--config")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=K=V,K=V")
     parser.add_argument("--set", action="append", default=[])

@@ -102,7 +102,8 @@ def run(variant: str | Path, speeds: Sequence[float] = (0.9, 1.1),
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.votes",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("variant", help="a variant folder written by experiments.tune")
     parser.add_argument("--speed", type=float, action="append", default=None,
                         help="a speed vote (repeat; default 0.9 and 1.1)")

@@ -283,6 +283,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin is tuple:
         item = typing.get_args(annotation)[0]
         if isinstance(value, (list, tuple)):
+            if item is str:  # names such as data.classes: [0, 1, 2] are the digits' names
+                value = [str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                         for v in value]
             return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
         raise ConfigError(f"{key}: expected a list, got {value!r}")
     if annotation is type(None):

@@ -114,10 +114,14 @@ def test_labels_that_yaml_1_1_reads_as_booleans_stay_strings(tmp_path):
     assert config.data.classes == ("yes", "no", "up") and config.features.cache is False
 
 
+def test_class_names_written_as_integers_are_their_digits():
+    assert load_config(overrides=["data.classes=[0, 1, 10]"]).data.classes == ("0", "1", "10")
+
+
 @pytest.mark.parametrize("override, message", [
     ("model.hidden=abc", "--set model.hidden: expected an integer or 'auto', got 'abc'"),
     ("model=3", "--set model: is a section (a mapping of keys), got 3"),
-    ("data.classes=[1,2]", "--set data.classes: expected a list of strings or null, got [1, 2]"),
+    ("data.classes=[1.5,2]", "--set data.classes: expected a list of strings or null, got [1.5, 2]"),
     ("train.epoch=3", "--set unknown config key(s): train.epoch"),
 ])
 def test_override_errors_say_what_the_key_takes_and_blame_the_override(override, message):
