@@ -44,7 +44,7 @@ from lstmq.io import FolderLock, atomic_write_json, read_json
 from lstmq.pipeline import PreparedData, SplitArrays, check_prepared_for, prepare_data
 from lstmq.recipe import calibrate_input_clip
 from lstmq.runs import (Derived, clip_differences, feature_differences, load_run, model_from_config,
-                        source_digests)
+                        record_checksum, source_digests)
 from lstmq.train import Trainer, create_train_states, select_best
 
 log = logging.getLogger("lstmq")
@@ -394,7 +394,8 @@ def _train(config: Config, workdir: Path, data: PreparedData, derived: Derived,
     # run.json records the parameters' digest (load_run checks it), and so does metrics.json,
     # written last: a reused run's metrics belong to its parameters.
     digest = save_params(workdir / "params.msgpack", params)
-    atomic_write_json(workdir / "run.json", {**record, "params_sha256": digest})
+    final = {**record, "params_sha256": digest}
+    atomic_write_json(workdir / "run.json", {**final, "record_sha256": record_checksum(final)})
     result["params_sha256"] = digest
     write_run_outputs(workdir, result)
     return result

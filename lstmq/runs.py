@@ -7,6 +7,8 @@ arguments; ``load_run`` reads a run folder back (``run.json`` + ``params.msgpack
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,12 @@ def _param_shapes(config: Config, derived: Derived) -> Any:
     return jax.eval_shape(lambda: init_params(model, 0, len(derived.seeds), derived.input_size))
 
 
+def record_checksum(record: dict[str, Any]) -> str:
+    """sha256 of a run record's canonical JSON, its own ``record_sha256`` left out."""
+    body = {key: value for key, value in record.items() if key != "record_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def load_run(directory: str | Path) -> Run:
     """Load ``run.json`` and ``params.msgpack``.
 
@@ -157,6 +165,10 @@ def load_run(directory: str | Path) -> Run:
                                   "run the same lstmq train --out again to resume it")
         raise CheckpointError(f"{directory}: not a run directory (no run.json)")
     info = read_json(directory / "run.json")
+    if "record_sha256" in info and record_checksum(info) != info["record_sha256"]:
+        raise CheckpointError(f"{directory / 'run.json'}: its contents differ from the sha256 "
+                              "recorded when the run was written (edited or damaged: its "
+                              "classes, statistics or config cannot be trusted)")
     try:
         config = config_from_dict(info["config"])
         derived = Derived.from_dict(info["derived"])

@@ -210,7 +210,7 @@ def test_6_one_weight_width_and_the_budget_enforced_at_export(wav_folder, tmp_pa
     assert "within the 4,096-byte budget" in capsys.readouterr().out
     record = read_json(out / "run.json")
     record["config"]["budget"]["bytes"] = 1000  # a run whose model no longer fits its budget
-    atomic_write_json(out / "run.json", record)
+    atomic_write_json(out / "run.json", signed(record))  # as if written so
     assert main(["export", "--run", str(out), "--out", str(tmp_path / "n.lstmqz")]) == 2
     assert "over the budget of 1,000" in capsys.readouterr().err
     assert not (tmp_path / "n.lstmqz").exists()
@@ -543,10 +543,32 @@ def test_12_an_unknown_key_in_run_json_names_the_file(wav_folder, tmp_path):
     out = tmp_path / "run"
     train(wav_folder, out)
     record = read_json(out / "run.json")
-    record["config"]["train"]["turbo"] = True
-    atomic_write_json(out / "run.json", record)
+    record["config"]["train"]["turbo"] = True  # a run of a newer lstmq, say
+    atomic_write_json(out / "run.json", signed(record))
     with pytest.raises(CheckpointError, match="run.json: unknown config key.*train.turbo"):
         load_run(out)
+
+
+def test_15_an_edited_run_json_is_refused_not_read_with_swapped_classes(wav_folder, tmp_path):
+    from lstmq.runs import load_run
+
+    out = tmp_path / "run"
+    train(wav_folder, out)
+    record = read_json(out / "run.json")
+    classes = record["derived"]["classes"]
+    record["derived"]["classes"] = [classes[1], classes[0], *classes[2:]]
+    atomic_write_json(out / "run.json", record)
+    with pytest.raises(CheckpointError, match="run.json: its contents differ from the sha256"):
+        load_run(out)
+    del record["record_sha256"]  # a run written before the record was signed loads unchecked
+    atomic_write_json(out / "run.json", record)
+    assert load_run(out).classes[0] == classes[1]
+
+
+def signed(record: dict) -> dict:
+    from lstmq.runs import record_checksum
+
+    return {**record, "record_sha256": record_checksum(record)}
 
 
 # 13. damaged parameters, outputs that are folders, leftovers -------------------------------
