@@ -19,7 +19,6 @@ export are its own.
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 
 import jax

@@ -91,7 +91,8 @@ def download_archive(url: str, sha256: str | None, cache_dir: str | os.PathLike 
                         f"${ENV_CACHE} to a writable folder")
     pooch.get_logger().setLevel(logging.WARNING)  # its "Downloading ..." line: the bar says it
     try:
-        with FolderLock(cache, wait=True, holder="downloading into this cache"):
+        with FolderLock(cache, wait=True, holder="downloading into this cache",
+                        advice="wait for it"):
             _remove_partial_downloads(cache)  # one download at a time: a killed one's leftover
             try:
                 path = pooch.retrieve(url, known_hash=f"sha256:{sha256}", path=cache,

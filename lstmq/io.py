@@ -81,15 +81,18 @@ class FolderLock:
     """
 
     def __init__(self, folder: str | os.PathLike, remove_temporary: bool = False,
-                 wait: bool = False, holder: str = "using this run folder"):
+                 wait: bool = False, holder: str = "using this run folder",
+                 advice: str = "wait for it or choose another --out"):
         """``remove_temporary``: once locked, delete the ``.*.tmp`` files of atomic writes
         in the folder (left by a killed holder; only for folders written under the lock).
         ``wait``: block until another holder is done (saying so) instead of raising.
-        ``holder``: what another process holding the lock is doing, for the messages."""
+        ``holder``, ``advice``: what another process holding the lock is doing, and what to
+        do about it, for the messages."""
         self.path = Path(folder) / ".lock"
         self._remove_temporary = remove_temporary
         self._wait = wait
         self._holder = holder
+        self._advice = advice
         self._handle = None
         self._created = False
 
@@ -107,10 +110,8 @@ class FolderLock:
         except OSError:
             if not self._wait:
                 handle.close()
-                where = "; wait for it or choose another --out" if self._holder.endswith(
-                    "run folder") else "; wait for it"
                 raise FolderLockedError(f"{self.path.parent}: another lstmq process is "
-                                        f"{self._holder}{where}") from None
+                                        f"{self._holder}; {self._advice}") from None
             logging.getLogger("lstmq").info("%s: another lstmq process is %s; waiting for it",
                                             self.path.parent, self._holder)
             fcntl.flock(handle, fcntl.LOCK_EX)

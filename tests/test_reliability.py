@@ -507,7 +507,7 @@ def test_12_a_second_process_waits_for_the_download_lock_instead_of_failing(tmp_
     with FolderLock(tmp_path, holder="downloading into this cache"):
         with pytest.raises(FolderLockedError, match="another lstmq process is downloading into "
                                                     "this cache; wait for it$"):
-            with FolderLock(tmp_path, holder="downloading into this cache"):
+            with FolderLock(tmp_path, holder="downloading into this cache", advice="wait for it"):
                 pass
         waiter = threading.Thread(target=second)
         waiter.start()
