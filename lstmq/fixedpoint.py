@@ -55,7 +55,8 @@ def rounding_shift_right(x: ArrayLike, shift: ArrayLike) -> jax.Array:
 
     Args:
       x: <int8|int16|int32>[...] values.
-      shift: int or <int32>[...] broadcastable to ``x``, >= 0 (any size; >= 32 gives 0).
+      shift: int or <int32>[...] broadcastable to ``x``, >= 0 (any size; >= 32 gives 0; an
+        array's negative entries give ``x``, as the C runtime's ``rsr`` does).
 
     Returns:
       <int32>[...]; computed as ``(x >> s) + bit(s-1) of x``, so it cannot overflow.
@@ -67,7 +68,7 @@ def rounding_shift_right(x: ArrayLike, shift: ArrayLike) -> jax.Array:
         return (x >> shift) + ((x >> (shift - 1)) & 1)
     rounding_bit = (x >> jnp.clip(s - 1, 0, 30)) & 1
     y = (x >> jnp.clip(s, 0, 31)) + rounding_bit
-    return jnp.where(s == 0, x, jnp.where(s >= 32, 0, y))
+    return jnp.where(s <= 0, x, jnp.where(s >= 32, 0, y))
 
 
 def saturate(x: ArrayLike, bits: int) -> jax.Array:

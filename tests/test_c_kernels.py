@@ -35,6 +35,8 @@ def edge_cases() -> list[tuple[str, int, int, int, int]]:
     for x, s in itertools.product(values, [*range(34), 40]):
         cases.append(("rsr", x, s, 0, int(ref.rounding_shift_right_ref(x, s))))
         cases.append(("left", x, s, 0, int(ref.saturating_left_shift_ref(x, s))))
+    for x, s in itertools.product(EDGES32, [-1, -31]):  # as jnp's array shifts: the identity
+        cases.append(("rsr", x, s, 0, int(fx.rounding_shift_right(np.int32(x), np.int32([s]))[0])))
     for a, m in itertools.product(EDGES32, EDGES32):
         cases.append(("highmul", a, m, 0, int(ref.rounding_high_mul_ref(a, m))))
     for a, m, s in itertools.product(values, MULTIPLIERS, range(-31, 32)):

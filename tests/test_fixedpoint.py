@@ -369,3 +369,16 @@ def test_requantized_bounds_hold_at_the_accumulator_edges(multiplier, shift):
         assert (out <= limit).all(), (bound, out, limit)
         exact = -(-bound * multiplier // 2 ** (31 + shift))  # ceil of |acc| * real
         assert limit <= min(exact + 1, 2**31)  # and no looser than one over it
+
+
+def test_saturating_sub_at_every_pair_of_edges():
+    a, b = np.meshgrid(np.array(EDGES32, np.int32), np.array(EDGES32, np.int32))
+    np.testing.assert_array_equal(np.asarray(fp.saturating_sub(jnp.asarray(a), jnp.asarray(b))),
+                                  fpr.saturating_sub_ref(a, b))
+
+
+def test_rounding_shift_right_reads_a_negative_array_shift_as_none():
+    x = np.array(EDGES32, np.int32)
+    for shift in (-1, -31):
+        np.testing.assert_array_equal(
+            np.asarray(fp.rounding_shift_right(jnp.asarray(x), jnp.full(x.shape, shift, jnp.int32))), x)
