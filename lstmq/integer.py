@@ -128,22 +128,24 @@ def convert_params(params: Mapping[str, Any], input_clip: float, weight_bits: in
 
 
 def check_int32_bounds(model: IntegerModel) -> None:
-    """Proves statically that no int32 sum of ``predict_int`` can wrap, for int8 inputs in
-    -127..127: every matmul accumulator (bias included) and every gate pre-activation
-    ``z_x + z_h`` (two requantized terms, added before saturating to int16).
+    """Proves statically that no int32 sum of ``predict_int`` can wrap, for any int8 input
+    (-128 included; the hidden state stays in -127..127): every matmul accumulator (bias
+    included) and every gate pre-activation ``z_x + z_h`` (two requantized terms, added
+    before saturating to int16).
 
     Raises:
       OverflowError: naming the layer, the sum and the channel.
     """
-    for name in layer_names(model):
+    for index, name in enumerate(layer_names(model)):
         terms = []
         for part, bias in (("input", model[f"{name}/input/bias"]), ("cell/recurrent", None)):
             kernel = model[f"{name}/{part}/kernel"]
+            largest = 128 if (index, part) == (0, "input") else 127  # features: any int8
             try:
-                fx.check_accumulator_fits(kernel, 127, bias)
+                fx.check_accumulator_fits(kernel, largest, bias)
             except OverflowError as error:
                 raise OverflowError(f"{name}/{part}: {error}") from None
-            terms.append(fx.requantized_bounds(fx.accumulator_bounds(kernel, 127, bias),
+            terms.append(fx.requantized_bounds(fx.accumulator_bounds(kernel, largest, bias),
                                                model[f"{name}/{part}/requant_multiplier"],
                                                model[f"{name}/{part}/requant_shift"]))
         total = terms[0] + terms[1]

@@ -352,3 +352,22 @@ def test_a_model_whose_gate_preactivation_sum_could_wrap_int32_is_refused():
     fine = _wide_gates_params()
     fine["lstm_0"]["cell"]["recurrent"]["kernel"] /= 10  # z_h a tenth: the sum fits
     check_int32_bounds(convert_params(fine, 127.0))
+
+
+def test_the_first_layers_accumulator_is_proven_for_an_int8_input_of_minus_128():
+    from lstmq.integer import check_int32_bounds
+
+    kernel = np.full((13, 4), 127, np.int8)  # sum |w| = 1651 per channel
+    model = {
+        "lstm_0/input/kernel": kernel,
+        "lstm_0/input/bias": np.full(4, 2**31 - 1 - 1651 * 127, np.int32),  # fits at |x| <= 127
+        "lstm_0/input/requant_multiplier": np.full(4, 2**30, np.int32),
+        "lstm_0/input/requant_shift": np.full(4, 31, np.int8),
+        "lstm_0/cell/recurrent/kernel": np.zeros((1, 4), np.int8),
+        "lstm_0/cell/recurrent/requant_multiplier": np.full(4, 2**30, np.int32),
+        "lstm_0/cell/recurrent/requant_shift": np.zeros(4, np.int8),
+        "readout/kernel": np.ones((1, 2), np.int8), "readout/bias": np.zeros(2, np.int32)}
+    with pytest.raises(OverflowError, match="lstm_0/input: int32 accumulator may overflow"):
+        check_int32_bounds(model)  # x = -128 everywhere would wrap it
+    model["lstm_0/input/bias"] = np.full(4, 2**31 - 1 - 1651 * 128, np.int32)
+    check_int32_bounds(model)
