@@ -67,7 +67,8 @@ def _predict(args: argparse.Namespace) -> int:
                                            ("--seed-index", args.seed_index is not None)) if given]
         if chosen:
             raise ValueError(f"{target}: an artifact holds one integer model of one seed; "
-                             f"{' and '.join(chosen)} choose among the models of a run folder")
+                             f"{' and '.join(chosen)} choose{'s' if len(chosen) == 1 else ''} "
+                             "among the models of a run folder")
         predictor = artifact_predictor(target)
     rows = predict_files(predictor, args.inputs, resample=args.resample)
     if args.json:

@@ -136,6 +136,8 @@ def wav_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Pa
     walk leaves out (other audio formats, dangling links, linked folders) is logged."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]  # one file or folder, not a sequence of one-letter names
+    if not paths:
+        raise DataError("no WAV file or folder given")
     found = []
     for given in map(Path, paths):
         if given.is_dir():

@@ -80,7 +80,7 @@ def test_cli_on_a_speech_commands_tree_at_16_khz(make_folders_dataset, tmp_path,
     assert [p["logits"] for p in from_run] == [p["logits"] for p in predictions]
     # Choices that mean nothing for an artifact, or contradict each other, are refused.
     assert _cli("predict", "--model", str(artifact), "--seed-index", "0", str(root / "left")) == 2
-    assert "--seed-index choose among the models of a run folder" in capsys.readouterr().err
+    assert "--seed-index chooses among the models of a run folder" in capsys.readouterr().err
     assert _cli("predict", "--model", str(artifact), "--integer", "--json", str(root / "left")) == 0
     assert json.loads(capsys.readouterr().out)["predictions"] == predictions  # integer already
     # One path given as a string or a Path, not a sequence of one-letter names.
@@ -88,6 +88,8 @@ def test_cli_on_a_speech_commands_tree_at_16_khz(make_folders_dataset, tmp_path,
     predictor = lstmq.artifact_predictor(artifact)
     assert lstmq.predict_files(predictor, one) == lstmq.predict_files(predictor, [Path(one)])
     assert len(lstmq.predict_files(predictor, Path(one))) == 1
+    with pytest.raises(lstmq.DataError, match="no WAV file or folder given"):
+        lstmq.predict_files(predictor, [])
     for command in (["eval", "--run", str(qat_dir)],
                     ["predict", "--model", str(qat_dir), str(root / "left")]):
         with pytest.raises(SystemExit) as exited:
