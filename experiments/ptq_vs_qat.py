@@ -152,8 +152,8 @@ def format_table(result: dict[str, Any]) -> str:
              f"the {int8['budget_bytes']:,}-byte budget: ")
     lines = [
         "# PTQ vs QAT under a 36,864-byte budget", "",
-        f"{sizes}**{int8['hidden']}** at int8 storage ({int8['bytes']:,} bytes), {f32['hidden']} at "
-        f"float32 storage ({f32['bytes']:,} bytes; the float32 parity row). Bytes per row: "
+        f"{sizes}**{int8['hidden']}** at int8 storage ({int8['bytes']:,} bytes), "
+        f"{f32['hidden']} at float32 storage ({f32['bytes']:,} bytes; the float32 parity row). Bytes per row: "
         "float32 for float rows, the int8 integer model for quantized rows; for integer rows "
         "also counted from the converted arrays (must match).", "",
         f"Seeds trained together per run: {s['seeds'] or 'config default'}; epochs: "

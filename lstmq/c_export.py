@@ -4,7 +4,7 @@
 
 | file | what |
 |---|---|
-| ``lstmq.h`` | the API: ``lstmq_classify_features``; on the integer front end ``lstmq_classify(pcm, n, logits)``, ``lstmq_features`` |
+| ``lstmq.h`` | the API: ``lstmq_classify_features``; from PCM ``lstmq_classify``, ``lstmq_features`` |
 | ``lstmq_runtime.c`` | front end and LSTM (the same for every model, ``lstmq/c_runtime``) |
 | ``lstmq_model.h`` / ``lstmq_model.c`` | sizes, static buffer bounds and every table of this model |
 | ``lstmq_golden.c`` + ``lstmq_check.c`` | golden clips with the logits they must give, and a check program |

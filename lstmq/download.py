@@ -84,8 +84,9 @@ def download_archive(url: str, sha256: str | None, cache_dir: str | os.PathLike 
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise DataError(f"{cache}: the download cache cannot be created ({error.strerror or error}); "
-                        f"set data.cache_dir or ${ENV_CACHE} to a writable folder") from None
+        raise DataError(f"{cache}: the download cache cannot be created "
+                        f"({error.strerror or error}); set data.cache_dir or ${ENV_CACHE} to a "
+                        "writable folder") from None
     if not os.access(cache, os.W_OK | os.X_OK):
         raise DataError(f"{cache}: the download cache is not writable; set data.cache_dir or "
                         f"${ENV_CACHE} to a writable folder")

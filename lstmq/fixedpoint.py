@@ -321,7 +321,8 @@ def accumulator_bound(weights: ArrayLike, input_abs_max: int = 127, bias: ArrayL
     return int(accumulator_bounds(weights, input_abs_max, bias).max(initial=0))
 
 
-def requantized_bounds(acc_bounds: ArrayLike, multiplier: ArrayLike, shift: ArrayLike) -> np.ndarray:
+def requantized_bounds(acc_bounds: ArrayLike, multiplier: ArrayLike,
+                       shift: ArrayLike) -> np.ndarray:
     """Worst-case ``|requantize(acc, m, s)|`` per channel for ``|acc| <= acc_bounds``: the
     exact ``ceil(bound * m / 2^(31 + s))`` plus one for the roundings, at most 2^31.
 
@@ -329,7 +330,8 @@ def requantized_bounds(acc_bounds: ArrayLike, multiplier: ArrayLike, shift: Arra
       <int64>[channels].
     """
     bounds, m, s = np.broadcast_arrays(np.asarray(acc_bounds, np.int64),
-                                       np.asarray(multiplier, np.int64), np.asarray(shift, np.int64))
+                                       np.asarray(multiplier, np.int64),
+                                       np.asarray(shift, np.int64))
     out = [min(-(-int(b) * int(mj) // 2 ** (31 + int(sj))) + 1, 2**31)
            for b, mj, sj in zip(bounds.reshape(-1), m.reshape(-1), s.reshape(-1))]
     return np.asarray(out, np.int64).reshape(bounds.shape)

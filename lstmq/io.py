@@ -17,7 +17,8 @@ def check_writable(path: str | os.PathLike) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OSError(error.errno, f"{path}: its folder cannot be made ({error.strerror})") from None
+        raise OSError(error.errno,
+                      f"{path}: its folder cannot be made ({error.strerror})") from None
     try:
         with tempfile.TemporaryFile(dir=path.parent):  # what the atomic write will need
             pass

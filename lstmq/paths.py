@@ -156,7 +156,8 @@ def check_split_for(run: Run, split: SplitArrays) -> None:
         return
     wanted = provenance(run.config.features, run.derived.normalizer)
     made = split.prepared_with
-    differing = sorted(key for key in wanted.keys() | made.keys() if wanted.get(key) != made.get(key))
+    differing = sorted(key for key in wanted.keys() | made.keys()
+                       if wanted.get(key) != made.get(key))
     if differing:
         shown = ", ".join("the normalisation statistics" if key == "normalizer" else
                           f"{key} (prepared {made.get(key)!r}, the run's {wanted.get(key)!r})"

@@ -270,7 +270,8 @@ def test_a_library_without_the_front_end_states_its_int8_input_recipe(tmp_path):
     header = (tmp_path / "lstmq_model.h").read_text()
     assert "#define LSTMQ_FRONTEND 0" in header and "LSTMQ_MAX_FRAMES" not in header
     defines = dict(re.findall(r"#define (LSTMQ_INPUT_\w+) (-?\d+)", header))
-    scale = int(defines["LSTMQ_INPUT_MULTIPLIER"]) * 2.0 ** -(31 + int(defines["LSTMQ_INPUT_SHIFT"]))
+    multiplier, shift = int(defines["LSTMQ_INPUT_MULTIPLIER"]), int(defines["LSTMQ_INPUT_SHIFT"])
+    scale = multiplier * 2.0 ** -(31 + shift)
     x = np.random.default_rng(0).normal(0, 2, (400, 13)).astype(np.float32)
     by_the_header = np.clip(np.round(x / scale), -127, 127)
     np.testing.assert_array_equal(by_the_header, quantize_input(device.model, x))

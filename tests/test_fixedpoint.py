@@ -380,5 +380,5 @@ def test_saturating_sub_at_every_pair_of_edges():
 def test_rounding_shift_right_reads_a_negative_array_shift_as_none():
     x = np.array(EDGES32, np.int32)
     for shift in (-1, -31):
-        np.testing.assert_array_equal(
-            np.asarray(fp.rounding_shift_right(jnp.asarray(x), jnp.full(x.shape, shift, jnp.int32))), x)
+        shifts = jnp.full(x.shape, shift, jnp.int32)
+        np.testing.assert_array_equal(np.asarray(fp.rounding_shift_right(jnp.asarray(x), shifts)), x)

@@ -487,7 +487,8 @@ def test_12_a_download_notes_its_temporary_file_before_writing_it(tmp_path, monk
         seen.append((download._partial_list(cache).read_text().split(), Path(output_file).name))
         Path(output_file).write_bytes(b"archive")
 
-    monkeypatch.setattr(pooch.downloaders, "choose_downloader", lambda url, progressbar: fake_download)
+    monkeypatch.setattr(pooch.downloaders, "choose_downloader",
+                        lambda url, progressbar: fake_download)
     digest = hashlib.sha256(b"archive").hexdigest()
     path = download.download_archive("http://127.0.0.1:9/a.tar.gz", digest, cache, progress=False)
     (noted, name), = seen
