@@ -36,6 +36,7 @@ import numpy as np
 import lstmq
 from lstmq import budget
 from lstmq.integer import MEAN_READOUT, READOUTS, IntegerModel, check_int32_bounds, layer_names
+from lstmq.io import atomic_write_bytes, json_checksum
 from lstmq.recipe import RECIPE_VERSION
 
 FORMAT = "lstmq-integer-model"
@@ -144,8 +145,6 @@ def write_artifact(model: IntegerModel, path: str | Path, weight_bits: int = 8,
     Raises:
       ArtifactError: the stored tensors differ from the budget's count.
     """
-    from lstmq.io import atomic_write_bytes
-
     check_ranges(model, str(path))
     stored = stored_arrays(model, weight_bits)
     report = check_budget(stored, param_tree(model) if params is None else params, weight_bits)
@@ -179,8 +178,7 @@ def write_artifact(model: IntegerModel, path: str | Path, weight_bits: int = 8,
 
 def manifest_checksum(manifest: Mapping[str, Any]) -> str:
     """sha256 of the manifest's canonical JSON, its own checksum field left out."""
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return json_checksum(manifest, "manifest_sha256")
 
 
 def check_ranges(model: IntegerModel, where: str) -> None:

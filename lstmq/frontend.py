@@ -178,11 +178,11 @@ def make_tables(cfg: FeatureConfig, sample_rate: int) -> FrontendTables:
         noise_percentile=cfg.noise_percentile,
         noise_gain=None if cfg.noise_percentile is None else make_noise_gain(cfg.noise_keep_db),
         preemphasis=preemphasis_q15(cfg.preemphasis))
-    if tables.utterance and utterance_sum_bound(tables) > fx.INT32_MAX:
+    if tables.utterance and (bound := utterance_sum_bound(tables)) > fx.INT32_MAX:
         raise FrontendError(
             f"features.n_mels={cfg.n_mels} with n_mfcc={cfg.n_mfcc}: the per-utterance sums of "
-            f"{MAX_FRAMES} frames could leave int32 (bound {utterance_sum_bound(tables):,}); use "
-            "fewer mel bands or coefficients")
+            f"{MAX_FRAMES} frames could leave int32 (bound {bound:,}); use fewer mel bands or "
+            "coefficients")
     return tables
 
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+def json_checksum(record: Any, own_key: str) -> str:
+    """sha256 of a JSON record's canonical form (sorted keys), its own checksum ``own_key``
+    left out: a record that carries the digest of its contents."""
+    body = {key: value for key, value in record.items() if key != own_key}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def check_writable(path: str | os.PathLike) -> None:

@@ -141,7 +141,6 @@ def predict_path(run: Run, split: SplitArrays, path: str | None = None,
         return integer_logits(models or integer_models(run, path), split,
                               run.config.quant.weight_bits, run.classes, engine, batch_size,
                               bucket)
-    check_path(run, path)
     model = model_from_config(run.config, run.derived, path)
     predict = jax.jit(jax.vmap(lambda p, x, l: model.apply({"params": p}, x, l),
                                in_axes=(0, None, None)))

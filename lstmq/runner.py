@@ -174,9 +174,8 @@ def claim_folder(workdir: Path, record: dict[str, Any], overwrite: bool) -> None
         elif old.get("data", {}).get("fingerprint") != record["data"]["fingerprint"]:
             problem = (f"was trained on other data (fingerprint "
                        f"{old.get('data', {}).get('fingerprint')}, now {record['data']['fingerprint']})")
-        elif source_changes(old, record["sources"]):
-            problem = "started from or learned from " + "; ".join(
-                source_changes(old, record["sources"]))
+        elif changed_sources := source_changes(old, record["sources"]):
+            problem = "started from or learned from " + "; ".join(changed_sources)
     elif (workdir / "checkpoints").exists() or (workdir / "params.msgpack").exists():
         problem = "holds checkpoints or parameters of an unknown run"
     if problem is None:

@@ -7,8 +7,6 @@ arguments; ``load_run`` reads a run folder back (``run.json`` + ``params.msgpack
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ import jax
 from lstmq.checkpoint import CheckpointError, load_params
 from lstmq.config import Config, ConfigError, FeatureConfig, config_from_dict
 from lstmq.normalization import Normalizer
-from lstmq.io import read_json
+from lstmq.io import json_checksum, read_json
 from lstmq.model import LSTMClassifier
 
 
@@ -69,10 +67,9 @@ def model_input_features(features: FeatureConfig) -> dict[str, Any]:
 def feature_differences(theirs: FeatureConfig, mine: FeatureConfig) -> list[str]:
     """``features.KEY theirs, this run's mine`` for every feature setting that changes the
     model's input (another run's, for ``quant.init_from`` or ``train.distill_from``)."""
-    return [f"features.{field.name} {getattr(theirs, field.name)!r}, this run's "
-            f"{getattr(mine, field.name)!r}" for field in dataclasses.fields(FeatureConfig)
-            if field.name not in _NOT_MODEL_INPUT
-            and getattr(theirs, field.name) != getattr(mine, field.name)]
+    theirs, mine = model_input_features(theirs), model_input_features(mine)
+    return [f"{key} {theirs[key]!r}, this run's {mine[key]!r}" for key in theirs
+            if theirs[key] != mine[key]]
 
 
 SPLIT_KEYS = ("split", "stratify", "test_size", "split_seed", "test_speaker", "val_fraction",
@@ -148,8 +145,7 @@ def _param_shapes(config: Config, derived: Derived) -> Any:
 
 def record_checksum(record: dict[str, Any]) -> str:
     """sha256 of a run record's canonical JSON, its own ``record_sha256`` left out."""
-    body = {key: value for key, value in record.items() if key != "record_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return json_checksum(record, "record_sha256")
 
 
 def load_run(directory: str | Path) -> Run:
